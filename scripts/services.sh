@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Starts (or stops) the local Postgres and RabbitMQ that the demo and the tests use.
+# Everything runs as plain processes bound to 127.0.0.1 on non-default ports, with data under
+# .local/ in the repository. Idempotent: `up` installs what is missing and starts what is not running.
+#
+#   scripts/services.sh up     install if needed, start, print the environment to use
+#   scripts/services.sh down   stop both
+#   scripts/services.sh env    print the environment (export lines)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOCAL="$ROOT/.local"
+PG_PORT=${OUTBOX_PG_PORT:-54329}
+AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
+RABBIT_DIST_PORT=$((AMQP_PORT + 1))
+RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
+PG_DIR="$LOCAL/pg"
+RABBIT_DIR="$LOCAL/rabbitmq"
+
+log() { echo "services: $*" >&2; }
+
+pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  echo "$dir"
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+install_missing() {
+  if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+    apt_install postgresql
+  fi
+  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+  fi
+}
+
+pg_up() {
+  local bin
+  bin=$(pg_bin)
+  mkdir -p "$PG_DIR"
+  chown postgres:postgres "$PG_DIR"
+  if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+    log "initdb in $PG_DIR/data"
+    su postgres -s /bin/sh -c "'$bin/initdb' -D '$PG_DIR/data' -A trust -U postgres --no-sync -E UTF8" >/dev/null
+  fi
+  if su postgres -s /bin/sh -c "'$bin/pg_ctl' -D '$PG_DIR/data' status" >/dev/null 2>&1; then
+    log "postgres already running on 127.0.0.1:$PG_PORT"
+    return
+  fi
+  mkdir -p "$PG_DIR/socket"
+  chown postgres:postgres "$PG_DIR/socket"
+  # max_connections is raised because the test suite runs many relays and pools in parallel.
+  su postgres -s /bin/sh -c "'$bin/pg_ctl' -D '$PG_DIR/data' -l '$PG_DIR/postgres.log' -w -t 60 start \
+    -o \"-p $PG_PORT -k '$PG_DIR/socket' -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on\"" >/dev/null
+  log "postgres running on 127.0.0.1:$PG_PORT"
+}
+
+pg_down() {
+  local bin
+  bin=$(pg_bin)
+  if [ -f "$PG_DIR/data/PG_VERSION" ] && [ -n "$bin" ]; then
+    su postgres -s /bin/sh -c "'$bin/pg_ctl' -D '$PG_DIR/data' -m fast -w stop" >/dev/null 2>&1 || true
+    log "postgres stopped"
+  fi
+}
+
+rabbit_env() {
+  cat <<ENV
+HOME='$RABBIT_DIR/home' \
+RABBITMQ_NODENAME='$RABBIT_NODE' \
+RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+RABBITMQ_NODE_PORT=$AMQP_PORT \
+RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT \
+RABBITMQ_MNESIA_BASE='$RABBIT_DIR/mnesia' \
+RABBITMQ_LOG_BASE='$RABBIT_DIR/log' \
+RABBITMQ_PID_FILE='$RABBIT_DIR/rabbit.pid' \
+RABBITMQ_ENABLED_PLUGINS_FILE='$RABBIT_DIR/enabled_plugins' \
+RABBITMQ_CONFIG_FILE='$RABBIT_DIR/rabbitmq' \
+ERL_EPMD_ADDRESS=127.0.0.1 \
+RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+ENV
+}
+
+rabbitmqctl() {
+  su rabbitmq -s /bin/sh -c "$(rabbit_env | tr -d '\\\n') /usr/lib/rabbitmq/bin/rabbitmqctl -n '$RABBIT_NODE' $*"
+}
+
+rabbit_up() {
+  mkdir -p "$RABBIT_DIR/home" "$RABBIT_DIR/mnesia" "$RABBIT_DIR/log"
+  [ -f "$RABBIT_DIR/enabled_plugins" ] || echo '[].' > "$RABBIT_DIR/enabled_plugins"
+  # Loopback-only management of memory and disk alarms: the tests fill queues quickly.
+  cat > "$RABBIT_DIR/rabbitmq.conf" <<CONF
+loopback_users = none
+disk_free_limit.absolute = 50MB
+vm_memory_high_watermark.relative = 0.6
+CONF
+  chown -R rabbitmq:rabbitmq "$RABBIT_DIR"
+  if [ -f "$RABBIT_DIR/rabbit.pid" ] && kill -0 "$(cat "$RABBIT_DIR/rabbit.pid")" 2>/dev/null; then
+    log "rabbitmq already running on 127.0.0.1:$AMQP_PORT"
+    return
+  fi
+  rm -f "$RABBIT_DIR/rabbit.pid"
+  su rabbitmq -s /bin/sh -c "$(rabbit_env | tr -d '\\\n') nohup /usr/lib/rabbitmq/bin/rabbitmq-server >'$RABBIT_DIR/server.out' 2>&1 &"
+  local i
+  for i in $(seq 1 60); do
+    [ -f "$RABBIT_DIR/rabbit.pid" ] && break
+    sleep 1
+  done
+  if ! rabbitmqctl wait "'$RABBIT_DIR/rabbit.pid'" --timeout 90 >/dev/null; then
+    log "rabbitmq did not start; see $RABBIT_DIR/server.out and $RABBIT_DIR/log"
+    exit 1
+  fi
+  log "rabbitmq running on 127.0.0.1:$AMQP_PORT"
+}
+
+rabbit_down() {
+  if [ -f "$RABBIT_DIR/rabbit.pid" ] && kill -0 "$(cat "$RABBIT_DIR/rabbit.pid")" 2>/dev/null; then
+    rabbitmqctl stop "'$RABBIT_DIR/rabbit.pid'" >/dev/null 2>&1 || kill "$(cat "$RABBIT_DIR/rabbit.pid")" || true
+    log "rabbitmq stopped"
+  fi
+}
+
+print_env() {
+  cat <<ENV
+export OUTBOX_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+export OUTBOX_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
+ENV
+}
+
+case "${1:-up}" in
+  up)
+    install_missing
+    pg_up
+    rabbit_up
+    print_env > "$LOCAL/env"
+    print_env
+    ;;
+  down)
+    rabbit_down
+    pg_down
+    ;;
+  env)
+    print_env
+    ;;
+  *)
+    echo "usage: $0 [up|down|env]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,455 @@
+//! Configuration: defaults, then a TOML file, then `OUTBOX_RELAY__SECTION__KEY` environment
+//! variables. Every key is read on its own so that all mistakes are reported at once, each with
+//! its key and where the value came from; nothing is validated later.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides. The double underscore keeps Kubernetes' service-link
+/// variables (`OUTBOX_RELAY_PORT=tcp://...`) out of the configuration.
+pub const ENV_PREFIX: &str = "OUTBOX_RELAY__";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub broker: BrokerConfig,
+    pub relay: RelayConfig,
+    pub retry: RetryConfig,
+    pub sweeper: SweeperConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+    pub max_connections: NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Amqp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerConfig {
+    pub kind: BrokerKind,
+    pub amqp: AmqpConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AmqpConfig {
+    pub url: SecretUrl,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayConfig {
+    pub batch_size: NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub max_in_flight: NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryConfig {
+    pub max_attempts: NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweeperConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    pub batch_size: NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub published_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rolled_back_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// A connection URL that may carry a password. `Debug`, `Display` and serialization show it
+/// redacted; only [`SecretUrl::expose`] gives the real value, for the client that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut parsed) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("REDACTED"));
+                }
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = k.contains("password") || k.contains("secret");
+                        (k.into_owned(), if secret { "REDACTED".into() } else { v.into_owned() })
+                    })
+                    .collect();
+                if !pairs.is_empty() {
+                    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+                }
+                parsed.to_string()
+            }
+            Err(_) => "<unparseable url>".to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database: DatabaseConfig {
+                url: SecretUrl::new("postgres://localhost:5432/postgres"),
+                max_connections: nz(8),
+                connect_timeout: Duration::from_secs(5),
+            },
+            broker: BrokerConfig {
+                kind: BrokerKind::Amqp,
+                amqp: AmqpConfig {
+                    url: SecretUrl::new("amqp://guest:guest@localhost:5672/%2f"),
+                    connect_timeout: Duration::from_secs(10),
+                },
+            },
+            relay: RelayConfig {
+                batch_size: nz(500),
+                poll_interval: Duration::from_millis(100),
+                max_in_flight: nz(256),
+                publish_timeout: Duration::from_secs(30),
+                shutdown_grace: Duration::from_secs(10),
+            },
+            retry: RetryConfig {
+                max_attempts: nz(10),
+                initial_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(300),
+            },
+            sweeper: SweeperConfig {
+                interval: Duration::from_secs(5),
+                purge_interval: Duration::from_secs(60),
+                batch_size: nz(1000),
+                published_retention: Duration::from_secs(24 * 3600),
+                rolled_back_retention: Duration::from_secs(24 * 3600),
+                dead_retention: Duration::from_secs(14 * 24 * 3600),
+            },
+            log: LogConfig {
+                level: "info".to_string(),
+                format: LogFormat::Json,
+            },
+        }
+    }
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("default is non-zero")
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key, e.g. `relay.batch_size`.
+    pub key: String,
+    /// Where the offending value came from: a file path or an environment variable.
+    pub origin: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (from {}): {}", self.key, self.origin, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Source(String),
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn list(issues: &[ConfigIssue]) -> String {
+    issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n")
+}
+
+impl Config {
+    /// Loads from an optional TOML file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            // file_exact: a missing file is an error, not an empty configuration.
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(&figment)
+    }
+
+    pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let root: Dict = figment
+            .extract()
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        let mut r = Reader {
+            figment,
+            issues: Vec::new(),
+        };
+        let d = Config::default();
+        let config = Config {
+            database: DatabaseConfig {
+                url: r.url("database.url", d.database.url, &["postgres", "postgresql"]),
+                max_connections: r.read("database.max_connections", d.database.max_connections),
+                connect_timeout: r.duration("database.connect_timeout", d.database.connect_timeout),
+            },
+            broker: BrokerConfig {
+                kind: r.read("broker.kind", d.broker.kind),
+                amqp: AmqpConfig {
+                    url: r.url("broker.amqp.url", d.broker.amqp.url, &["amqp", "amqps"]),
+                    connect_timeout: r
+                        .duration("broker.amqp.connect_timeout", d.broker.amqp.connect_timeout),
+                },
+            },
+            relay: RelayConfig {
+                batch_size: r.read("relay.batch_size", d.relay.batch_size),
+                poll_interval: r.duration("relay.poll_interval", d.relay.poll_interval),
+                max_in_flight: r.read("relay.max_in_flight", d.relay.max_in_flight),
+                publish_timeout: r.duration("relay.publish_timeout", d.relay.publish_timeout),
+                shutdown_grace: r.duration("relay.shutdown_grace", d.relay.shutdown_grace),
+            },
+            retry: RetryConfig {
+                max_attempts: r.read("retry.max_attempts", d.retry.max_attempts),
+                initial_backoff: r.duration("retry.initial_backoff", d.retry.initial_backoff),
+                max_backoff: r.duration("retry.max_backoff", d.retry.max_backoff),
+            },
+            sweeper: SweeperConfig {
+                interval: r.duration("sweeper.interval", d.sweeper.interval),
+                purge_interval: r.duration("sweeper.purge_interval", d.sweeper.purge_interval),
+                batch_size: r.read("sweeper.batch_size", d.sweeper.batch_size),
+                published_retention: r
+                    .duration("sweeper.published_retention", d.sweeper.published_retention),
+                rolled_back_retention: r
+                    .duration("sweeper.rolled_back_retention", d.sweeper.rolled_back_retention),
+                dead_retention: r.duration("sweeper.dead_retention", d.sweeper.dead_retention),
+            },
+            log: LogConfig {
+                level: r.read("log.level", d.log.level),
+                format: r.read("log.format", d.log.format),
+            },
+        };
+        r.check_unknown(&root, "");
+        r.check_relations(&config);
+        if r.issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(r.issues))
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Every key the relay reads, in the order of `config.example.toml`.
+pub const KEYS: &[&str] = &[
+    "database.url",
+    "database.max_connections",
+    "database.connect_timeout",
+    "broker.kind",
+    "broker.amqp.url",
+    "broker.amqp.connect_timeout",
+    "relay.batch_size",
+    "relay.poll_interval",
+    "relay.max_in_flight",
+    "relay.publish_timeout",
+    "relay.shutdown_grace",
+    "retry.max_attempts",
+    "retry.initial_backoff",
+    "retry.max_backoff",
+    "sweeper.interval",
+    "sweeper.purge_interval",
+    "sweeper.batch_size",
+    "sweeper.published_retention",
+    "sweeper.rolled_back_retention",
+    "sweeper.dead_retention",
+    "log.level",
+    "log.format",
+];
+
+#[derive(Deserialize)]
+struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
+
+struct Reader<'a> {
+    figment: &'a Figment,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Reader<'_> {
+    fn read<T: DeserializeOwned>(&mut self, key: &str, default: T) -> T {
+        debug_assert!(KEYS.contains(&key), "{key} missing from KEYS");
+        if !self.figment.contains(key) {
+            return default;
+        }
+        match self.figment.extract_inner::<T>(key) {
+            Ok(value) => value,
+            Err(e) => {
+                self.issue(key, e.kind.to_string());
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        self.read(key, HumanDuration(default)).0
+    }
+
+    fn url(&mut self, key: &str, default: SecretUrl, schemes: &[&str]) -> SecretUrl {
+        let raw: String = self.read(key, default.expose().to_string());
+        match url::Url::parse(&raw) {
+            Ok(u) if schemes.contains(&u.scheme()) => SecretUrl(raw),
+            Ok(u) => {
+                self.issue(
+                    key,
+                    format!("scheme `{}` is not one of {}", u.scheme(), schemes.join(", ")),
+                );
+                default
+            }
+            // The parse error never includes the URL itself, so no secret leaks here.
+            Err(e) => {
+                self.issue(key, format!("not a valid URL: {e}"));
+                default
+            }
+        }
+    }
+
+    fn issue(&mut self, key: &str, message: String) {
+        let origin = self.origin(key);
+        self.issues.push(ConfigIssue {
+            key: key.to_string(),
+            origin,
+            message,
+        });
+    }
+
+    fn origin(&self, key: &str) -> String {
+        let Some(meta) = self.figment.find_metadata(key) else {
+            return "default".to_string();
+        };
+        match &meta.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if meta.name.contains("environment") => {
+                let parts: Vec<&str> = key.split('.').collect();
+                meta.interpolate(&figment::Profile::Default, &parts)
+                    .to_uppercase()
+                    .replace('.', "__")
+            }
+            _ => meta.name.to_string(),
+        }
+    }
+
+    fn check_unknown(&mut self, dict: &Dict, prefix: &str) {
+        for (name, value) in dict {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            match value {
+                Value::Dict(_, inner) if KEYS.iter().any(|k| k.starts_with(&format!("{key}."))) => {
+                    self.check_unknown(inner, &key)
+                }
+                _ => self.issue(&key, "unknown key".to_string()),
+            }
+        }
+    }
+
+    fn check_relations(&mut self, c: &Config) {
+        if c.retry.initial_backoff.is_zero() {
+            self.issue("retry.initial_backoff", "must be greater than zero".into());
+        }
+        if c.retry.initial_backoff > c.retry.max_backoff {
+            self.issue(
+                "retry.max_backoff",
+                "must not be smaller than retry.initial_backoff".into(),
+            );
+        }
+        for (key, value) in [
+            ("relay.poll_interval", c.relay.poll_interval),
+            ("relay.publish_timeout", c.relay.publish_timeout),
+            ("sweeper.interval", c.sweeper.interval),
+            ("sweeper.purge_interval", c.sweeper.purge_interval),
+            ("database.connect_timeout", c.database.connect_timeout),
+            ("broker.amqp.connect_timeout", c.broker.amqp.connect_timeout),
+        ] {
+            if value.is_zero() {
+                self.issue(key, "must be greater than zero".into());
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
+            self.issue("log.level", format!("not a valid filter: {e}"));
+        }
+    }
+}

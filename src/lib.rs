@@ -1,0 +1,22 @@
+//! outbox-relay: publishes rows of a Postgres transactional outbox to RabbitMQ.
+//!
+//! # Layout
+//! - [`config`]: loading and validating the TOML file and environment overrides.
+//! - [`store`]: every SQL statement (`src/store/*.sql`), the row and status types.
+//! - [`relay`]: the loop that claims committed rows, publishes them and records outcomes.
+//! - [`publish`]: the [`publish::Publisher`] trait and the RabbitMQ publisher.
+//! - [`sweeper`]: expiry of prepared rows and purge of finished rows.
+//! - [`app`]: wires the tasks together and shuts them down.
+//! - [`cli`], [`telemetry`], [`backoff`]: command line, logging, retry delays.
+//!
+//! The SQL schema and API live in `migrations/`; `docs/ARCHITECTURE.md` explains the design.
+
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod publish;
+pub mod relay;
+pub mod store;
+pub mod sweeper;
+pub mod telemetry;

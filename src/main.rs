@@ -1,0 +1,77 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use outbox_relay::cli::{Cli, Command};
+use outbox_relay::config::Config;
+use outbox_relay::{app, store, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for configuration errors, distinct from runtime failures (1).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outbox-relay: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        print!("{}", config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("outbox-relay: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("outbox-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        Command::Migrate => {
+            let pool = store::pool(&config.database)?;
+            store::migrate(&pool).await.context("migrate")?;
+            tracing::info!("outbox schema is up to date");
+            Ok(())
+        }
+        Command::Run => {
+            tracing::info!(config = %config.to_redacted_toml(), version = env!("CARGO_PKG_VERSION"), "starting");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app::run(config, shutdown).await?;
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM and SIGINT both mean: stop claiming, drain, exit 0.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, draining"),
+    }
+    shutdown.cancel();
+}

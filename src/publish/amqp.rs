@@ -1,0 +1,184 @@
+//! RabbitMQ (AMQP 0-9-1) publisher: publisher confirms, persistent, mandatory.
+//!
+//! One channel per destination exchange, so that a channel closed by the broker (for example
+//! `404 NOT_FOUND` for a missing exchange) fails only that destination's in-flight messages.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use super::{header_pairs, PublishError, Publisher};
+use crate::config::AmqpConfig;
+use crate::store::OutboxMessage;
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+pub struct AmqpPublisher {
+    config: AmqpConfig,
+    publish_timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    connection: Option<Connection>,
+    channels: HashMap<String, Channel>,
+}
+
+impl AmqpPublisher {
+    pub fn new(config: AmqpConfig, publish_timeout: Duration) -> Self {
+        Self {
+            config,
+            publish_timeout,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    async fn connection<'a>(&self, state: &'a mut State) -> Result<&'a Connection, PublishError> {
+        let alive = state
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected());
+        if !alive {
+            state.channels.clear();
+            state.connection = None;
+            let connect = Connection::connect(
+                self.config.url.expose(),
+                ConnectionProperties::default()
+                    .with_connection_name("outbox-relay".into()),
+            );
+            let conn = tokio::time::timeout(self.config.connect_timeout, connect)
+                .await
+                .map_err(|_| {
+                    PublishError::Retryable(format!(
+                        "cannot connect to RabbitMQ at {}: no answer within {:?}",
+                        self.config.url, self.config.connect_timeout
+                    ))
+                })?
+                .map_err(|e| {
+                    PublishError::Retryable(format!(
+                        "cannot connect to RabbitMQ at {}: {e}",
+                        self.config.url
+                    ))
+                })?;
+            tracing::info!(url = %self.config.url, "connected to RabbitMQ");
+            state.connection = Some(conn);
+        }
+        Ok(state.connection.as_ref().expect("connection was just set"))
+    }
+
+    async fn channel(&self, destination: &str) -> Result<Channel, PublishError> {
+        let mut state = self.state.lock().await;
+        if let Some(ch) = state.channels.get(destination) {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let conn = self.connection(&mut state).await?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| PublishError::Retryable(format!("cannot open channel: {e}")))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| PublishError::Retryable(format!("cannot enable confirms: {e}")))?;
+        state
+            .channels
+            .insert(destination.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+fn short(what: &str, value: &str) -> Result<ShortString, PublishError> {
+    ShortString::try_new(value)
+        .map_err(|e| PublishError::Permanent(format!("{what} is too long for AMQP: {e}")))
+}
+
+/// Everything that can be checked before touching the broker; failures here are permanent.
+fn prepare(
+    message: &OutboxMessage,
+) -> Result<(ShortString, ShortString, BasicProperties), PublishError> {
+    let exchange = short("destination (exchange)", &message.destination)?;
+    let routing_key = message
+        .routing_key
+        .as_deref()
+        .or(message.message_key.as_deref())
+        .unwrap_or("");
+    let routing_key = short("routing key", routing_key)?;
+    let mut headers = FieldTable::default();
+    for (k, v) in header_pairs(&message.headers)? {
+        headers.insert(
+            short("header name", k)?,
+            AMQPValue::LongString(LongString::from(v)),
+        );
+    }
+    let timestamp = u64::try_from(message.committed_at.timestamp()).unwrap_or(0);
+    let properties = BasicProperties::default()
+        .with_message_id(short("message id", &message.message_id.to_string())?)
+        .with_content_type(short("content type", &message.content_type)?)
+        .with_delivery_mode(PERSISTENT)
+        .with_timestamp(timestamp)
+        .with_headers(headers);
+    Ok((exchange, routing_key, properties))
+}
+
+impl Publisher for AmqpPublisher {
+    async fn ready(&self) -> Result<(), PublishError> {
+        let mut state = self.state.lock().await;
+        self.connection(&mut state).await.map(|_| ())
+    }
+
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        let (exchange, routing_key, properties) = prepare(message)?;
+        let channel = self.channel(&message.destination).await?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = channel
+            .basic_publish(exchange, routing_key, options, &message.payload, properties)
+            .await
+            .map_err(|e| PublishError::Retryable(format!("publish failed: {e}")))?;
+        let confirmation = tokio::time::timeout(self.publish_timeout, confirm)
+            .await
+            .map_err(|_| {
+                PublishError::Retryable(format!(
+                    "no publisher confirm within {:?}",
+                    self.publish_timeout
+                ))
+            })?
+            .map_err(|e| PublishError::Retryable(format!("publish failed: {e}")))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(PublishError::Retryable(format!(
+                    "returned by the broker: {} {} (no queue bound for this routing key?)",
+                    returned.reply_code, returned.reply_text
+                )))
+            }
+            Confirmation::Nack(None) => Err(PublishError::Retryable(
+                "negatively acknowledged by the broker".into(),
+            )),
+            Confirmation::NotRequested => Err(PublishError::Retryable(
+                "channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    async fn close(&self) {
+        let mut state = self.state.lock().await;
+        state.channels.clear();
+        if let Some(conn) = state.connection.take() {
+            if let Err(e) = conn.close(200, "outbox-relay shutting down".into()).await {
+                tracing::debug!(error = %e, "closing the RabbitMQ connection");
+            }
+        }
+    }
+}

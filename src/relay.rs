@@ -1,0 +1,333 @@
+//! The relay loop: advance the commit fence, claim a batch, publish it, record the outcomes.
+//!
+//! Nothing is written to a row before the broker has answered for it, so a crash at any
+//! point leaves the row `committed` and it is sent again: a re-send, never a gap.
+//! Ordering: rows of one `(destination, message_key)` form a chain that is published one
+//! message at a time, in `commit_seq` order; a failure stops the rest of its chain for this
+//! batch, and the claim query keeps later rows back until the failed one is due again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{RelayConfig, RetryConfig};
+use crate::publish::Publisher;
+use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
+
+/// How soon to look again while the fence waits for writers that are still running.
+const FENCE_RECHECK: Duration = Duration::from_millis(5);
+
+pub struct Relay<P> {
+    pool: PgPool,
+    publisher: Arc<P>,
+    config: RelayConfig,
+    retry: RetryConfig,
+}
+
+/// Tracks the highest `commit_seq` below which no row can still become visible.
+///
+/// A transaction making a row committed holds a shared advisory lock from before it draws its
+/// `commit_seq` until it ends. Reading the last drawn value and then the lock holders gives a
+/// fence: once those holders are gone, every row at or below it is either visible or never
+/// will be. Publishing beyond the fence could let a key overtake a row whose transaction
+/// commits late.
+#[derive(Debug, Default)]
+struct FenceTracker {
+    safe: i64,
+    pending: Option<Fence>,
+}
+
+impl FenceTracker {
+    async fn advance(&mut self, pool: &PgPool) -> Result<i64, StoreError> {
+        if let Some(pending) = &self.pending {
+            if !store::fence_writers_running(pool, &pending.writers).await? {
+                self.safe = self.safe.max(pending.fence_seq);
+                self.pending = None;
+            }
+        }
+        if self.pending.is_none() {
+            let fence = store::commit_fence(pool).await?;
+            if fence.writers.is_empty() {
+                self.safe = self.safe.max(fence.fence_seq);
+            } else if fence.fence_seq > self.safe {
+                self.pending = Some(fence);
+            }
+        }
+        Ok(self.safe)
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+impl<P: Publisher> Relay<P> {
+    pub fn new(pool: PgPool, publisher: Arc<P>, config: RelayConfig, retry: RetryConfig) -> Self {
+        Self {
+            pool,
+            publisher,
+            config,
+            retry,
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.retry.initial_backoff,
+            max: self.retry.max_backoff,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes the batch in flight (within
+    /// `relay.shutdown_grace`), records its outcomes and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut fence = FenceTracker::default();
+        let mut trouble = 0u32;
+        let batch_size = self.config.batch_size.get();
+        while !shutdown.is_cancelled() {
+            let claimed = match self.cycle(&mut fence, &shutdown).await {
+                Ok(n) => {
+                    trouble = 0;
+                    n
+                }
+                Err(e) => {
+                    trouble = trouble.saturating_add(1);
+                    let delay = self.backoff().delay(trouble);
+                    tracing::warn!(error = %e, retry_in = ?delay, "relay cycle failed");
+                    sleep_or_shutdown(delay, &shutdown).await;
+                    continue;
+                }
+            };
+            if claimed < batch_size as usize {
+                let wait = if fence.is_pending() {
+                    self.config.poll_interval.min(FENCE_RECHECK)
+                } else {
+                    self.config.poll_interval
+                };
+                sleep_or_shutdown(wait, &shutdown).await;
+            }
+        }
+        self.publisher.close().await;
+        tracing::info!("relay stopped");
+    }
+
+    /// One claim-publish-record round; returns how many rows were claimed.
+    async fn cycle(
+        &self,
+        fence: &mut FenceTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, CycleError> {
+        self.publisher
+            .ready()
+            .await
+            .map_err(|e| CycleError::Broker(e.to_string()))?;
+        let safe = fence.advance(&self.pool).await?;
+        let batch = store::claim(&self.pool, safe, self.config.batch_size.get()).await?;
+        let claimed = batch.len();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        let outcomes = self.publish_batch(batch, shutdown).await;
+        self.record(outcomes, shutdown).await;
+        Ok(claimed)
+    }
+
+    async fn publish_batch(
+        &self,
+        batch: Vec<OutboxMessage>,
+        shutdown: &CancellationToken,
+    ) -> Vec<(RowId, Outcome, String)> {
+        let results = Mutex::new(Vec::with_capacity(batch.len()));
+        let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
+        let mut chains: FuturesUnordered<_> = into_chains(batch)
+            .into_iter()
+            .map(|chain| self.publish_chain(chain, &semaphore, &results, shutdown))
+            .collect();
+        let all_done = async { while chains.next().await.is_some() {} };
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.config.shutdown_grace).await;
+        };
+        tokio::select! {
+            _ = all_done => {}
+            _ = grace_over => {
+                tracing::warn!(
+                    grace = ?self.config.shutdown_grace,
+                    "shutdown grace elapsed before every confirm arrived; unconfirmed messages stay committed and will be sent again"
+                );
+            }
+        }
+        drop(chains);
+        results.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn publish_chain(
+        &self,
+        chain: Vec<OutboxMessage>,
+        semaphore: &Semaphore,
+        results: &Mutex<Vec<(RowId, Outcome, String)>>,
+        shutdown: &CancellationToken,
+    ) {
+        for message in chain {
+            if shutdown.is_cancelled() {
+                // Draining: wait for what is in flight, start nothing new.
+                break;
+            }
+            let outcome = {
+                let _permit = semaphore.acquire().await.expect("semaphore is never closed");
+                match self.publisher.publish(&message).await {
+                    Ok(()) => Outcome::Published,
+                    Err(e) => {
+                        let failures = u32::try_from(message.attempts).unwrap_or(0) + 1;
+                        tracing::warn!(
+                            message_id = %message.message_id,
+                            destination = %message.destination,
+                            attempt = failures,
+                            error = %e,
+                            "publish failed"
+                        );
+                        Outcome::Failed {
+                            error: e.to_string(),
+                            permanent: e.is_permanent(),
+                            backoff: self.backoff().delay(failures),
+                        }
+                    }
+                }
+            };
+            let failed = matches!(outcome, Outcome::Failed { .. });
+            results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((message.id, outcome, message.message_id.to_string()));
+            if failed {
+                // Later messages of this key must wait for this one.
+                break;
+            }
+        }
+    }
+
+    /// Writes outcomes, retrying while the database is unreachable. If it stays unreachable
+    /// past shutdown, the rows stay committed and are sent again later.
+    async fn record(&self, outcomes: Vec<(RowId, Outcome, String)>, shutdown: &CancellationToken) {
+        let message_ids: HashMap<RowId, String> = outcomes
+            .iter()
+            .map(|(id, _, mid)| (*id, mid.clone()))
+            .collect();
+        let rows: Vec<(RowId, Outcome)> = outcomes.into_iter().map(|(id, o, _)| (id, o)).collect();
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.config.shutdown_grace).await;
+        };
+        tokio::pin!(deadline);
+        let mut failures = 0u32;
+        loop {
+            let attempt = store::record_outcomes(&self.pool, &rows, self.retry.max_attempts.get());
+            match attempt.await {
+                Ok(recorded) => {
+                    for r in recorded.iter().filter(|r| r.status == MessageStatus::Dead) {
+                        tracing::error!(
+                            message_id = message_ids.get(&r.id).map(String::as_str).unwrap_or("?"),
+                            "message is dead: it will not be retried (see last_error)"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = self.backoff().delay(failures);
+                    tracing::warn!(error = %e, retry_in = ?delay, rows = rows.len(), "cannot record publish outcomes");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = &mut deadline => {
+                            tracing::warn!(rows = rows.len(), "giving up recording outcomes at shutdown; those rows will be sent again");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CycleError {
+    #[error("broker not ready: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Splits a batch (in commit order) into chains: one per `(destination, message_key)` for keyed
+/// rows, one per row otherwise. Each chain keeps commit order.
+fn into_chains(batch: Vec<OutboxMessage>) -> Vec<Vec<OutboxMessage>> {
+    let mut chains: Vec<Vec<OutboxMessage>> = Vec::new();
+    let mut by_key: HashMap<(String, String), usize> = HashMap::new();
+    for message in batch {
+        match &message.message_key {
+            Some(key) => {
+                let slot = (message.destination.clone(), key.clone());
+                match by_key.get(&slot) {
+                    Some(&i) => chains[i].push(message),
+                    None => {
+                        by_key.insert(slot, chains.len());
+                        chains.push(vec![message]);
+                    }
+                }
+            }
+            None => chains.push(vec![message]),
+        }
+    }
+    chains
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn msg(id: i64, dest: &str, key: Option<&str>) -> OutboxMessage {
+        OutboxMessage {
+            id: RowId(id),
+            message_id: Uuid::new_v4(),
+            destination: dest.into(),
+            routing_key: None,
+            message_key: key.map(Into::into),
+            payload: vec![],
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            commit_seq: id,
+            committed_at: Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn chains_group_by_destination_and_key_in_order() {
+        let batch = vec![
+            msg(1, "a", Some("k")),
+            msg(2, "a", None),
+            msg(3, "b", Some("k")),
+            msg(4, "a", Some("k")),
+            msg(5, "a", None),
+        ];
+        let chains: Vec<Vec<i64>> = into_chains(batch)
+            .into_iter()
+            .map(|c| c.into_iter().map(|m| m.id.0).collect())
+            .collect();
+        assert_eq!(chains, vec![vec![1, 4], vec![2], vec![3], vec![5]]);
+    }
+}

@@ -1,0 +1,32 @@
+-- Committed rows that may be published now, in commit order.
+-- $1: the commit fence (highest commit_seq known to have no invisible predecessor)
+-- $2: batch size
+-- A keyed row is held back while an earlier row of its key is still pending but waiting for
+-- its retry time (or a delayed delivery), so a key never overtakes itself. Earlier pending
+-- rows that are due are in the same batch, ahead of it.
+SELECT m.id,
+       m.message_id,
+       m.destination,
+       m.routing_key,
+       m.message_key,
+       m.payload,
+       m.content_type,
+       m.headers,
+       m.commit_seq,
+       m.committed_at,
+       m.attempts
+  FROM outbox.messages m
+ WHERE m.status = 'committed'
+   AND m.commit_seq <= $1
+   AND m.available_at <= now()
+   AND (m.message_key IS NULL OR NOT EXISTS (
+        SELECT 1
+          FROM outbox.messages e
+         WHERE e.status = 'committed'
+           AND e.message_key IS NOT NULL
+           AND e.destination = m.destination
+           AND e.message_key = m.message_key
+           AND e.commit_seq < m.commit_seq
+           AND e.available_at > now()))
+ ORDER BY m.commit_seq
+ LIMIT $2

@@ -1,0 +1,86 @@
+//! Scheduled maintenance: expire undecided prepared rows, purge finished rows past retention.
+//! Each runs on its own interval and works in bounded batches until a short batch.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SweeperConfig;
+use crate::store::{self, MessageStatus, StoreError};
+
+pub struct Sweeper {
+    pool: PgPool,
+    config: SweeperConfig,
+}
+
+impl Sweeper {
+    pub fn new(pool: PgPool, config: SweeperConfig) -> Self {
+        Self { pool, config }
+    }
+
+    /// Every `sweeper.interval`: prepared rows past `expires_at` become `rolled_back`.
+    pub async fn run_expiry(&self, shutdown: CancellationToken) {
+        self.every(self.config.interval, &shutdown, || self.expire_once(&shutdown), "expire")
+            .await
+    }
+
+    /// Every `sweeper.purge_interval`: finished rows past their retention are deleted.
+    pub async fn run_purge(&self, shutdown: CancellationToken) {
+        self.every(self.config.purge_interval, &shutdown, || self.purge_once(&shutdown), "purge")
+            .await
+    }
+
+    async fn every<F, Fut>(&self, period: Duration, shutdown: &CancellationToken, mut job: F, name: &str)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<u64, StoreError>>,
+    {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match job().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(job = name, rows = n, "sweeper"),
+                Err(e) => tracing::warn!(job = name, error = %e, "sweeper run failed; will retry next interval"),
+            }
+        }
+    }
+
+    /// Rolls back every expired prepared row, in batches; returns how many.
+    pub async fn expire_once(&self, shutdown: &CancellationToken) -> Result<u64, StoreError> {
+        let limit = self.config.batch_size.get();
+        let mut total = 0;
+        loop {
+            let n = store::expire_prepared(&self.pool, limit).await?;
+            total += n;
+            if n < u64::from(limit) || shutdown.is_cancelled() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes every finished row past its retention, in batches; returns how many.
+    pub async fn purge_once(&self, shutdown: &CancellationToken) -> Result<u64, StoreError> {
+        let limit = self.config.batch_size.get();
+        let mut total = 0;
+        for (status, retention) in [
+            (MessageStatus::Published, self.config.published_retention),
+            (MessageStatus::RolledBack, self.config.rolled_back_retention),
+            (MessageStatus::Dead, self.config.dead_retention),
+        ] {
+            loop {
+                let n = store::purge(&self.pool, status, retention, limit).await?;
+                total += n;
+                if n < u64::from(limit) || shutdown.is_cancelled() {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,323 @@
+//! Shared test harness: a fresh database per test, unique RabbitMQ names, waiting on
+//! conditions with deadlines, and an in-process relay.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use outbox_relay::app::{self, AppError};
+use outbox_relay::config::{Config, LogFormat, SecretUrl};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn admin_database_url() -> String {
+    std::env::var("OUTBOX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:54329/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("OUTBOX_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:56729/%2f".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", Uuid::new_v4().simple())
+}
+
+/// A database of its own for one test, migrated.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_database_url())
+            .await
+            .expect("connect to the test Postgres (run scripts/services.sh up)");
+        let name = unique("t");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let mut url = url::Url::parse(&admin_database_url()).unwrap();
+        url.set_path(&name);
+        let url = url.to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        outbox_relay::store::migrate(&pool).await.expect("migrate");
+        Self { name, url, pool }
+    }
+
+    pub async fn enqueue(&self, destination: &str, key: Option<&str>, payload: serde_json::Value) -> Uuid {
+        sqlx::query_scalar("SELECT outbox.enqueue($1, $2, message_key => $3)")
+            .bind(destination)
+            .bind(payload)
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .expect("enqueue")
+    }
+
+    pub async fn status(&self, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT status::text FROM outbox.messages WHERE message_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("status")
+    }
+
+    pub async fn count(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status::text = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    pub async fn wait_status(&self, id: Uuid, status: &str) {
+        wait_for(&format!("message {id} to become {status}"), Duration::from_secs(30), || async {
+            (self.status(id).await == status).then_some(())
+        })
+        .await
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A configuration for tests: fast polling, short backoff.
+pub fn test_config(db: &TestDb) -> Config {
+    let mut c = Config::default();
+    c.database.url = SecretUrl::new(db.url.clone());
+    c.database.max_connections = 4.try_into().unwrap();
+    c.broker.amqp.url = SecretUrl::new(amqp_url());
+    c.relay.poll_interval = Duration::from_millis(20);
+    c.relay.batch_size = 100.try_into().unwrap();
+    c.relay.publish_timeout = Duration::from_secs(5);
+    c.relay.shutdown_grace = Duration::from_secs(5);
+    c.retry.max_attempts = 5.try_into().unwrap();
+    c.retry.initial_backoff = Duration::from_millis(50);
+    c.retry.max_backoff = Duration::from_millis(200);
+    c.sweeper.interval = Duration::from_millis(50);
+    c.log.format = LogFormat::Text;
+    c
+}
+
+/// The relay running inside the test process.
+pub struct RunningRelay {
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), AppError>>,
+}
+
+pub fn start_relay(config: Config) -> RunningRelay {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app::run(config, token.clone()));
+    RunningRelay { token, handle }
+}
+
+impl RunningRelay {
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.expect("relay task").expect("relay result");
+    }
+}
+
+/// A RabbitMQ connection for declaring topology and reading what the relay published.
+pub struct Rabbit {
+    pub conn: Connection,
+    pub channel: Channel,
+}
+
+impl Rabbit {
+    pub async fn connect() -> Self {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("connect to the test RabbitMQ (run scripts/services.sh up)");
+        let channel = conn.create_channel().await.expect("channel");
+        Self { conn, channel }
+    }
+
+    pub async fn declare_exchange(&self, name: &str) {
+        self.channel
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+    }
+
+    pub async fn delete_exchange(&self, name: &str) {
+        self.channel
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await
+            .expect("delete exchange");
+    }
+
+    /// A new exclusive queue bound to `exchange` with `routing_key`.
+    pub async fn bound_queue(&self, exchange: &str, routing_key: &str) -> String {
+        let queue = unique("q");
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare queue");
+        self.bind(&queue, exchange, routing_key).await;
+        queue
+    }
+
+    pub async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+    }
+
+    /// Everything in the queue right now (the relay only marks a row published after the
+    /// broker confirmed it, so a published row's message is already in the queue).
+    pub async fn drain(&self, queue: &str) -> Vec<Received> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            out.push(Received::from_parts(
+                m.delivery.routing_key.to_string(),
+                m.delivery.properties.clone(),
+                m.delivery.data.clone(),
+            ));
+        }
+        out
+    }
+
+    /// Waits until `n` messages arrived on `queue`, then returns them in arrival order.
+    pub async fn collect(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Received> {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                queue.into(),
+                unique("c").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut out = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(d))) => out.push(Received::from_parts(
+                    d.routing_key.to_string(),
+                    d.properties.clone(),
+                    d.data.clone(),
+                )),
+                Ok(other) => panic!("consumer ended: {other:?}"),
+                Err(_) => panic!("timed out after {timeout:?}: {} of {n} messages arrived", out.len()),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub payload: Vec<u8>,
+}
+
+impl Received {
+    fn from_parts(routing_key: String, properties: BasicProperties, payload: Vec<u8>) -> Self {
+        Self {
+            routing_key,
+            properties,
+            payload,
+        }
+    }
+
+    pub fn message_id(&self) -> Uuid {
+        self.properties
+            .message_id()
+            .as_ref()
+            .expect("message_id property")
+            .as_str()
+            .parse()
+            .expect("uuid")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("json payload")
+    }
+}
+
+/// Checks per-key order of first deliveries: for each key, the sequence numbers (`n` in the
+/// payload) of first deliveries must be increasing. Returns the number of duplicates.
+pub fn assert_first_deliveries_in_order(received: &[Received]) -> usize {
+    use std::collections::{HashMap, HashSet};
+    let mut seen = HashSet::new();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut duplicates = 0;
+    for r in received {
+        if !seen.insert(r.message_id()) {
+            duplicates += 1;
+            continue;
+        }
+        let v = r.json();
+        let key = v["key"].as_str().expect("key in payload").to_string();
+        let n = v["n"].as_i64().expect("n in payload");
+        if let Some(prev) = last.insert(key.clone(), n) {
+            assert!(prev < n, "key {key}: message {n} first delivered after {prev}");
+        }
+    }
+    duplicates
+}

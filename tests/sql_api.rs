@@ -1,0 +1,220 @@
+//! The SQL API and schema contract, against a real Postgres.
+
+mod common;
+
+use common::TestDb;
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn plain_insert_is_a_committed_publishable_message() {
+    let db = TestDb::new().await;
+    let row = sqlx::query(
+        "INSERT INTO outbox.messages (destination, payload) VALUES ('orders', '\\x7b7d')
+         RETURNING status::text, commit_seq, committed_at, message_id, available_at",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("status"), "committed");
+    assert!(row.get::<Option<i64>, _>("commit_seq").is_some());
+    assert!(row.get::<Option<chrono::DateTime<chrono::Utc>>, _>("committed_at").is_some());
+    assert!(!row.get::<Uuid, _>("message_id").is_nil());
+}
+
+#[tokio::test]
+async fn commit_seq_follows_the_order_rows_become_committed() {
+    let db = TestDb::new().await;
+    let prepared: Uuid = sqlx::query_scalar("SELECT outbox.prepare('d', '{}')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let later = db.enqueue("d", None, json!({})).await;
+    let committed: bool = sqlx::query_scalar("SELECT outbox.commit($1)")
+        .bind(prepared)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(committed);
+    let seq = |id: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT commit_seq FROM outbox.messages WHERE message_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(seq(prepared).await > seq(later).await, "commit_seq is taken at commit, not at prepare");
+}
+
+#[tokio::test]
+async fn enqueue_stores_payload_headers_and_delay() {
+    let db = TestDb::new().await;
+    let id: Uuid = sqlx::query_scalar(
+        "SELECT outbox.enqueue(destination => 'orders', payload => '{\"a\":1}', message_key => 'k',
+                               routing_key => 'rk', headers => '{\"h\":\"v\"}',
+                               deliver_at => now() + interval '1 hour')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let row = sqlx::query(
+        "SELECT status::text, payload, message_key, routing_key, headers,
+                available_at > now() + interval '59 minutes' AS delayed
+           FROM outbox.messages WHERE message_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("status"), "committed");
+    let payload: serde_json::Value = serde_json::from_slice(&row.get::<Vec<u8>, _>("payload")).unwrap();
+    assert_eq!(payload, json!({"a": 1}));
+    assert_eq!(row.get::<String, _>("message_key"), "k");
+    assert_eq!(row.get::<String, _>("routing_key"), "rk");
+    assert_eq!(row.get::<serde_json::Value, _>("headers"), json!({"h": "v"}));
+    assert!(row.get::<bool, _>("delayed"));
+}
+
+#[tokio::test]
+async fn prepare_commit_and_rollback_transitions() {
+    let db = TestDb::new().await;
+    let prep = |ttl: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT outbox.prepare('d', '{}', ttl => $1::interval)")
+                .bind(ttl)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let call = |f: &'static str, id: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(format!("SELECT outbox.{f}($1)")))
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    let a = prep("5 minutes").await;
+    assert_eq!(db.status(a).await, "prepared");
+    assert!(call("commit", a).await);
+    assert_eq!(db.status(a).await, "committed");
+    assert!(!call("commit", a).await, "second commit is not a transition");
+    assert!(!call("rollback", a).await, "a committed message cannot be rolled back");
+
+    let b = prep("5 minutes").await;
+    assert!(call("rollback", b).await);
+    assert_eq!(db.status(b).await, "rolled_back");
+    assert!(!call("commit", b).await, "a rolled back message cannot be committed");
+
+    // An expired prepared row cannot be committed even before the sweeper ran.
+    let c = prep("1 millisecond").await;
+    sqlx::query("SELECT pg_sleep(0.01)").execute(&db.pool).await.unwrap();
+    assert!(!call("commit", c).await);
+    assert_eq!(db.status(c).await, "prepared");
+
+    assert!(!call("commit", Uuid::new_v4()).await, "unknown id");
+}
+
+#[tokio::test]
+async fn bad_arguments_raise_and_insert_nothing() {
+    let db = TestDb::new().await;
+    let cases = [
+        ("SELECT outbox.enqueue('', '{}')", "destination"),
+        ("SELECT outbox.enqueue(NULL, '{}')", "destination"),
+        ("SELECT outbox.enqueue('d', NULL)", "payload"),
+        ("SELECT outbox.enqueue('d', '{}', headers => '[1]')", "headers must be a JSON object"),
+        ("SELECT outbox.enqueue('d', '{}', headers => '{\"a\": 1}')", "header \"a\" must be a string"),
+        ("SELECT outbox.prepare('', '{}')", "destination"),
+        ("SELECT outbox.prepare('d', '{}', headers => '\"x\"')", "headers must be a JSON object"),
+        ("SELECT outbox.prepare('d', '{}', ttl => '-1 minute')", "ttl must be a positive interval"),
+        ("SELECT outbox.prepare('d', '{}', ttl => '0')", "ttl must be a positive interval"),
+    ];
+    for (sql, expected) in cases {
+        let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
+        let db_err = err.as_database_error().expect("a database error");
+        assert!(db_err.message().contains(expected), "{sql}: {}", db_err.message());
+        assert_eq!(db_err.code().as_deref(), Some("22023"), "{sql}");
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 0);
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent() {
+    let db = TestDb::new().await;
+    outbox_relay::store::migrate(&db.pool).await.unwrap();
+    outbox_relay::store::check_schema(&db.pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn claim_is_an_index_scan_over_pending_rows_only() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO outbox.messages (destination, message_key, payload)
+         SELECT 'd', 'k' || (g % 100), '\\x00' FROM generate_series(1, 50000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox.messages SET status = 'published' WHERE id > 20")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE outbox.messages").execute(&db.pool).await.unwrap();
+    let claim = include_str!("../src/store/claim.sql");
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) {}",
+        claim.replace("$1", "1000000").replace("$2", "500")
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let text = plan.to_string();
+    assert!(text.contains("messages_pending_idx"), "claim must use the pending index: {text}");
+    assert!(!text.contains("\"Seq Scan\""), "claim must not scan the table: {text}");
+}
+
+#[tokio::test]
+async fn commit_fence_waits_for_open_writers() {
+    use outbox_relay::store;
+    let db = TestDb::new().await;
+    let first = db.enqueue("d", Some("k"), json!({})).await;
+    let _ = first;
+    let mut open = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT outbox.enqueue('d', '{}', message_key => 'k')")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let late = db.enqueue("d", Some("k"), json!({})).await;
+    let late_seq: i64 = sqlx::query_scalar("SELECT commit_seq FROM outbox.messages WHERE message_id = $1")
+        .bind(late)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    let fence = store::commit_fence(&db.pool).await.unwrap();
+    assert_eq!(fence.fence_seq, late_seq);
+    assert_eq!(fence.writers.len(), 1, "the open transaction is a writer: {fence:?}");
+    assert!(store::fence_writers_running(&db.pool, &fence.writers).await.unwrap());
+
+    open.commit().await.unwrap();
+    assert!(!store::fence_writers_running(&db.pool, &fence.writers).await.unwrap());
+    let after = store::commit_fence(&db.pool).await.unwrap();
+    assert!(after.writers.is_empty());
+    // With the fence below the late row, the claim stops before it.
+    let claimed = store::claim(&db.pool, late_seq - 1, 100).await.unwrap();
+    assert!(claimed.iter().all(|m| m.commit_seq < late_seq));
+    assert_eq!(claimed.len(), 2);
+}
