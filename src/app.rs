@@ -31,7 +31,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     }
     match config.broker.kind {
         BrokerKind::Amqp => {
-            let publisher = AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
+            let publisher =
+                AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
             run_with(pool, Arc::new(publisher), config, shutdown).await
         }
     }
@@ -73,15 +74,30 @@ pub async fn run_with<P: Publisher>(
     let tracker = TaskTracker::new();
     let failure: Arc<std::sync::Mutex<Option<AppError>>> = Arc::default();
 
-    let relay = Relay::new(pool.clone(), publisher, config.relay.clone(), config.retry.clone());
+    let relay = Relay::new(
+        pool.clone(),
+        publisher,
+        config.relay.clone(),
+        config.retry.clone(),
+    );
     let sweeper = Arc::new(Sweeper::new(pool.clone(), config.sweeper.clone()));
 
-    spawn_named(&tracker, &shutdown, &failure, "relay", relay.run(shutdown.clone()));
+    spawn_named(
+        &tracker,
+        &shutdown,
+        &failure,
+        "relay",
+        relay.run(shutdown.clone()),
+    );
     let s = sweeper.clone();
     let token = shutdown.clone();
-    spawn_named(&tracker, &shutdown, &failure, "sweeper-expire", async move {
-        s.run_expiry(token).await
-    });
+    spawn_named(
+        &tracker,
+        &shutdown,
+        &failure,
+        "sweeper-expire",
+        async move { s.run_expiry(token).await },
+    );
     let token = shutdown.clone();
     spawn_named(&tracker, &shutdown, &failure, "sweeper-purge", async move {
         sweeper.run_purge(token).await

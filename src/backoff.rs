@@ -38,11 +38,20 @@ mod tests {
         };
         for _ in 0..100 {
             let d1 = b.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(101), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(101),
+                "{d1:?}"
+            );
             let d3 = b.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(401), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(401),
+                "{d3:?}"
+            );
             let d20 = b.delay(20);
-            assert!(d20 >= Duration::from_secs(1) && d20 <= Duration::from_secs(2), "{d20:?}");
+            assert!(
+                d20 >= Duration::from_secs(1) && d20 <= Duration::from_secs(2),
+                "{d20:?}"
+            );
             assert!(b.delay(u32::MAX) <= Duration::from_secs(2));
         }
     }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version, about = "Relays a Postgres outbox to RabbitMQ")]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Relays a Postgres outbox to RabbitMQ"
+)]
 pub struct Cli {
     /// TOML configuration file; environment variables OUTBOX_RELAY__SECTION__KEY override it.
     #[arg(long, short, global = true, env = "OUTBOX_RELAY_CONFIG")]

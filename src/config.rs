@@ -127,7 +127,14 @@ impl SecretUrl {
                     .query_pairs()
                     .map(|(k, v)| {
                         let secret = k.contains("password") || k.contains("secret");
-                        (k.into_owned(), if secret { "REDACTED".into() } else { v.into_owned() })
+                        (
+                            k.into_owned(),
+                            if secret {
+                                "REDACTED".into()
+                            } else {
+                                v.into_owned()
+                            },
+                        )
                     })
                     .collect();
                 if !pairs.is_empty() {
@@ -230,7 +237,11 @@ pub enum ConfigError {
 }
 
 fn list(issues: &[ConfigIssue]) -> String {
-    issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n")
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Config {
@@ -286,8 +297,10 @@ impl Config {
                 batch_size: r.read("sweeper.batch_size", d.sweeper.batch_size),
                 published_retention: r
                     .duration("sweeper.published_retention", d.sweeper.published_retention),
-                rolled_back_retention: r
-                    .duration("sweeper.rolled_back_retention", d.sweeper.rolled_back_retention),
+                rolled_back_retention: r.duration(
+                    "sweeper.rolled_back_retention",
+                    d.sweeper.rolled_back_retention,
+                ),
                 dead_retention: r.duration("sweeper.dead_retention", d.sweeper.dead_retention),
             },
             log: LogConfig {
@@ -370,7 +383,11 @@ impl Reader<'_> {
             Ok(u) => {
                 self.issue(
                     key,
-                    format!("scheme `{}` is not one of {}", u.scheme(), schemes.join(", ")),
+                    format!(
+                        "scheme `{}` is not one of {}",
+                        u.scheme(),
+                        schemes.join(", ")
+                    ),
                 );
                 default
             }
@@ -399,9 +416,15 @@ impl Reader<'_> {
             Some(figment::Source::File(path)) => path.display().to_string(),
             _ if meta.name.contains("environment") => {
                 let parts: Vec<&str> = key.split('.').collect();
-                meta.interpolate(&figment::Profile::Default, &parts)
+                let name = meta
+                    .interpolate(&figment::Profile::Default, &parts)
                     .to_uppercase()
-                    .replace('.', "__")
+                    .replace('.', "__");
+                if name.starts_with(ENV_PREFIX) {
+                    name
+                } else {
+                    format!("{ENV_PREFIX}{name}")
+                }
             }
             _ => meta.name.to_string(),
         }

@@ -180,7 +180,10 @@ impl<P: Publisher> Relay<P> {
                 break;
             }
             let outcome = {
-                let _permit = semaphore.acquire().await.expect("semaphore is never closed");
+                let _permit = semaphore
+                    .acquire()
+                    .await
+                    .expect("semaphore is never closed");
                 match self.publisher.publish(&message).await {
                     Ok(()) => Outcome::Published,
                     Err(e) => {
@@ -201,10 +204,11 @@ impl<P: Publisher> Relay<P> {
                 }
             };
             let failed = matches!(outcome, Outcome::Failed { .. });
-            results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((message.id, outcome, message.message_id.to_string()));
+            results.lock().unwrap_or_else(|p| p.into_inner()).push((
+                message.id,
+                outcome,
+                message.message_id.to_string(),
+            ));
             if failed {
                 // Later messages of this key must wait for this one.
                 break;

@@ -147,12 +147,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 /// Fails unless the latest migration this binary knows has been applied.
 pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
     let latest = migrator().iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> = sqlx::query_scalar(
-        "SELECT max(version) FROM outbox._sqlx_migrations WHERE success",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(|e| StoreError::SchemaMissing(e.to_string()))?;
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM outbox._sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| StoreError::SchemaMissing(e.to_string()))?;
     match applied {
         Some(v) if v >= latest => Ok(()),
         other => Err(StoreError::SchemaMissing(format!(

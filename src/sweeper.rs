@@ -21,18 +21,33 @@ impl Sweeper {
 
     /// Every `sweeper.interval`: prepared rows past `expires_at` become `rolled_back`.
     pub async fn run_expiry(&self, shutdown: CancellationToken) {
-        self.every(self.config.interval, &shutdown, || self.expire_once(&shutdown), "expire")
-            .await
+        self.every(
+            self.config.interval,
+            &shutdown,
+            || self.expire_once(&shutdown),
+            "expire",
+        )
+        .await
     }
 
     /// Every `sweeper.purge_interval`: finished rows past their retention are deleted.
     pub async fn run_purge(&self, shutdown: CancellationToken) {
-        self.every(self.config.purge_interval, &shutdown, || self.purge_once(&shutdown), "purge")
-            .await
+        self.every(
+            self.config.purge_interval,
+            &shutdown,
+            || self.purge_once(&shutdown),
+            "purge",
+        )
+        .await
     }
 
-    async fn every<F, Fut>(&self, period: Duration, shutdown: &CancellationToken, mut job: F, name: &str)
-    where
+    async fn every<F, Fut>(
+        &self,
+        period: Duration,
+        shutdown: &CancellationToken,
+        mut job: F,
+        name: &str,
+    ) where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<u64, StoreError>>,
     {
@@ -46,7 +61,9 @@ impl Sweeper {
             match job().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(job = name, rows = n, "sweeper"),
-                Err(e) => tracing::warn!(job = name, error = %e, "sweeper run failed; will retry next interval"),
+                Err(e) => {
+                    tracing::warn!(job = name, error = %e, "sweeper run failed; will retry next interval")
+                }
             }
         }
     }

@@ -19,7 +19,9 @@ async fn plain_insert_is_a_committed_publishable_message() {
     .unwrap();
     assert_eq!(row.get::<String, _>("status"), "committed");
     assert!(row.get::<Option<i64>, _>("commit_seq").is_some());
-    assert!(row.get::<Option<chrono::DateTime<chrono::Utc>>, _>("committed_at").is_some());
+    assert!(row
+        .get::<Option<chrono::DateTime<chrono::Utc>>, _>("committed_at")
+        .is_some());
     assert!(!row.get::<Uuid, _>("message_id").is_nil());
 }
 
@@ -40,14 +42,19 @@ async fn commit_seq_follows_the_order_rows_become_committed() {
     let seq = |id: Uuid| {
         let pool = db.pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>("SELECT commit_seq FROM outbox.messages WHERE message_id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, i64>(
+                "SELECT commit_seq FROM outbox.messages WHERE message_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
         }
     };
-    assert!(seq(prepared).await > seq(later).await, "commit_seq is taken at commit, not at prepare");
+    assert!(
+        seq(prepared).await > seq(later).await,
+        "commit_seq is taken at commit, not at prepare"
+    );
 }
 
 #[tokio::test]
@@ -71,11 +78,15 @@ async fn enqueue_stores_payload_headers_and_delay() {
     .await
     .unwrap();
     assert_eq!(row.get::<String, _>("status"), "committed");
-    let payload: serde_json::Value = serde_json::from_slice(&row.get::<Vec<u8>, _>("payload")).unwrap();
+    let payload: serde_json::Value =
+        serde_json::from_slice(&row.get::<Vec<u8>, _>("payload")).unwrap();
     assert_eq!(payload, json!({"a": 1}));
     assert_eq!(row.get::<String, _>("message_key"), "k");
     assert_eq!(row.get::<String, _>("routing_key"), "rk");
-    assert_eq!(row.get::<serde_json::Value, _>("headers"), json!({"h": "v"}));
+    assert_eq!(
+        row.get::<serde_json::Value, _>("headers"),
+        json!({"h": "v"})
+    );
     assert!(row.get::<bool, _>("delayed"));
 }
 
@@ -107,17 +118,29 @@ async fn prepare_commit_and_rollback_transitions() {
     assert_eq!(db.status(a).await, "prepared");
     assert!(call("commit", a).await);
     assert_eq!(db.status(a).await, "committed");
-    assert!(!call("commit", a).await, "second commit is not a transition");
-    assert!(!call("rollback", a).await, "a committed message cannot be rolled back");
+    assert!(
+        !call("commit", a).await,
+        "second commit is not a transition"
+    );
+    assert!(
+        !call("rollback", a).await,
+        "a committed message cannot be rolled back"
+    );
 
     let b = prep("5 minutes").await;
     assert!(call("rollback", b).await);
     assert_eq!(db.status(b).await, "rolled_back");
-    assert!(!call("commit", b).await, "a rolled back message cannot be committed");
+    assert!(
+        !call("commit", b).await,
+        "a rolled back message cannot be committed"
+    );
 
     // An expired prepared row cannot be committed even before the sweeper ran.
     let c = prep("1 millisecond").await;
-    sqlx::query("SELECT pg_sleep(0.01)").execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT pg_sleep(0.01)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     assert!(!call("commit", c).await);
     assert_eq!(db.status(c).await, "prepared");
 
@@ -131,17 +154,36 @@ async fn bad_arguments_raise_and_insert_nothing() {
         ("SELECT outbox.enqueue('', '{}')", "destination"),
         ("SELECT outbox.enqueue(NULL, '{}')", "destination"),
         ("SELECT outbox.enqueue('d', NULL)", "payload"),
-        ("SELECT outbox.enqueue('d', '{}', headers => '[1]')", "headers must be a JSON object"),
-        ("SELECT outbox.enqueue('d', '{}', headers => '{\"a\": 1}')", "header \"a\" must be a string"),
+        (
+            "SELECT outbox.enqueue('d', '{}', headers => '[1]')",
+            "headers must be a JSON object",
+        ),
+        (
+            "SELECT outbox.enqueue('d', '{}', headers => '{\"a\": 1}')",
+            "header \"a\" must be a string",
+        ),
         ("SELECT outbox.prepare('', '{}')", "destination"),
-        ("SELECT outbox.prepare('d', '{}', headers => '\"x\"')", "headers must be a JSON object"),
-        ("SELECT outbox.prepare('d', '{}', ttl => '-1 minute')", "ttl must be a positive interval"),
-        ("SELECT outbox.prepare('d', '{}', ttl => '0')", "ttl must be a positive interval"),
+        (
+            "SELECT outbox.prepare('d', '{}', headers => '\"x\"')",
+            "headers must be a JSON object",
+        ),
+        (
+            "SELECT outbox.prepare('d', '{}', ttl => '-1 minute')",
+            "ttl must be a positive interval",
+        ),
+        (
+            "SELECT outbox.prepare('d', '{}', ttl => '0')",
+            "ttl must be a positive interval",
+        ),
     ];
     for (sql, expected) in cases {
         let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         let db_err = err.as_database_error().expect("a database error");
-        assert!(db_err.message().contains(expected), "{sql}: {}", db_err.message());
+        assert!(
+            db_err.message().contains(expected),
+            "{sql}: {}",
+            db_err.message()
+        );
         assert_eq!(db_err.code().as_deref(), Some("22023"), "{sql}");
     }
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
@@ -172,7 +214,10 @@ async fn claim_is_an_index_scan_over_pending_rows_only() {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("ANALYZE outbox.messages").execute(&db.pool).await.unwrap();
+    sqlx::query("ANALYZE outbox.messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let claim = include_str!("../src/store/claim.sql");
     let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (FORMAT JSON) {}",
@@ -182,8 +227,14 @@ async fn claim_is_an_index_scan_over_pending_rows_only() {
     .await
     .unwrap();
     let text = plan.to_string();
-    assert!(text.contains("messages_pending_idx"), "claim must use the pending index: {text}");
-    assert!(!text.contains("\"Seq Scan\""), "claim must not scan the table: {text}");
+    assert!(
+        text.contains("messages_pending_idx"),
+        "claim must use the pending index: {text}"
+    );
+    assert!(
+        !text.contains("\"Seq Scan\""),
+        "claim must not scan the table: {text}"
+    );
 }
 
 #[tokio::test]
@@ -198,19 +249,28 @@ async fn commit_fence_waits_for_open_writers() {
         .await
         .unwrap();
     let late = db.enqueue("d", Some("k"), json!({})).await;
-    let late_seq: i64 = sqlx::query_scalar("SELECT commit_seq FROM outbox.messages WHERE message_id = $1")
-        .bind(late)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let late_seq: i64 =
+        sqlx::query_scalar("SELECT commit_seq FROM outbox.messages WHERE message_id = $1")
+            .bind(late)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
 
     let fence = store::commit_fence(&db.pool).await.unwrap();
     assert_eq!(fence.fence_seq, late_seq);
-    assert_eq!(fence.writers.len(), 1, "the open transaction is a writer: {fence:?}");
-    assert!(store::fence_writers_running(&db.pool, &fence.writers).await.unwrap());
+    assert_eq!(
+        fence.writers.len(),
+        1,
+        "the open transaction is a writer: {fence:?}"
+    );
+    assert!(store::fence_writers_running(&db.pool, &fence.writers)
+        .await
+        .unwrap());
 
     open.commit().await.unwrap();
-    assert!(!store::fence_writers_running(&db.pool, &fence.writers).await.unwrap());
+    assert!(!store::fence_writers_running(&db.pool, &fence.writers)
+        .await
+        .unwrap());
     let after = store::commit_fence(&db.pool).await.unwrap();
     assert!(after.writers.is_empty());
     // With the fence below the late row, the claim stops before it.

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
@@ -50,8 +50,7 @@ impl AmqpPublisher {
             state.connection = None;
             let connect = Connection::connect(
                 self.config.url.expose(),
-                ConnectionProperties::default()
-                    .with_connection_name("outbox-relay".into()),
+                ConnectionProperties::default().with_connection_name("outbox-relay".into()),
             );
             let conn = tokio::time::timeout(self.config.connect_timeout, connect)
                 .await

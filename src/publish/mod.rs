@@ -34,8 +34,10 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Publishes one message. Calls for different keys run concurrently; the relay never has
     /// two messages of the same key in flight.
-    fn publish(&self, message: &OutboxMessage)
-        -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn publish(
+        &self,
+        message: &OutboxMessage,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
     /// Closes connections after the last publish.
     fn close(&self) -> impl Future<Output = ()> + Send;

@@ -66,7 +66,12 @@ impl TestDb {
         Self { name, url, pool }
     }
 
-    pub async fn enqueue(&self, destination: &str, key: Option<&str>, payload: serde_json::Value) -> Uuid {
+    pub async fn enqueue(
+        &self,
+        destination: &str,
+        key: Option<&str>,
+        payload: serde_json::Value,
+    ) -> Uuid {
         sqlx::query_scalar("SELECT outbox.enqueue($1, $2, message_key => $3)")
             .bind(destination)
             .bind(payload)
@@ -93,9 +98,11 @@ impl TestDb {
     }
 
     pub async fn wait_status(&self, id: Uuid, status: &str) {
-        wait_for(&format!("message {id} to become {status}"), Duration::from_secs(30), || async {
-            (self.status(id).await == status).then_some(())
-        })
+        wait_for(
+            &format!("message {id} to become {status}"),
+            Duration::from_secs(30),
+            || async { (self.status(id).await == status).then_some(()) },
+        )
         .await
     }
 }
@@ -111,7 +118,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -149,7 +159,10 @@ pub fn start_relay(config: Config) -> RunningRelay {
 impl RunningRelay {
     pub async fn stop(self) {
         self.token.cancel();
-        self.handle.await.expect("relay task").expect("relay result");
+        self.handle
+            .await
+            .expect("relay task")
+            .expect("relay result");
     }
 }
 
@@ -169,10 +182,14 @@ impl Rabbit {
     }
 
     pub async fn declare_exchange(&self, name: &str) {
+        self.declare_exchange_of(name, ExchangeKind::Direct).await
+    }
+
+    pub async fn declare_exchange_of(&self, name: &str, kind: ExchangeKind) {
         self.channel
             .exchange_declare(
                 name.into(),
-                ExchangeKind::Direct,
+                kind,
                 ExchangeDeclareOptions::default(),
                 FieldTable::default(),
             )
@@ -262,7 +279,10 @@ impl Rabbit {
                     d.data.clone(),
                 )),
                 Ok(other) => panic!("consumer ended: {other:?}"),
-                Err(_) => panic!("timed out after {timeout:?}: {} of {n} messages arrived", out.len()),
+                Err(_) => panic!(
+                    "timed out after {timeout:?}: {} of {n} messages arrived",
+                    out.len()
+                ),
             }
         }
         out
@@ -316,8 +336,74 @@ pub fn assert_first_deliveries_in_order(received: &[Received]) -> usize {
         let key = v["key"].as_str().expect("key in payload").to_string();
         let n = v["n"].as_i64().expect("n in payload");
         if let Some(prev) = last.insert(key.clone(), n) {
-            assert!(prev < n, "key {key}: message {n} first delivered after {prev}");
+            assert!(
+                prev < n,
+                "key {key}: message {n} first delivered after {prev}"
+            );
         }
     }
     duplicates
+}
+
+/// The relay binary as a child process, configured through environment variables, its
+/// stderr (text logs) captured to a file.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl RelayProcess {
+    pub fn spawn(db_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("relay")));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+        cmd.arg("run")
+            .env_remove("OUTBOX_RELAY_CONFIG")
+            .env("OUTBOX_RELAY__DATABASE__URL", db_url)
+            .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
+            .env("OUTBOX_RELAY__RELAY__POLL_INTERVAL", "20ms")
+            .env("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF", "50ms")
+            .env("OUTBOX_RELAY__RETRY__MAX_BACKOFF", "500ms")
+            .env("OUTBOX_RELAY__LOG__FORMAT", "text")
+            .env("OUTBOX_RELAY__LOG__LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn outbox-relay");
+        Self { child, log }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("send signal");
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, polling so the test runtime is never blocked.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        let log = self.log.clone();
+        wait_for(
+            &format!("relay to exit (log {})", log.display()),
+            timeout,
+            || {
+                let status = child.try_wait().expect("try_wait");
+                async move { status }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

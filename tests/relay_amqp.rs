@@ -1,0 +1,326 @@
+//! The relay against real Postgres and RabbitMQ, running in-process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    assert_first_deliveries_in_order, start_relay, test_config, unique, wait_for, Rabbit, TestDb,
+};
+use lapin::types::AMQPValue;
+use serde_json::json;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn committed_message_is_delivered_with_mapped_properties() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    rabbit.declare_exchange(&exchange).await;
+    let by_routing_key = rabbit.bound_queue(&exchange, "orders.created").await;
+    let by_message_key = rabbit.bound_queue(&exchange, "customer-7").await;
+    let relay = start_relay(test_config(&db));
+
+    let explicit: Uuid = sqlx::query_scalar(
+        "SELECT outbox.enqueue($1, '{\"order\": 1}', message_key => 'customer-7',
+                               routing_key => 'orders.created', headers => '{\"traceparent\": \"00-abc\"}')",
+    )
+    .bind(&exchange)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let keyed = db
+        .enqueue(&exchange, Some("customer-7"), json!({"order": 2}))
+        .await;
+
+    let got = rabbit.collect(&by_routing_key, 1, WAIT).await;
+    let m = &got[0];
+    assert_eq!(m.message_id(), explicit);
+    assert_eq!(m.routing_key, "orders.created");
+    assert_eq!(m.json(), json!({"order": 1}));
+    assert_eq!(m.properties.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        m.properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    let committed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT committed_at FROM outbox.messages WHERE message_id = $1")
+            .bind(explicit)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        m.properties.timestamp(),
+        &Some(committed_at.timestamp() as u64)
+    );
+    let headers = m.properties.headers().as_ref().expect("headers");
+    match headers.inner().get("traceparent") {
+        Some(AMQPValue::LongString(v)) => assert_eq!(v.to_string(), "00-abc"),
+        other => panic!("traceparent header: {other:?}"),
+    }
+
+    // Without a routing_key the message_key routes.
+    let got = rabbit.collect(&by_message_key, 1, WAIT).await;
+    assert_eq!(got[0].message_id(), keyed);
+    assert_eq!(got[0].routing_key, "customer-7");
+
+    db.wait_status(explicit, "published").await;
+    db.wait_status(keyed, "published").await;
+    let published_at_set: bool = sqlx::query_scalar(
+        "SELECT bool_and(published_at IS NOT NULL AND attempts = 1) FROM outbox.messages",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(published_at_set);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn prepared_rolled_back_and_expired_are_never_delivered() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    rabbit.declare_exchange(&exchange).await;
+    let queue = rabbit.bound_queue(&exchange, "k").await;
+    let relay = start_relay(test_config(&db));
+
+    let prepare = |ttl: &'static str| {
+        let pool = db.pool.clone();
+        let exchange = exchange.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT outbox.prepare($1, '{\"key\":\"k\",\"n\":0}', message_key => 'k', ttl => $2::interval)",
+            )
+            .bind(exchange)
+            .bind(ttl)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let undecided = prepare("1 hour").await;
+    let rolled_back = prepare("1 hour").await;
+    let expiring = prepare("100 milliseconds").await;
+    let rolled: bool = sqlx::query_scalar("SELECT outbox.rollback($1)")
+        .bind(rolled_back)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(rolled);
+    // The sweeper (every 50 ms in tests) expires the short-lived one.
+    db.wait_status(expiring, "rolled_back").await;
+    let late_commit: bool = sqlx::query_scalar("SELECT outbox.commit($1)")
+        .bind(expiring)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!late_commit, "an expired message cannot be committed");
+
+    // A committed marker after all of them: once it is published, the relay has passed them.
+    let marker = db
+        .enqueue(&exchange, Some("k"), json!({"key": "k", "n": 1}))
+        .await;
+    db.wait_status(marker, "published").await;
+    let got = rabbit.drain(&queue).await;
+    let ids: Vec<Uuid> = got.iter().map(|r| r.message_id()).collect();
+    assert_eq!(ids, vec![marker], "only the committed marker may arrive");
+    assert_eq!(db.status(undecided).await, "prepared");
+    assert_eq!(db.status(rolled_back).await, "rolled_back");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn per_key_order_holds_while_the_exchange_is_missing_then_declared() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let relay = start_relay(test_config(&db));
+
+    let keys = ["a", "b", "c"];
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let key = keys[n % keys.len()];
+        ids.push(
+            db.enqueue(&exchange, Some(key), json!({"key": key, "n": n}))
+                .await,
+        );
+    }
+    // Let the relay fail on the missing exchange at least twice for the head of a key.
+    wait_for("two failed attempts", WAIT, || async {
+        let max: Option<i32> = sqlx::query_scalar("SELECT max(attempts) FROM outbox.messages")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (max.unwrap_or(0) >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(db.count("published").await, 0);
+
+    rabbit.declare_exchange(&exchange).await;
+    let queue = unique("q");
+    rabbit
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    for key in keys {
+        rabbit.bind(&queue, &exchange, key).await;
+    }
+    for id in &ids {
+        db.wait_status(*id, "published").await;
+    }
+    let got = rabbit.drain(&queue).await;
+    let duplicates = assert_first_deliveries_in_order(&got);
+    assert_eq!(got.len() - duplicates, ids.len(), "every message arrived");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn failing_destination_backs_off_then_goes_dead_while_others_flow() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let good = unique("ex");
+    let missing = unique("missing");
+    rabbit.declare_exchange(&good).await;
+    let queue = rabbit.bound_queue(&good, "k").await;
+    let mut config = test_config(&db);
+    config.retry.max_attempts = 3.try_into().unwrap();
+    config.retry.initial_backoff = Duration::from_millis(200);
+    config.retry.max_backoff = Duration::from_millis(400);
+    let relay = start_relay(config);
+
+    let poison = db
+        .enqueue(&missing, Some("p"), json!({"key": "p", "n": 0}))
+        .await;
+    let behind = db
+        .enqueue(&missing, Some("p"), json!({"key": "p", "n": 1}))
+        .await;
+    let mut good_ids = Vec::new();
+    for n in 0..50 {
+        good_ids.push(
+            db.enqueue(&good, Some("k"), json!({"key": "k", "n": n}))
+                .await,
+        );
+    }
+    // The good destination flows while the poison one is still retrying.
+    let got = rabbit.collect(&queue, good_ids.len(), WAIT).await;
+    assert_eq!(got.len(), 50);
+    assert_first_deliveries_in_order(&got);
+
+    db.wait_status(poison, "dead").await;
+    let (attempts, last_error, spent_ms): (i32, Option<String>, f64) = sqlx::query_as(
+        "SELECT attempts, last_error, (extract(epoch FROM finished_at - committed_at) * 1000)::float8
+           FROM outbox.messages WHERE message_id = $1",
+    )
+    .bind(poison)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 3);
+    let last_error = last_error.expect("last_error");
+    assert!(
+        last_error.contains("NOT_FOUND") || last_error.contains("404"),
+        "{last_error}"
+    );
+    // Equal jitter: at least half of 200 ms and of 400 ms passed between the three attempts.
+    assert!(
+        spent_ms >= 300.0,
+        "backoff was applied: only {spent_ms} ms between first and last attempt"
+    );
+    // The dead message no longer holds its key back: the next one is tried (and fails too).
+    wait_for(
+        "the message behind the dead one to be attempted",
+        WAIT,
+        || async {
+            let a: i32 =
+                sqlx::query_scalar("SELECT attempts FROM outbox.messages WHERE message_id = $1")
+                    .bind(behind)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (a >= 1).then_some(())
+        },
+    )
+    .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unroutable_message_is_not_marked_published() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    rabbit.declare_exchange(&exchange).await; // no queue bound: mandatory publish is returned
+    let relay = start_relay(test_config(&db));
+    let id = db.enqueue(&exchange, Some("nobody"), json!({})).await;
+    wait_for("two returned attempts", WAIT, || async {
+        let (attempts, err): (i32, Option<String>) = sqlx::query_as(
+            "SELECT attempts, last_error FROM outbox.messages WHERE message_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (attempts >= 2).then_some(err)
+    })
+    .await
+    .filter(|e| e.contains("NO_ROUTE"))
+    .expect("last_error names NO_ROUTE");
+    let status = db.status(id).await;
+    assert!(status == "committed" || status == "dead", "{status}");
+
+    // Once a queue is bound, the retry succeeds.
+    let queue = rabbit.bound_queue(&exchange, "nobody").await;
+    if status == "committed" {
+        db.wait_status(id, "published").await;
+        assert_eq!(rabbit.drain(&queue).await.len(), 1);
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    rabbit.declare_exchange(&exchange).await;
+    let queue = rabbit.bound_queue(&exchange, "k").await;
+    let relay = start_relay(test_config(&db));
+
+    // The first row draws its commit_seq, but its transaction stays open...
+    let mut slow = db.pool.begin().await.unwrap();
+    let first: Uuid = sqlx::query_scalar(
+        "SELECT outbox.enqueue($1, '{\"key\":\"k\",\"n\":1}', message_key => 'k')",
+    )
+    .bind(&exchange)
+    .fetch_one(&mut *slow)
+    .await
+    .unwrap();
+    // ...while a later row of the same key commits at once.
+    let second = db
+        .enqueue(&exchange, Some("k"), json!({"key": "k", "n": 2}))
+        .await;
+    // Give the relay many poll cycles in which it could wrongly publish the second row.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        db.status(second).await,
+        "committed",
+        "published before an earlier commit_seq"
+    );
+    slow.commit().await.unwrap();
+
+    let got = rabbit.collect(&queue, 2, WAIT).await;
+    let ids: Vec<Uuid> = got.iter().map(|r| r.message_id()).collect();
+    assert_eq!(ids, vec![first, second]);
+    relay.stop().await;
+}
