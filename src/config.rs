@@ -476,3 +476,97 @@ impl Reader<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    fn example_keys() -> Vec<String> {
+        let table: toml::Table = EXAMPLE.parse().expect("config.example.toml is TOML");
+        fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(t) => walk(&key, t, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &table, &mut out);
+        out
+    }
+
+    #[test]
+    fn example_documents_every_key_with_its_default() {
+        let keys = example_keys();
+        for key in KEYS {
+            assert!(
+                keys.contains(&key.to_string()),
+                "{key} is not in config.example.toml"
+            );
+        }
+        let figment = Figment::from(Toml::string(EXAMPLE));
+        let from_example = Config::from_figment(&figment).expect("example is valid");
+        assert_eq!(
+            from_example.to_redacted_toml(),
+            Config::default().to_redacted_toml(),
+            "config.example.toml must show the defaults"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let figment = Figment::from(Toml::string(
+            "[relay]\nbatch_size = -1\nmax_in_flight = 0\n[retry]\ninitial_backoff = \"10s\"\nmax_backoff = \"1s\"\n[log]\nformat = \"xml\"\n[extra]\na = 1\n",
+        ));
+        let Err(ConfigError::Invalid(issues)) = Config::from_figment(&figment) else {
+            panic!("expected invalid configuration");
+        };
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "relay.batch_size",
+                "relay.max_in_flight",
+                "log.format",
+                "extra",
+                "retry.max_backoff"
+            ]
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "relay.toml",
+                "[relay]\nbatch_size = 10\npoll_interval = \"1s\"\n",
+            )?;
+            jail.set_env("OUTBOX_RELAY__RELAY__BATCH_SIZE", "20");
+            jail.set_env("OUTBOX_RELAY_PORT", "tcp://10.0.0.1:9090"); // Kubernetes service link
+            let c = Config::load(Some(Path::new("relay.toml"))).expect("valid");
+            assert_eq!(c.relay.batch_size.get(), 20);
+            assert_eq!(c.relay.poll_interval, Duration::from_secs(1));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let u = SecretUrl::new("amqps://user:s3cret@host:5671/vh?password=p2&x=1");
+        let shown = format!("{u} {u:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("p2"),
+            "{shown}"
+        );
+        assert!(shown.contains("user:REDACTED@host"), "{shown}");
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job: local services up, the relay built, migrated and running, sample messages
+# through enqueue, prepare+commit and prepare+rollback, consumed from RabbitMQ and printed.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+eval "$(scripts/services.sh up)"
+cargo build --quiet --bin outbox-relay --example demo
+
+ADMIN_URL=$OUTBOX_TEST_DATABASE_URL
+DEMO_DB=outbox_demo
+if ! psql "$ADMIN_URL" -Atc "SELECT 1 FROM pg_database WHERE datname = '$DEMO_DB'" | grep -q 1; then
+  psql "$ADMIN_URL" -qc "CREATE DATABASE $DEMO_DB"
+fi
+export DEMO_DATABASE_URL=${ADMIN_URL%/*}/$DEMO_DB
+export DEMO_AMQP_URL=$OUTBOX_TEST_AMQP_URL
+export OUTBOX_RELAY__DATABASE__URL=$DEMO_DATABASE_URL
+export OUTBOX_RELAY__BROKER__AMQP__URL=$DEMO_AMQP_URL
+export OUTBOX_RELAY__LOG__FORMAT=text
+
+echo "== migrate"
+target/debug/outbox-relay migrate
+
+LOG="$ROOT/.local/demo-relay.log"
+echo "== relay running (log: $LOG)"
+target/debug/outbox-relay run --config config.example.toml >"$LOG" 2>&1 &
+RELAY=$!
+trap 'kill -TERM $RELAY 2>/dev/null || true' EXIT
+
+echo "== demo"
+target/debug/examples/demo
+
+echo "== stopping the relay (SIGTERM)"
+kill -TERM $RELAY
+wait $RELAY && echo "relay exited cleanly"
+trap - EXIT

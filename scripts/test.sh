@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: local services up, then every test (unit and integration) with nextest.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+eval "$(scripts/services.sh up)"
+cargo nextest run --no-fail-fast "$@"
