@@ -9,13 +9,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The service users may not be allowed into the caller's directory; every path below is absolute.
+cd /
 LOCAL="$ROOT/.local"
 PG_PORT=${OUTBOX_PG_PORT:-54329}
 AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
 RABBIT_DIST_PORT=$((AMQP_PORT + 1))
 RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
-PG_DIR="$LOCAL/pg"
-RABBIT_DIR="$LOCAL/rabbitmq"
+# Set by choose_state_dir once the service users exist.
+PG_DIR=""
+RABBIT_DIR=""
 
 log() { echo "services: $*" >&2; }
 
@@ -34,6 +37,22 @@ apt_install() {
   fi
   log "installing $*"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# The services run as the postgres and rabbitmq users, which must be able to reach their data.
+# A clone under a private directory (such as /root) is not reachable by them; then the data
+# lives in /var/tmp under a name derived from the clone's path, linked from .local/services.
+choose_state_dir() {
+  mkdir -p "$LOCAL"
+  local state="$LOCAL"
+  if ! su postgres -s /bin/sh -c "cd '$LOCAL'" 2>/dev/null || ! su rabbitmq -s /bin/sh -c "cd '$LOCAL'" 2>/dev/null; then
+    state="/var/tmp/outbox-relay-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
+    mkdir -p "$state"
+    chmod 755 "$state"
+    ln -sfn "$state" "$LOCAL/services"
+  fi
+  PG_DIR="$state/pg"
+  RABBIT_DIR="$state/rabbitmq"
 }
 
 install_missing() {
@@ -141,12 +160,14 @@ ENV
 case "${1:-up}" in
   up)
     install_missing
+    choose_state_dir
     pg_up
     rabbit_up
     print_env > "$LOCAL/env"
     print_env
     ;;
   down)
+    choose_state_dir
     rabbit_down
     pg_down
     ;;
