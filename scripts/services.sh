@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Starts (or stops) the local Postgres and RabbitMQ that the demo and the tests use.
+# Starts (or stops) the local Postgres, RabbitMQ and Kafka-protocol broker (tansu) that the demo and the tests use.
 # Everything runs as plain processes bound to 127.0.0.1 on non-default ports, with data under
 # .local/ in the repository. Idempotent: `up` installs what is missing and starts what is not running.
 #
 #   scripts/services.sh up     install if needed, start, print the environment to use
-#   scripts/services.sh down   stop both
+#   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
 set -euo pipefail
 
@@ -15,10 +15,13 @@ LOCAL="$ROOT/.local"
 PG_PORT=${OUTBOX_PG_PORT:-54329}
 AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
 RABBIT_DIST_PORT=$((AMQP_PORT + 1))
+KAFKA_PORT=${OUTBOX_KAFKA_PORT:-59092}
+TANSU_VERSION=0.6.0
 RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
 # Set by choose_state_dir once the service users exist.
 PG_DIR=""
 RABBIT_DIR=""
+KAFKA_DIR=""
 
 log() { echo "services: $*" >&2; }
 
@@ -53,6 +56,7 @@ choose_state_dir() {
   fi
   PG_DIR="$state/pg"
   RABBIT_DIR="$state/rabbitmq"
+  KAFKA_DIR="$state/tansu"
 }
 
 install_missing() {
@@ -61,6 +65,59 @@ install_missing() {
   fi
   if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     apt_install rabbitmq-server
+  fi
+  if [ -z "$(tansu_bin)" ]; then
+    # A Kafka-protocol broker from crates.io; the build takes 10-16 minutes on 2 cores, once.
+    # dynostore + libsql give the memory and SQLite (durable) storage engines.
+    log "installing tansu $TANSU_VERSION with cargo (slow, once)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql >&2
+  fi
+}
+
+tansu_bin() {
+  local candidate
+  for candidate in "$(command -v tansu 2>/dev/null || true)" "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+      echo "$candidate"
+      return
+    fi
+  done
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+kafka_up() {
+  mkdir -p "$KAFKA_DIR"
+  if [ -f "$KAFKA_DIR/tansu.pid" ] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
+    log "tansu (Kafka protocol) already running on 127.0.0.1:$KAFKA_PORT"
+    return
+  fi
+  # SQLite storage (a path relative to the working directory) keeps acknowledged messages
+  # across a broker restart.
+  (cd "$KAFKA_DIR" && nohup "$(tansu_bin)" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://tansu.db" >tansu.log 2>&1 &
+    echo $! > tansu.pid)
+  local i
+  for i in $(seq 1 120); do
+    port_open "$KAFKA_PORT" && break
+    sleep 0.5
+  done
+  if ! port_open "$KAFKA_PORT"; then
+    log "tansu did not start; see $KAFKA_DIR/tansu.log"
+    exit 1
+  fi
+  log "tansu (Kafka protocol) running on 127.0.0.1:$KAFKA_PORT"
+}
+
+kafka_down() {
+  if [ -f "$KAFKA_DIR/tansu.pid" ] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
+    kill "$(cat "$KAFKA_DIR/tansu.pid")" || true
+    rm -f "$KAFKA_DIR/tansu.pid"
+    log "tansu stopped"
   fi
 }
 
@@ -154,6 +211,7 @@ print_env() {
   cat <<ENV
 export OUTBOX_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export OUTBOX_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
+export OUTBOX_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 ENV
 }
 
@@ -163,11 +221,13 @@ case "${1:-up}" in
     choose_state_dir
     pg_up
     rabbit_up
+    kafka_up
     print_env > "$LOCAL/env"
     print_env
     ;;
   down)
     choose_state_dir
+    kafka_down
     rabbit_down
     pg_down
     ;;

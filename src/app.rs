@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::{BrokerKind, Config};
 use crate::publish::amqp::AmqpPublisher;
+use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
 use crate::publish::Publisher;
 use crate::relay::Relay;
 use crate::store::{self, StoreError};
@@ -19,6 +20,8 @@ use crate::sweeper::Sweeper;
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    KafkaSetup(#[from] KafkaSetupError),
     #[error("task `{0}` failed: {1}")]
     TaskFailed(&'static str, String),
 }
@@ -26,16 +29,27 @@ pub enum AppError {
 /// Runs the relay until `shutdown` is cancelled. Returns an error if a task died.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let pool = store::pool(&config.database)?;
+    // Built before waiting for the database so that bad producer settings fail at once.
+    let kafka = match config.broker.kind {
+        BrokerKind::Kafka => Some(kafka_publisher(&config)?),
+        BrokerKind::Amqp => None,
+    };
     if !wait_for_schema(&pool, &config, &shutdown).await {
         return Ok(());
     }
-    match config.broker.kind {
-        BrokerKind::Amqp => {
+    match kafka {
+        Some(publisher) => run_with(pool, Arc::new(publisher), config, shutdown).await,
+        None => {
             let publisher =
                 AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
             run_with(pool, Arc::new(publisher), config, shutdown).await
         }
     }
+}
+
+/// Creates the Kafka producer, which validates every librdkafka property.
+pub fn kafka_publisher(config: &Config) -> Result<KafkaPublisher, KafkaSetupError> {
+    KafkaPublisher::new(&config.broker.kafka, config.relay.publish_timeout)
 }
 
 /// Waits until the database answers and the schema is migrated, retrying with backoff.

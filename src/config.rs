@@ -39,13 +39,91 @@ pub struct DatabaseConfig {
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
     Amqp,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BrokerConfig {
     pub kind: BrokerKind,
     pub amqp: AmqpConfig,
+    pub kafka: KafkaConfig,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Passed through to librdkafka, except the keys the relay owns.
+    pub properties: KafkaProperties,
+}
+
+/// librdkafka properties. Values whose key suggests a secret are redacted when shown.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
+
+impl KafkaProperties {
+    pub fn is_secret(key: &str) -> bool {
+        [
+            "password",
+            "secret",
+            "sasl.oauthbearer.config",
+            "key.pem",
+            "certificate.pem",
+        ]
+        .iter()
+        .any(|s| key.contains(s))
+    }
+
+    fn redacted(&self) -> std::collections::BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let shown = if Self::is_secret(k) {
+                    "REDACTED"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(s)
+    }
+}
+
+/// librdkafka keys the relay sets itself, and where to configure them instead. `acks` and
+/// `enable.idempotence` are accepted only with the values the relay uses anyway.
+const KAFKA_OWNED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set broker.kafka.bootstrap_servers"),
+    ("metadata.broker.list", "set broker.kafka.bootstrap_servers"),
+    ("message.timeout.ms", "set relay.publish_timeout"),
+    ("delivery.timeout.ms", "set relay.publish_timeout"),
+    (
+        "transactional.id",
+        "the relay does not use Kafka transactions",
+    ),
+    (
+        "enable.gapless.guarantee",
+        "the relay keeps per-key order itself",
+    ),
+];
+const KAFKA_REQUIRED: &[(&str, &[&str])] = &[
+    ("acks", &["all", "-1"]),
+    ("request.required.acks", &["all", "-1"]),
+    ("enable.idempotence", &["true"]),
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AmqpConfig {
@@ -179,6 +257,11 @@ impl Default for Config {
                     url: SecretUrl::new("amqp://guest:guest@localhost:5672/%2f"),
                     connect_timeout: Duration::from_secs(10),
                 },
+                kafka: KafkaConfig {
+                    bootstrap_servers: "localhost:9092".to_string(),
+                    connect_timeout: Duration::from_secs(10),
+                    properties: KafkaProperties::default(),
+                },
             },
             relay: RelayConfig {
                 batch_size: nz(500),
@@ -278,6 +361,17 @@ impl Config {
                     connect_timeout: r
                         .duration("broker.amqp.connect_timeout", d.broker.amqp.connect_timeout),
                 },
+                kafka: KafkaConfig {
+                    bootstrap_servers: r.read(
+                        "broker.kafka.bootstrap_servers",
+                        d.broker.kafka.bootstrap_servers,
+                    ),
+                    connect_timeout: r.duration(
+                        "broker.kafka.connect_timeout",
+                        d.broker.kafka.connect_timeout,
+                    ),
+                    properties: r.kafka_properties("broker.kafka.properties"),
+                },
             },
             relay: RelayConfig {
                 batch_size: r.read("relay.batch_size", d.relay.batch_size),
@@ -331,6 +425,9 @@ pub const KEYS: &[&str] = &[
     "broker.kind",
     "broker.amqp.url",
     "broker.amqp.connect_timeout",
+    "broker.kafka.bootstrap_servers",
+    "broker.kafka.connect_timeout",
+    "broker.kafka.properties",
     "relay.batch_size",
     "relay.poll_interval",
     "relay.max_in_flight",
@@ -399,8 +496,62 @@ impl Reader<'_> {
         }
     }
 
+    /// A table of librdkafka properties. Dotted names may arrive nested (`linger.ms = 5` in
+    /// TOML, or `..._PROPERTIES__LINGER.MS` in the environment); they are flattened back.
+    fn kafka_properties(&mut self, key: &str) -> KafkaProperties {
+        let table: toml::Table = self.read(key, toml::Table::new());
+        let mut out = std::collections::BTreeMap::new();
+        self.flatten_properties(key, "", &table, &mut out);
+        KafkaProperties(out)
+    }
+
+    fn flatten_properties(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        table: &toml::Table,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        for (name, value) in table {
+            let name = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Table(t) => {
+                    self.flatten_properties(key, &name, t, out);
+                    continue;
+                }
+                _ => {
+                    self.issue(
+                        &format!("{key}.{name}"),
+                        "must be a string, number or boolean".into(),
+                    );
+                    continue;
+                }
+            };
+            out.insert(name, text);
+        }
+    }
+
     fn issue(&mut self, key: &str, message: String) {
         let origin = self.origin(key);
+        self.issues.push(ConfigIssue {
+            key: key.to_string(),
+            origin,
+            message,
+        });
+    }
+
+    /// An issue about `key` whose origin is looked up under `origin_key` (a nested name that
+    /// figment may not resolve, such as a dotted librdkafka property).
+    fn issue_at(&mut self, key: &str, origin_key: &str, message: String) {
+        let origin = self.origin(origin_key);
         self.issues.push(ConfigIssue {
             key: key.to_string(),
             origin,
@@ -466,9 +617,38 @@ impl Reader<'_> {
             ("sweeper.purge_interval", c.sweeper.purge_interval),
             ("database.connect_timeout", c.database.connect_timeout),
             ("broker.amqp.connect_timeout", c.broker.amqp.connect_timeout),
+            (
+                "broker.kafka.connect_timeout",
+                c.broker.kafka.connect_timeout,
+            ),
         ] {
             if value.is_zero() {
                 self.issue(key, "must be greater than zero".into());
+            }
+        }
+        if c.broker.kafka.bootstrap_servers.trim().is_empty() {
+            self.issue("broker.kafka.bootstrap_servers", "must not be empty".into());
+        }
+        for (name, value) in &c.broker.kafka.properties.0 {
+            let key = format!("broker.kafka.properties.{name}");
+            if let Some((_, instead)) = KAFKA_OWNED.iter().find(|(k, _)| k == name) {
+                self.issue_at(
+                    &key,
+                    "broker.kafka.properties",
+                    format!("owned by the relay: {instead}"),
+                );
+            }
+            if let Some((_, allowed)) = KAFKA_REQUIRED.iter().find(|(k, _)| k == name) {
+                if !allowed.contains(&value.as_str()) {
+                    self.issue_at(
+                        &key,
+                        "broker.kafka.properties",
+                        format!(
+                            "the relay always uses {}; `{value}` would weaken delivery",
+                            allowed[0]
+                        ),
+                    );
+                }
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
@@ -492,10 +672,10 @@ mod tests {
                 } else {
                     format!("{prefix}.{k}")
                 };
-                match v {
-                    toml::Value::Table(t) => walk(&key, t, out),
-                    _ => out.push(key),
+                if let toml::Value::Table(t) = v {
+                    walk(&key, t, out);
                 }
+                out.push(key);
             }
         }
         let mut out = Vec::new();
@@ -568,5 +748,64 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("user:REDACTED@host"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod kafka_tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(&Figment::from(Toml::string(toml)))
+    }
+
+    #[test]
+    fn properties_pass_through_flattened() {
+        let c = load(
+            "[broker]\nkind = \"kafka\"\n[broker.kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+             [broker.kafka.properties]\n\"compression.type\" = \"zstd\"\nlinger.ms = 5\nacks = \"all\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.broker.kind, BrokerKind::Kafka);
+        let p = &c.broker.kafka.properties.0;
+        assert_eq!(p["compression.type"], "zstd");
+        assert_eq!(p["linger.ms"], "5");
+        assert_eq!(p["acks"], "all");
+    }
+
+    #[test]
+    fn weakening_or_owned_properties_are_rejected_with_their_key() {
+        let Err(ConfigError::Invalid(issues)) = load(
+            "[broker.kafka.properties]\nacks = 1\n\"enable.idempotence\" = false\n\
+             \"bootstrap.servers\" = \"x:1\"\n\"message.timeout.ms\" = 5\n",
+        ) else {
+            panic!("expected invalid configuration");
+        };
+        let text = issues
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for key in [
+            "acks",
+            "enable.idempotence",
+            "bootstrap.servers",
+            "message.timeout.ms",
+        ] {
+            assert!(
+                text.contains(&format!("broker.kafka.properties.{key}")),
+                "{key} not named:\n{text}"
+            );
+        }
+        assert!(text.contains("relay.publish_timeout"), "{text}");
+    }
+
+    #[test]
+    fn secret_properties_are_redacted() {
+        let c = load("[broker.kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"me\"\n")
+            .expect("valid");
+        let shown = format!("{} {:?}", c.to_redacted_toml(), c);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("me"), "{shown}");
     }
 }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command};
-use outbox_relay::config::Config;
+use outbox_relay::config::{BrokerKind, Config};
 use outbox_relay::{app, store, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if config.broker.kind == BrokerKind::Kafka {
+        // Building the producer validates every librdkafka property; it connects lazily.
+        if let Err(e) = app::kafka_publisher(&config) {
+            eprintln!("outbox-relay: invalid configuration:\n  - broker.kafka.properties: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     if let Command::CheckConfig = cli.command {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;

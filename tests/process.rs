@@ -238,3 +238,23 @@ fn check_config_prints_effective_config_with_passwords_redacted() {
     let again = check_config(&["check-config", "--config", file.to_str().unwrap()], &[]);
     assert!(again.status.success(), "{again:?}");
 }
+
+#[test]
+fn unknown_librdkafka_property_is_a_config_error() {
+    let out = check_config(
+        &["check-config"],
+        &[
+            ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__NO.SUCH.PROPERTY",
+                "1",
+            ),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broker.kafka.properties") && stderr.contains("no.such.property"),
+        "{stderr}"
+    );
+}

@@ -2,6 +2,7 @@
 //! into retryable and permanent, next to the client code that knows what they mean.
 
 pub mod amqp;
+pub mod kafka;
 
 use std::future::Future;
 

@@ -2,6 +2,8 @@
 //! conditions with deadlines, and an in-process relay.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -141,6 +143,17 @@ pub fn test_config(db: &TestDb) -> Config {
     c.retry.max_backoff = Duration::from_millis(200);
     c.sweeper.interval = Duration::from_millis(50);
     c.log.format = LogFormat::Text;
+    c
+}
+
+/// A test configuration that publishes to Kafka at `bootstrap`.
+pub fn kafka_test_config(db: &TestDb, bootstrap: &str) -> Config {
+    let mut c = test_config(db);
+    c.broker.kind = outbox_relay::config::BrokerKind::Kafka;
+    c.broker.kafka.bootstrap_servers = bootstrap.to_string();
+    c.broker.kafka.connect_timeout = Duration::from_secs(2);
+    c.relay.publish_timeout = Duration::from_secs(5);
+    c.retry.max_attempts = 50.try_into().unwrap();
     c
 }
 
@@ -323,16 +336,20 @@ impl Received {
 /// Checks per-key order of first deliveries: for each key, the sequence numbers (`n` in the
 /// payload) of first deliveries must be increasing. Returns the number of duplicates.
 pub fn assert_first_deliveries_in_order(received: &[Received]) -> usize {
+    assert_in_order(received.iter().map(|r| (r.message_id(), r.json())))
+}
+
+/// The same check over `(message_id, payload)` pairs in arrival order.
+pub fn assert_in_order(received: impl IntoIterator<Item = (Uuid, serde_json::Value)>) -> usize {
     use std::collections::{HashMap, HashSet};
     let mut seen = HashSet::new();
     let mut last: HashMap<String, i64> = HashMap::new();
     let mut duplicates = 0;
-    for r in received {
-        if !seen.insert(r.message_id()) {
+    for (id, v) in received {
+        if !seen.insert(id) {
             duplicates += 1;
             continue;
         }
-        let v = r.json();
         let key = v["key"].as_str().expect("key in payload").to_string();
         let n = v["n"].as_i64().expect("n in payload");
         if let Some(prev) = last.insert(key.clone(), n) {

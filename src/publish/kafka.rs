@@ -1,0 +1,235 @@
+//! Kafka publisher: librdkafka's idempotent producer with `acks=all`.
+//!
+//! Per-key order comes from the relay (one message of a key in flight at a time, the next sent
+//! only after the previous one's delivery report succeeded) together with the producer: a
+//! keyed record always goes to the same partition, and the idempotent producer never
+//! duplicates or reorders within a partition while it retries internally.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::{header_pairs, PublishError, Publisher};
+use crate::config::KafkaConfig;
+use crate::store::OutboxMessage;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the Kafka producer: {0}")]
+pub struct KafkaSetupError(String);
+
+/// Errors that no retry can fix: the row goes dead at once.
+const PERMANENT: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::MessageSizeTooLarge,
+    RDKafkaErrorCode::InvalidMessageSize,
+    RDKafkaErrorCode::MessageBatchTooLarge,
+    RDKafkaErrorCode::InvalidMessage,
+    RDKafkaErrorCode::InvalidRecord,
+    RDKafkaErrorCode::InvalidTopic,
+    RDKafkaErrorCode::TopicAuthorizationFailed,
+    RDKafkaErrorCode::ClusterAuthorizationFailed,
+    RDKafkaErrorCode::UnsupportedForMessageFormat,
+    RDKafkaErrorCode::InvalidArgument,
+];
+
+pub struct KafkaPublisher {
+    client_config: ClientConfig,
+    publish_timeout: Duration,
+    connect_timeout: Duration,
+    producer: RwLock<FutureProducer>,
+    /// False after a failure: the next `ready` checks the cluster before more rows are claimed.
+    healthy: AtomicBool,
+}
+
+/// The producer configuration: user properties first, then the settings the relay owns.
+pub fn client_config(config: &KafkaConfig, publish_timeout: Duration) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("client.id", "outbox-relay");
+    // Java's partitioner, so keys land where Java producers would put them.
+    c.set("partitioner", "murmur2_random");
+    for (k, v) in &config.properties.0 {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            publish_timeout.as_millis().max(1).to_string(),
+        );
+    c
+}
+
+impl KafkaPublisher {
+    /// Builds the producer. Fails on invalid librdkafka properties; connects lazily.
+    pub fn new(config: &KafkaConfig, publish_timeout: Duration) -> Result<Self, KafkaSetupError> {
+        let client_config = client_config(config, publish_timeout);
+        let producer = create(&client_config)?;
+        Ok(Self {
+            client_config,
+            publish_timeout,
+            connect_timeout: config.connect_timeout,
+            producer: RwLock::new(producer),
+            healthy: AtomicBool::new(false),
+        })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// An idempotent producer that hit a fatal error (for example an out-of-order sequence)
+    /// refuses all further sends; only a new producer can continue.
+    async fn replace_if_fatal(&self, producer: &FutureProducer) {
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return;
+        };
+        tracing::error!(
+            ?code,
+            reason,
+            "Kafka producer hit a fatal error; creating a new one"
+        );
+        match create(&self.client_config) {
+            Ok(fresh) => {
+                let old = std::mem::replace(
+                    &mut *self.producer.write().unwrap_or_else(|p| p.into_inner()),
+                    fresh,
+                );
+                // Destroying a producer blocks while librdkafka tears down its threads.
+                let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer"),
+        }
+    }
+}
+
+fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaSetupError> {
+    config.create().map_err(|e| KafkaSetupError(e.to_string()))
+}
+
+/// Retryable or permanent, by librdkafka's error code. An unknown topic is retryable: it may
+/// be created later, and `retry.max_attempts` still ends in `dead`.
+pub fn classify(error: &KafkaError) -> PublishError {
+    match error.rdkafka_error_code() {
+        Some(code) if PERMANENT.contains(&code) => PublishError::Permanent(error.to_string()),
+        _ => PublishError::Retryable(error.to_string()),
+    }
+}
+
+fn headers(message: &OutboxMessage) -> Result<OwnedHeaders, PublishError> {
+    let id = message.message_id.to_string();
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in header_pairs(&message.headers)? {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    Ok(headers
+        .insert(Header {
+            key: "message_id",
+            value: Some(&id),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some(&message.content_type),
+        }))
+}
+
+impl Publisher for KafkaPublisher {
+    async fn ready(&self) -> Result<(), PublishError> {
+        if self.healthy.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let producer = self.producer();
+        let timeout = self.connect_timeout;
+        // fetch_metadata blocks until the cluster answers: keep it off the runtime.
+        let answer = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| PublishError::Retryable(format!("metadata request panicked: {e}")))?;
+        match answer {
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(PublishError::Retryable(format!(
+                "Kafka cluster not reachable: {e}"
+            ))),
+        }
+    }
+
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        if message.destination.is_empty() {
+            return Err(PublishError::Permanent("empty topic name".into()));
+        }
+        let headers = headers(message)?;
+        let mut record = FutureRecord::to(&message.destination)
+            .payload(&message.payload)
+            .headers(headers)
+            .timestamp(message.committed_at.timestamp_millis());
+        if let Some(key) = &message.message_key {
+            record = record.key(key);
+        }
+        let producer = self.producer();
+        // The queue timeout is backpressure: while librdkafka's queue is full, wait for room.
+        match producer
+            .send(record, Timeout::After(self.publish_timeout))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err((error, _)) => {
+                let classified = classify(&error);
+                if !classified.is_permanent() {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
+                self.replace_if_fatal(&producer).await;
+                Err(classified)
+            }
+        }
+    }
+
+    async fn close(&self) {
+        let producer = self.producer();
+        let grace = self.publish_timeout;
+        // flush blocks until outstanding deliveries are reported or the timeout passes.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = producer.flush(Timeout::After(grace)) {
+                tracing::warn!(error = %e, "Kafka flush at shutdown");
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_and_retryable_errors() {
+        let e = |code| KafkaError::MessageProduction(code);
+        assert!(classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)).is_permanent());
+        assert!(classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)).is_permanent());
+        assert!(classify(&e(RDKafkaErrorCode::InvalidTopic)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::UnknownTopicOrPartition)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::UnknownTopic)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::NotLeaderForPartition)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::RequestTimedOut)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::MessageTimedOut)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::QueueFull)).is_permanent());
+        assert!(!classify(&e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
+    }
+}

@@ -1,0 +1,144 @@
+//! The relay publishing to a real Kafka-protocol broker (tansu, a separate process).
+
+mod common;
+
+use std::time::Duration;
+
+use common::kafka::{bootstrap, consume, create_topic, record_count};
+use common::{assert_in_order, kafka_test_config, start_relay, unique, TestDb};
+use serde_json::json;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn committed_messages_round_trip_with_keys_headers_and_order() {
+    let db = TestDb::new().await;
+    let topic = unique("t");
+    create_topic(&bootstrap(), &topic, 3).await;
+    let relay = start_relay(kafka_test_config(&db, &bootstrap()));
+
+    let mut expected = Vec::new();
+    for n in 0..60 {
+        let key = format!("k{}", n % 4);
+        expected.push(
+            db.enqueue(&topic, Some(&key), json!({"key": key, "n": n}))
+                .await,
+        );
+    }
+    let with_headers: Uuid = sqlx::query_scalar(
+        "SELECT outbox.enqueue($1, '{\"key\": \"h\", \"n\": 1}', message_key => 'h',
+                               routing_key => 'ignored', headers => '{\"traceparent\": \"00-abc\"}')",
+    )
+    .bind(&topic)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    expected.push(with_headers);
+    let keyless = db
+        .enqueue(&topic, None, json!({"key": "none", "n": 1}))
+        .await;
+    expected.push(keyless);
+    let prepared: Uuid = sqlx::query_scalar(
+        "SELECT outbox.prepare($1, '{\"key\": \"p\", \"n\": 1}', message_key => 'p')",
+    )
+    .bind(&topic)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let committed: bool = sqlx::query_scalar("SELECT outbox.commit($1)")
+        .bind(prepared)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(committed);
+    expected.push(prepared);
+    let rolled_back: Uuid = sqlx::query_scalar(
+        "SELECT outbox.prepare($1, '{\"key\": \"r\", \"n\": 1}', message_key => 'r')",
+    )
+    .bind(&topic)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let _: bool = sqlx::query_scalar("SELECT outbox.rollback($1)")
+        .bind(rolled_back)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let undecided: Uuid = sqlx::query_scalar(
+        "SELECT outbox.prepare($1, '{\"key\": \"u\", \"n\": 1}', message_key => 'u')",
+    )
+    .bind(&topic)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    for id in &expected {
+        db.wait_status(*id, "published").await;
+    }
+    let got = consume(&bootstrap(), &topic, 3, expected.len(), WAIT).await;
+    assert_eq!(
+        record_count(&bootstrap(), &topic, 3).await,
+        expected.len() as i64,
+        "nothing else in the topic"
+    );
+    let ids: Vec<Uuid> = got.iter().map(|r| r.message_id()).collect();
+    for id in &expected {
+        assert!(ids.contains(id), "{id} missing");
+    }
+    assert!(!ids.contains(&rolled_back) && !ids.contains(&undecided));
+    assert_eq!(
+        assert_in_order(got.iter().map(|r| (r.message_id(), r.json()))),
+        0
+    );
+
+    let h = got.iter().find(|r| r.message_id() == with_headers).unwrap();
+    assert_eq!(h.key.as_deref(), Some("h"));
+    assert_eq!(h.headers["traceparent"], "00-abc");
+    assert_eq!(h.headers["content-type"], "application/json");
+    assert_eq!(h.json(), json!({"key": "h", "n": 1}));
+    let k = got.iter().find(|r| r.message_id() == keyless).unwrap();
+    assert_eq!(k.key, None);
+    // A key always lands in one partition, which is what keeps its order.
+    for key in ["k0", "k1", "k2", "k3"] {
+        let partitions: std::collections::HashSet<i32> = got
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key))
+            .map(|r| r.partition)
+            .collect();
+        assert_eq!(partitions.len(), 1, "{key} spread over {partitions:?}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_topic_is_retried_then_dead_while_others_flow() {
+    let db = TestDb::new().await;
+    let topic = unique("t");
+    create_topic(&bootstrap(), &topic, 1).await;
+    let mut config = kafka_test_config(&db, &bootstrap());
+    config.relay.publish_timeout = Duration::from_secs(1);
+    config.retry.max_attempts = 2.try_into().unwrap();
+    let relay = start_relay(config);
+
+    let missing = db
+        .enqueue(&unique("missing"), Some("k"), json!({"key": "k", "n": 0}))
+        .await;
+    let good = db
+        .enqueue(&topic, Some("k"), json!({"key": "k", "n": 0}))
+        .await;
+    db.wait_status(good, "published").await;
+    db.wait_status(missing, "dead").await;
+    let (attempts, last_error): (i32, String) =
+        sqlx::query_as("SELECT attempts, last_error FROM outbox.messages WHERE message_id = $1")
+            .bind(missing)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 2, "retried before going dead");
+    assert!(
+        last_error.to_lowercase().contains("unknown") || last_error.contains("timed out"),
+        "{last_error}"
+    );
+    relay.stop().await;
+}
