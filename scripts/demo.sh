@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: local services up, the relay built, migrated and running, sample messages
-# through enqueue, prepare+commit and prepare+rollback, consumed from RabbitMQ and printed.
+# The main job (BROKER=amqp, the default, or BROKER=kafka): local services up, the relay built, migrated and running, sample messages
+# through enqueue, prepare+commit and prepare+rollback, consumed from the broker and printed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -18,6 +18,11 @@ export DEMO_AMQP_URL=$OUTBOX_TEST_AMQP_URL
 export OUTBOX_RELAY__DATABASE__URL=$DEMO_DATABASE_URL
 export OUTBOX_RELAY__BROKER__AMQP__URL=$DEMO_AMQP_URL
 export OUTBOX_RELAY__LOG__FORMAT=text
+# BROKER=kafka runs the same demo against the local Kafka-protocol broker.
+export DEMO_BROKER=${BROKER:-amqp}
+export DEMO_KAFKA_BOOTSTRAP=$OUTBOX_TEST_KAFKA_BOOTSTRAP
+export OUTBOX_RELAY__BROKER__KIND=$DEMO_BROKER
+export OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS=$OUTBOX_TEST_KAFKA_BOOTSTRAP
 
 echo "== migrate"
 target/debug/outbox-relay migrate
