@@ -155,7 +155,7 @@ struct Inbox {
 }
 
 enum Source {
-    Amqp(lapin::Consumer, #[allow(dead_code)] Connection),
+    Amqp(Box<lapin::Consumer>, #[allow(dead_code)] Box<Connection>),
     Kafka(StreamConsumer),
 }
 
