@@ -208,7 +208,7 @@ impl Inbox {
         Ok(Self {
             broker: "RabbitMQ",
             destination: EXCHANGE.into(),
-            source: Source::Amqp(consumer, amqp),
+            source: Source::Amqp(Box::new(consumer), Box::new(amqp)),
         })
     }
 
