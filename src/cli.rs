@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "outbox-relay",
     version,
-    about = "Relays a Postgres outbox to RabbitMQ"
+    about = "Relays a Postgres outbox to RabbitMQ or Kafka"
 )]
 pub struct Cli {
     /// TOML configuration file; environment variables OUTBOX_RELAY__SECTION__KEY override it.

@@ -1,10 +1,10 @@
-//! outbox-relay: publishes rows of a Postgres transactional outbox to RabbitMQ.
+//! outbox-relay: publishes rows of a Postgres transactional outbox to RabbitMQ or Kafka.
 //!
 //! # Layout
 //! - [`config`]: loading and validating the TOML file and environment overrides.
 //! - [`store`]: every SQL statement (`src/store/*.sql`), the row and status types.
 //! - [`relay`]: the loop that claims committed rows, publishes them and records outcomes.
-//! - [`publish`]: the [`publish::Publisher`] trait and the RabbitMQ publisher.
+//! - [`publish`]: the [`publish::Publisher`] trait, the RabbitMQ and Kafka publishers.
 //! - [`sweeper`]: expiry of prepared rows and purge of finished rows.
 //! - [`app`]: wires the tasks together and shuts them down.
 //! - [`cli`], [`telemetry`], [`backoff`]: command line, logging, retry delays.
