@@ -7,7 +7,7 @@
 //! batch, and the claim query keeps later rows back until the failed one is due again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -28,6 +28,8 @@ pub struct Relay<P> {
     publisher: Arc<P>,
     config: RelayConfig,
     retry: RetryConfig,
+    /// When shutdown was first noticed: one grace period covers draining and recording.
+    stopping_since: OnceLock<tokio::time::Instant>,
 }
 
 /// Tracks the highest `commit_seq` below which no row can still become visible.
@@ -74,7 +76,15 @@ impl<P: Publisher> Relay<P> {
             publisher,
             config,
             retry,
+            stopping_since: OnceLock::new(),
         }
+    }
+
+    /// Resolves once `relay.shutdown_grace` has passed since shutdown began.
+    async fn grace_over(&self, shutdown: &CancellationToken) {
+        shutdown.cancelled().await;
+        let since = *self.stopping_since.get_or_init(tokio::time::Instant::now);
+        tokio::time::sleep_until(since + self.config.shutdown_grace).await;
     }
 
     fn backoff(&self) -> Backoff {
@@ -142,7 +152,7 @@ impl<P: Publisher> Relay<P> {
         &self,
         batch: Vec<OutboxMessage>,
         shutdown: &CancellationToken,
-    ) -> Vec<(RowId, Outcome, String)> {
+    ) -> Vec<(RowId, Outcome, Logged)> {
         let results = Mutex::new(Vec::with_capacity(batch.len()));
         let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
         let mut chains: FuturesUnordered<_> = into_chains(batch)
@@ -150,13 +160,9 @@ impl<P: Publisher> Relay<P> {
             .map(|chain| self.publish_chain(chain, &semaphore, &results, shutdown))
             .collect();
         let all_done = async { while chains.next().await.is_some() {} };
-        let grace_over = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.config.shutdown_grace).await;
-        };
         tokio::select! {
             _ = all_done => {}
-            _ = grace_over => {
+            _ = self.grace_over(shutdown) => {
                 tracing::warn!(
                     grace = ?self.config.shutdown_grace,
                     "shutdown grace elapsed before every confirm arrived; unconfirmed messages stay committed and will be sent again"
@@ -171,7 +177,7 @@ impl<P: Publisher> Relay<P> {
         &self,
         chain: Vec<OutboxMessage>,
         semaphore: &Semaphore,
-        results: &Mutex<Vec<(RowId, Outcome, String)>>,
+        results: &Mutex<Vec<(RowId, Outcome, Logged)>>,
         shutdown: &CancellationToken,
     ) {
         for message in chain {
@@ -207,7 +213,7 @@ impl<P: Publisher> Relay<P> {
             results.lock().unwrap_or_else(|p| p.into_inner()).push((
                 message.id,
                 outcome,
-                message.message_id.to_string(),
+                Logged::of(&message),
             ));
             if failed {
                 // Later messages of this key must wait for this one.
@@ -218,16 +224,11 @@ impl<P: Publisher> Relay<P> {
 
     /// Writes outcomes, retrying while the database is unreachable. If it stays unreachable
     /// past shutdown, the rows stay committed and are sent again later.
-    async fn record(&self, outcomes: Vec<(RowId, Outcome, String)>, shutdown: &CancellationToken) {
-        let message_ids: HashMap<RowId, String> = outcomes
-            .iter()
-            .map(|(id, _, mid)| (*id, mid.clone()))
-            .collect();
+    async fn record(&self, outcomes: Vec<(RowId, Outcome, Logged)>, shutdown: &CancellationToken) {
+        let logged: HashMap<RowId, Logged> =
+            outcomes.iter().map(|(id, _, l)| (*id, l.clone())).collect();
         let rows: Vec<(RowId, Outcome)> = outcomes.into_iter().map(|(id, o, _)| (id, o)).collect();
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.config.shutdown_grace).await;
-        };
+        let deadline = self.grace_over(shutdown);
         tokio::pin!(deadline);
         let mut failures = 0u32;
         loop {
@@ -235,10 +236,13 @@ impl<P: Publisher> Relay<P> {
             match attempt.await {
                 Ok(recorded) => {
                     for r in recorded.iter().filter(|r| r.status == MessageStatus::Dead) {
-                        tracing::error!(
-                            message_id = message_ids.get(&r.id).map(String::as_str).unwrap_or("?"),
-                            "message is dead: it will not be retried (see last_error)"
-                        );
+                        if let Some(l) = logged.get(&r.id) {
+                            tracing::error!(
+                                message_id = %l.message_id,
+                                destination = %l.destination,
+                                "message is dead: it will not be retried (see last_error)"
+                            );
+                        }
                     }
                     return;
                 }
@@ -255,6 +259,22 @@ impl<P: Publisher> Relay<P> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What log lines about a message carry: never its payload.
+#[derive(Debug, Clone)]
+struct Logged {
+    message_id: uuid::Uuid,
+    destination: String,
+}
+
+impl Logged {
+    fn of(m: &OutboxMessage) -> Self {
+        Self {
+            message_id: m.message_id,
+            destination: m.destination.clone(),
         }
     }
 }
