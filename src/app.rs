@@ -3,12 +3,19 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::{BrokerKind, Config};
+use crate::health::Health;
+use crate::http;
+use crate::instruments;
+use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
 use crate::publish::Publisher;
@@ -22,12 +29,48 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     KafkaSetup(#[from] KafkaSetupError),
+    #[error("cannot listen on {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
     #[error("task `{0}` failed: {1}")]
     TaskFailed(&'static str, String),
 }
 
 /// Runs the relay until `shutdown` is cancelled. Returns an error if a task died.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+/// `metrics` renders `/metrics` when the caller installed the Prometheus recorder.
+pub async fn run(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let health = Arc::new(Health::new());
+    let listener = http::bind(config.http.listen)
+        .await
+        .map_err(|e| AppError::Http(config.http.listen, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| AppError::Http(config.http.listen, e))?;
+    tracing::info!(address = %bound, "serving /livez, /readyz and /metrics");
+    let server = tokio::spawn(http::serve(
+        listener,
+        health.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
+    let result = run_relay(config, health, shutdown.clone()).await;
+    shutdown.cancel();
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener"),
+        Err(e) => tracing::warn!(error = %e, "HTTP listener task"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+async fn run_relay(
+    config: Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     let pool = store::pool(&config.database)?;
     // Built before waiting for the database so that bad producer settings fail at once.
     let kafka = match config.broker.kind {
@@ -38,11 +81,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         return Ok(());
     }
     match kafka {
-        Some(publisher) => run_with(pool, Arc::new(publisher), config, shutdown).await,
+        Some(publisher) => run_with(pool, Arc::new(publisher), config, health, shutdown).await,
         None => {
             let publisher =
                 AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
-            run_with(pool, Arc::new(publisher), config, shutdown).await
+            run_with(pool, Arc::new(publisher), config, health, shutdown).await
         }
     }
 }
@@ -83,26 +126,43 @@ pub async fn run_with<P: Publisher>(
     pool: PgPool,
     publisher: Arc<P>,
     config: Config,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let tracker = TaskTracker::new();
     let failure: Arc<std::sync::Mutex<Option<AppError>>> = Arc::default();
 
+    let lease = Arc::new(Lease::new(pool.clone(), config.ha.clone(), health.clone()));
+    tracing::info!(replica = lease.holder(), lease = %config.ha.lease_name, "standing by for the lease");
     let relay = Relay::new(
         pool.clone(),
         publisher,
         config.relay.clone(),
         config.retry.clone(),
+        lease.clone(),
+        health.clone(),
     );
-    let sweeper = Arc::new(Sweeper::new(pool.clone(), config.sweeper.clone()));
+    let sweeper = Arc::new(Sweeper::new(
+        pool.clone(),
+        config.sweeper.clone(),
+        Some(lease.clone()),
+    ));
 
-    spawn_named(
-        &tracker,
-        &shutdown,
-        &failure,
-        "relay",
-        relay.run(shutdown.clone()),
-    );
+    let (l, token) = (lease.clone(), shutdown.clone());
+    spawn_named(&tracker, &shutdown, &failure, "lease", async move {
+        l.run(token).await
+    });
+    let (l, token) = (lease.clone(), shutdown.clone());
+    spawn_named(&tracker, &shutdown, &failure, "relay", async move {
+        relay.run(token).await;
+        // Only after the last outcome is recorded may a standby take over.
+        l.release().await;
+    });
+    let (p, h, token) = (pool.clone(), health.clone(), shutdown.clone());
+    let every = config.metrics.backlog_interval;
+    spawn_named(&tracker, &shutdown, &failure, "backlog", async move {
+        watch_backlog(p, h, every, token).await
+    });
     let s = sweeper.clone();
     let token = shutdown.clone();
     spawn_named(
@@ -124,6 +184,32 @@ pub async fn run_with<P: Publisher>(
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Keeps the backlog gauges and the database readiness current.
+async fn watch_backlog(
+    pool: PgPool,
+    health: Arc<Health>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store::backlog(&pool).await {
+            Ok((pending, oldest)) => {
+                health.set_database_up(true);
+                metrics::gauge!(instruments::PENDING).set(pending as f64);
+                metrics::gauge!(instruments::OLDEST_PENDING_AGE).set(oldest);
+            }
+            Err(e) => {
+                health.set_database_up(false);
+                tracing::warn!(error = %e, "cannot read the backlog");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

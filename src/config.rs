@@ -24,7 +24,42 @@ pub struct Config {
     pub relay: RelayConfig,
     pub retry: RetryConfig,
     pub sweeper: SweeperConfig,
+    pub ha: HaConfig,
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HaConfig {
+    /// Replicas sharing this name compete for one lease; one publishes.
+    pub lease_name: String,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// This replica's name in the lease; empty means `$HOSTNAME` plus a random suffix.
+    pub replica_id: String,
+}
+
+impl HaConfig {
+    /// The replica id to use: the configured one, or one derived for this process.
+    pub fn effective_replica_id(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+        format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsConfig {
+    #[serde(with = "humantime_serde")]
+    pub backlog_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -283,6 +318,17 @@ impl Default for Config {
                 rolled_back_retention: Duration::from_secs(24 * 3600),
                 dead_retention: Duration::from_secs(14 * 24 * 3600),
             },
+            ha: HaConfig {
+                lease_name: "default".to_string(),
+                lease_ttl: Duration::from_secs(10),
+                replica_id: String::new(),
+            },
+            http: HttpConfig {
+                listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9464)),
+            },
+            metrics: MetricsConfig {
+                backlog_interval: Duration::from_secs(5),
+            },
             log: LogConfig {
                 level: "info".to_string(),
                 format: LogFormat::Json,
@@ -397,6 +443,18 @@ impl Config {
                 ),
                 dead_retention: r.duration("sweeper.dead_retention", d.sweeper.dead_retention),
             },
+            ha: HaConfig {
+                lease_name: r.read("ha.lease_name", d.ha.lease_name),
+                lease_ttl: r.duration("ha.lease_ttl", d.ha.lease_ttl),
+                replica_id: r.read("ha.replica_id", d.ha.replica_id),
+            },
+            http: HttpConfig {
+                listen: r.read("http.listen", d.http.listen),
+            },
+            metrics: MetricsConfig {
+                backlog_interval: r
+                    .duration("metrics.backlog_interval", d.metrics.backlog_interval),
+            },
             log: LogConfig {
                 level: r.read("log.level", d.log.level),
                 format: r.read("log.format", d.log.format),
@@ -442,6 +500,11 @@ pub const KEYS: &[&str] = &[
     "sweeper.published_retention",
     "sweeper.rolled_back_retention",
     "sweeper.dead_retention",
+    "ha.lease_name",
+    "ha.lease_ttl",
+    "ha.replica_id",
+    "http.listen",
+    "metrics.backlog_interval",
     "log.level",
     "log.format",
 ];
@@ -625,6 +688,12 @@ impl Reader<'_> {
             if value.is_zero() {
                 self.issue(key, "must be greater than zero".into());
             }
+        }
+        if c.ha.lease_ttl < Duration::from_millis(300) {
+            self.issue("ha.lease_ttl", "must be at least 300ms".into());
+        }
+        if c.ha.lease_name.is_empty() {
+            self.issue("ha.lease_name", "must not be empty".into());
         }
         if c.broker.kafka.bootstrap_servers.trim().is_empty() {
             self.issue("broker.kafka.bootstrap_servers", "must not be empty".into());

@@ -6,6 +6,8 @@
 //! - [`relay`]: the loop that claims committed rows, publishes them and records outcomes.
 //! - [`publish`]: the [`publish::Publisher`] trait, the RabbitMQ and Kafka publishers.
 //! - [`sweeper`]: expiry of prepared rows and purge of finished rows.
+//! - [`lease`]: which replica publishes (a lease row in Postgres).
+//! - [`http`], [`health`], [`instruments`]: `/livez`, `/readyz`, `/metrics` and metric names.
 //! - [`app`]: wires the tasks together and shuts them down.
 //! - [`cli`], [`telemetry`], [`backoff`]: command line, logging, retry delays.
 //!
@@ -15,6 +17,10 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod health;
+pub mod http;
+pub mod instruments;
+pub mod lease;
 pub mod publish;
 pub mod relay;
 pub mod store;

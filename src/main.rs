@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command};
 use outbox_relay::config::{BrokerKind, Config};
-use outbox_relay::{app, store, telemetry};
+use outbox_relay::{app, instruments, store, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors, distinct from runtime failures (1).
@@ -59,9 +59,10 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Run => {
             tracing::info!(config = %config.to_redacted_toml(), version = env!("CARGO_PKG_VERSION"), "starting");
+            let metrics = instruments::install().context("install the metrics recorder")?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            app::run(config, shutdown).await?;
+            app::run(config, Some(metrics), shutdown).await?;
             Ok(())
         }
     }

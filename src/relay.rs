@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{RelayConfig, RetryConfig};
+use crate::health::Health;
+use crate::instruments;
+use crate::lease::{Held, Lease};
 use crate::publish::Publisher;
 use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
@@ -28,6 +31,8 @@ pub struct Relay<P> {
     publisher: Arc<P>,
     config: RelayConfig,
     retry: RetryConfig,
+    lease: Arc<Lease>,
+    health: Arc<Health>,
     /// When shutdown was first noticed: one grace period covers draining and recording.
     stopping_since: OnceLock<tokio::time::Instant>,
 }
@@ -70,12 +75,21 @@ impl FenceTracker {
 }
 
 impl<P: Publisher> Relay<P> {
-    pub fn new(pool: PgPool, publisher: Arc<P>, config: RelayConfig, retry: RetryConfig) -> Self {
+    pub fn new(
+        pool: PgPool,
+        publisher: Arc<P>,
+        config: RelayConfig,
+        retry: RetryConfig,
+        lease: Arc<Lease>,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             pool,
             publisher,
             config,
             retry,
+            lease,
+            health,
             stopping_since: OnceLock::new(),
         }
     }
@@ -133,17 +147,40 @@ impl<P: Publisher> Relay<P> {
         fence: &mut FenceTracker,
         shutdown: &CancellationToken,
     ) -> Result<usize, CycleError> {
-        self.publisher
-            .ready()
-            .await
-            .map_err(|e| CycleError::Broker(e.to_string()))?;
+        // Standby: nothing to do until the lease is ours.
+        let Some(held) = self.lease.current() else {
+            return Ok(0);
+        };
+        let ready = self.publisher.ready().await;
+        self.health.set_broker_up(ready.is_ok());
+        ready.map_err(|e| CycleError::Broker(e.to_string()))?;
+        let claimed = self.claim_and_publish(fence, held, shutdown).await;
+        self.health.set_database_up(claimed.is_ok());
+        claimed
+    }
+
+    async fn claim_and_publish(
+        &self,
+        fence: &mut FenceTracker,
+        held: Held,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, CycleError> {
         let safe = fence.advance(&self.pool).await?;
-        let batch = store::claim(&self.pool, safe, self.config.batch_size.get()).await?;
+        let batch = store::claim(
+            &self.pool,
+            safe,
+            self.config.batch_size.get(),
+            self.lease.lease_ref(held),
+        )
+        .await?;
         let claimed = batch.len();
         if claimed == 0 {
             return Ok(0);
         }
+        metrics::histogram!(instruments::BATCH_MESSAGES).record(claimed as f64);
+        let started = std::time::Instant::now();
         let outcomes = self.publish_batch(batch, shutdown).await;
+        metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         self.record(outcomes, shutdown).await;
         Ok(claimed)
     }
@@ -185,6 +222,10 @@ impl<P: Publisher> Relay<P> {
                 // Draining: wait for what is in flight, start nothing new.
                 break;
             }
+            if self.lease.current().is_none() {
+                // The lease ran out (paused, cut off): another replica may own the outbox now.
+                break;
+            }
             let outcome = {
                 let _permit = semaphore
                     .acquire()
@@ -193,6 +234,12 @@ impl<P: Publisher> Relay<P> {
                 match self.publisher.publish(&message).await {
                     Ok(()) => Outcome::Published,
                     Err(e) => {
+                        metrics::counter!(
+                            instruments::PUBLISH_FAILURES,
+                            "destination" => message.destination.clone(),
+                            "reason" => e.reason.as_str()
+                        )
+                        .increment(1);
                         let failures = u32::try_from(message.attempts).unwrap_or(0) + 1;
                         tracing::warn!(
                             message_id = %message.message_id,
@@ -235,13 +282,9 @@ impl<P: Publisher> Relay<P> {
             let attempt = store::record_outcomes(&self.pool, &rows, self.retry.max_attempts.get());
             match attempt.await {
                 Ok(recorded) => {
-                    for r in recorded.iter().filter(|r| r.status == MessageStatus::Dead) {
+                    for r in &recorded {
                         if let Some(l) = logged.get(&r.id) {
-                            tracing::error!(
-                                message_id = %l.message_id,
-                                destination = %l.destination,
-                                "message is dead: it will not be retried (see last_error)"
-                            );
+                            l.observe(r.status);
                         }
                     }
                     return;
@@ -263,11 +306,14 @@ impl<P: Publisher> Relay<P> {
     }
 }
 
-/// What log lines about a message carry: never its payload.
+/// What logs and metrics about a message carry: never its payload.
 #[derive(Debug, Clone)]
 struct Logged {
     message_id: uuid::Uuid,
     destination: String,
+    committed_at: chrono::DateTime<chrono::Utc>,
+    /// When the publish finished (confirm or failure).
+    answered_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Logged {
@@ -275,6 +321,32 @@ impl Logged {
         Self {
             message_id: m.message_id,
             destination: m.destination.clone(),
+            committed_at: m.committed_at,
+            answered_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Logs and counts the recorded status of a published or failed message.
+    fn observe(&self, status: MessageStatus) {
+        match status {
+            MessageStatus::Published => {
+                metrics::counter!(instruments::PUBLISHED, "destination" => self.destination.clone())
+                    .increment(1);
+                let latency = (self.answered_at - self.committed_at)
+                    .to_std()
+                    .unwrap_or_default();
+                metrics::histogram!(instruments::COMMIT_TO_PUBLISH).record(latency.as_secs_f64());
+            }
+            MessageStatus::Dead => {
+                metrics::counter!(instruments::DEAD, "destination" => self.destination.clone())
+                    .increment(1);
+                tracing::error!(
+                    message_id = %self.message_id,
+                    destination = %self.destination,
+                    "message is dead: it will not be retried (see last_error)"
+                );
+            }
+            _ => {}
         }
     }
 }

@@ -177,16 +177,187 @@ pub async fn fence_writers_running(pool: &PgPool, writers: &[String]) -> Result<
     )
 }
 
+/// The lease a claim runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRef<'a> {
+    pub name: &'a str,
+    pub holder: &'a str,
+    pub token: i64,
+}
+
 pub async fn claim(
     pool: &PgPool,
     fence_seq: i64,
     limit: u32,
+    lease: LeaseRef<'_>,
 ) -> Result<Vec<OutboxMessage>, StoreError> {
     Ok(sqlx::query_as(include_str!("store/claim.sql"))
         .bind(fence_seq)
         .bind(i64::from(limit))
+        .bind(lease.name)
+        .bind(lease.holder)
+        .bind(lease.token)
         .fetch_all(pool)
         .await?)
+}
+
+/// Takes or renews a lease; returns its token if this holder has it now.
+pub async fn acquire_lease(
+    pool: &PgPool,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(include_str!("store/acquire_lease.sql"))
+        .bind(name)
+        .bind(holder)
+        .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Gives a lease up at once (clean shutdown), so a standby need not wait for it to expire.
+pub async fn release_lease(pool: &PgPool, name: &str, holder: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE outbox.relay_leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND expires_at > now()",
+    )
+    .bind(name)
+    .bind(holder)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize, FromRow)]
+pub struct LeaseInfo {
+    pub name: String,
+    pub holder: String,
+    pub token: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub held: bool,
+}
+
+pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseInfo>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT name, holder, token, acquired_at, expires_at, expires_at > now() AS held
+           FROM outbox.relay_leases ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Committed rows not yet published, and the age in seconds of the oldest (0 when none).
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(committed_at)), 0)::float8
+           FROM outbox.messages WHERE status = 'committed'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(MessageStatus, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status::text, count(*) FROM outbox.messages GROUP BY 1")
+            .fetch_all(pool)
+            .await?;
+    let mut out: Vec<(MessageStatus, i64)> = MessageStatus::ALL.iter().map(|s| (*s, 0)).collect();
+    for (status, n) in rows {
+        let status: MessageStatus = status.parse()?;
+        if let Some(slot) = out.iter_mut().find(|(s, _)| *s == status) {
+            slot.1 = n;
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, serde::Serialize, FromRow)]
+pub struct DeadSummary {
+    pub destination: String,
+    pub count: i64,
+    pub last_error: Option<String>,
+}
+
+/// Dead rows per destination, with the most recent error of each.
+pub async fn dead_by_destination(pool: &PgPool) -> Result<Vec<DeadSummary>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT destination, count(*) AS count,
+                (array_agg(last_error ORDER BY finished_at DESC NULLS LAST))[1] AS last_error
+           FROM outbox.messages WHERE status = 'dead' GROUP BY destination ORDER BY destination",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+#[derive(Debug, Clone, serde::Serialize, FromRow)]
+pub struct DeadMessage {
+    pub message_id: Uuid,
+    pub destination: String,
+    pub message_key: Option<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub committed_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list_dead(
+    pool: &PgPool,
+    destination: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeadMessage>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT message_id, destination, message_key, attempts, last_error, committed_at, finished_at
+           FROM outbox.messages
+          WHERE status = 'dead' AND ($1::text IS NULL OR destination = $1)
+          ORDER BY commit_seq NULLS LAST, id
+          LIMIT $2",
+    )
+    .bind(destination)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Which dead rows an admin command acts on.
+#[derive(Debug, Clone)]
+pub enum DeadSelection {
+    Ids(Vec<Uuid>),
+    All { destination: Option<String> },
+}
+
+/// Dead rows back to committed (attempts reset), oldest first; returns how many.
+pub async fn requeue_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, StoreError> {
+    let (ids, destination) = match which {
+        DeadSelection::Ids(ids) => (Some(ids.clone()), None),
+        DeadSelection::All { destination } => (None, destination.clone()),
+    };
+    let n: i32 = sqlx::query_scalar("SELECT outbox.requeue_dead($1, $2)")
+        .bind(ids)
+        .bind(destination)
+        .fetch_one(pool)
+        .await?;
+    Ok(i64::from(n))
+}
+
+/// Deletes dead rows; returns how many.
+pub async fn discard_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, StoreError> {
+    let (ids, destination) = match which {
+        DeadSelection::Ids(ids) => (Some(ids.clone()), None),
+        DeadSelection::All { destination } => (None, destination.clone()),
+    };
+    let n = sqlx::query(
+        "DELETE FROM outbox.messages
+          WHERE status = 'dead'
+            AND ($1::uuid[] IS NULL OR message_id = ANY ($1))
+            AND ($2::text IS NULL OR destination = $2)",
+    )
+    .bind(ids)
+    .bind(destination)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 pub async fn record_outcomes(

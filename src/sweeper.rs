@@ -6,17 +6,27 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::config::SweeperConfig;
+use crate::instruments;
+use crate::lease::Lease;
 use crate::store::{self, MessageStatus, StoreError};
 
 pub struct Sweeper {
     pool: PgPool,
     config: SweeperConfig,
+    /// The schedules run only on the replica that holds the lease; `None` runs them always.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Sweeper {
-    pub fn new(pool: PgPool, config: SweeperConfig) -> Self {
-        Self { pool, config }
+    pub fn new(pool: PgPool, config: SweeperConfig, lease: Option<Arc<Lease>>) -> Self {
+        Self {
+            pool,
+            config,
+            lease,
+        }
     }
 
     /// Every `sweeper.interval`: prepared rows past `expires_at` become `rolled_back`.
@@ -58,6 +68,9 @@ impl Sweeper {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            if self.lease.as_ref().is_some_and(|l| l.current().is_none()) {
+                continue;
+            }
             match job().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(job = name, rows = n, "sweeper"),
@@ -74,6 +87,7 @@ impl Sweeper {
         let mut total = 0;
         loop {
             let n = store::expire_prepared(&self.pool, limit).await?;
+            metrics::counter!(instruments::EXPIRED).increment(n);
             total += n;
             if n < u64::from(limit) || shutdown.is_cancelled() {
                 return Ok(total);
@@ -92,6 +106,7 @@ impl Sweeper {
         ] {
             loop {
                 let n = store::purge(&self.pool, status, retention, limit).await?;
+                metrics::counter!(instruments::PURGED, "status" => status.as_str()).increment(n);
                 total += n;
                 if n < u64::from(limit) || shutdown.is_cancelled() {
                     break;

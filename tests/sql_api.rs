@@ -221,7 +221,12 @@ async fn claim_is_an_index_scan_over_pending_rows_only() {
     let claim = include_str!("../src/store/claim.sql");
     let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (FORMAT JSON) {}",
-        claim.replace("$1", "1000000").replace("$2", "500")
+        claim
+            .replace("$1", "1000000")
+            .replace("$2", "500")
+            .replace("$3", "'l'")
+            .replace("$4", "'me'")
+            .replace("$5", "1")
     )))
     .fetch_one(&db.pool)
     .await
@@ -274,7 +279,94 @@ async fn commit_fence_waits_for_open_writers() {
     let after = store::commit_fence(&db.pool).await.unwrap();
     assert!(after.writers.is_empty());
     // With the fence below the late row, the claim stops before it.
-    let claimed = store::claim(&db.pool, late_seq - 1, 100).await.unwrap();
+    let token = store::acquire_lease(&db.pool, "l", "me", std::time::Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = store::LeaseRef {
+        name: "l",
+        holder: "me",
+        token,
+    };
+    let claimed = store::claim(&db.pool, late_seq - 1, 100, lease)
+        .await
+        .unwrap();
     assert!(claimed.iter().all(|m| m.commit_seq < late_seq));
     assert_eq!(claimed.len(), 2);
+}
+
+#[tokio::test]
+async fn lease_has_one_holder_and_a_new_token_on_takeover() {
+    use outbox_relay::store::{self, LeaseRef};
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    db.enqueue("d", None, json!({})).await;
+    let ttl = Duration::from_millis(300);
+    let a = store::acquire_lease(&db.pool, "l", "a", ttl)
+        .await
+        .unwrap()
+        .expect("a gets it");
+    assert_eq!(
+        store::acquire_lease(&db.pool, "l", "b", ttl).await.unwrap(),
+        None,
+        "b must wait"
+    );
+    assert_eq!(
+        store::acquire_lease(&db.pool, "l", "a", ttl).await.unwrap(),
+        Some(a),
+        "renewal keeps the token"
+    );
+    let a_ref = LeaseRef {
+        name: "l",
+        holder: "a",
+        token: a,
+    };
+    assert_eq!(
+        store::claim(&db.pool, i64::MAX, 10, a_ref)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    sqlx::query("SELECT pg_sleep(0.35)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        store::claim(&db.pool, i64::MAX, 10, a_ref)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an expired lease claims nothing"
+    );
+    let b = store::acquire_lease(&db.pool, "l", "b", ttl)
+        .await
+        .unwrap()
+        .expect("b takes over");
+    assert!(b > a, "takeover changes the token");
+    assert!(store::claim(&db.pool, i64::MAX, 10, a_ref)
+        .await
+        .unwrap()
+        .is_empty());
+    let b_ref = LeaseRef {
+        name: "l",
+        holder: "b",
+        token: b,
+    };
+    assert_eq!(
+        store::claim(&db.pool, i64::MAX, 10, b_ref)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store::release_lease(&db.pool, "l", "b").await.unwrap();
+    assert!(
+        store::acquire_lease(&db.pool, "l", "a", ttl)
+            .await
+            .unwrap()
+            .is_some(),
+        "released at once"
+    );
 }

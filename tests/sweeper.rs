@@ -60,7 +60,7 @@ async fn purge_deletes_only_rows_past_their_retention_in_batches() {
     config.published_retention = Duration::from_secs(24 * 3600);
     config.rolled_back_retention = Duration::from_secs(24 * 3600);
     config.dead_retention = Duration::from_secs(14 * 24 * 3600);
-    let sweeper = Sweeper::new(db.pool.clone(), config);
+    let sweeper = Sweeper::new(db.pool.clone(), config, None);
     let purged = sweeper.purge_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(purged, 3 + 3 + 1);
     assert_eq!(
@@ -93,7 +93,7 @@ async fn expiry_rolls_back_every_expired_prepared_row_and_nothing_else() {
 
     let mut config = test_config(&db).sweeper;
     config.batch_size = 2.try_into().unwrap();
-    let sweeper = Sweeper::new(db.pool.clone(), config);
+    let sweeper = Sweeper::new(db.pool.clone(), config, None);
     assert_eq!(
         sweeper
             .expire_once(&CancellationToken::new())

@@ -12,7 +12,7 @@ use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use super::{header_pairs, PublishError, Publisher};
+use super::{header_pairs, FailureReason, PublishError, Publisher};
 use crate::config::AmqpConfig;
 use crate::store::OutboxMessage;
 
@@ -55,16 +55,19 @@ impl AmqpPublisher {
             let conn = tokio::time::timeout(self.config.connect_timeout, connect)
                 .await
                 .map_err(|_| {
-                    PublishError::Retryable(format!(
-                        "cannot connect to RabbitMQ at {}: no answer within {:?}",
-                        self.config.url, self.config.connect_timeout
-                    ))
+                    PublishError::retryable(
+                        FailureReason::Unavailable,
+                        format!(
+                            "cannot connect to RabbitMQ at {}: no answer within {:?}",
+                            self.config.url, self.config.connect_timeout
+                        ),
+                    )
                 })?
                 .map_err(|e| {
-                    PublishError::Retryable(format!(
-                        "cannot connect to RabbitMQ at {}: {e}",
-                        self.config.url
-                    ))
+                    PublishError::retryable(
+                        FailureReason::Unavailable,
+                        format!("cannot connect to RabbitMQ at {}: {e}", self.config.url),
+                    )
                 })?;
             tracing::info!(url = %self.config.url, "connected to RabbitMQ");
             state.connection = Some(conn);
@@ -80,14 +83,21 @@ impl AmqpPublisher {
             }
         }
         let conn = self.connection(&mut state).await?;
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| PublishError::Retryable(format!("cannot open channel: {e}")))?;
+        let channel = conn.create_channel().await.map_err(|e| {
+            PublishError::retryable(
+                FailureReason::Unavailable,
+                format!("cannot open channel: {e}"),
+            )
+        })?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| PublishError::Retryable(format!("cannot enable confirms: {e}")))?;
+            .map_err(|e| {
+                PublishError::retryable(
+                    FailureReason::Unavailable,
+                    format!("cannot enable confirms: {e}"),
+                )
+            })?;
         state
             .channels
             .insert(destination.to_string(), channel.clone());
@@ -95,9 +105,27 @@ impl AmqpPublisher {
     }
 }
 
+/// A failed publish or confirm: the broker closed the channel (404 for a missing exchange, 403
+/// for access) or the connection went away.
+fn channel_error(e: &lapin::Error) -> PublishError {
+    let message = format!("publish failed: {e}");
+    let reason = if message.contains("NOT_FOUND") {
+        FailureReason::NotFound
+    } else if message.contains("ACCESS_REFUSED") {
+        FailureReason::Unauthorized
+    } else {
+        FailureReason::Unavailable
+    };
+    PublishError::retryable(reason, message)
+}
+
 fn short(what: &str, value: &str) -> Result<ShortString, PublishError> {
-    ShortString::try_new(value)
-        .map_err(|e| PublishError::Permanent(format!("{what} is too long for AMQP: {e}")))
+    ShortString::try_new(value).map_err(|e| {
+        PublishError::permanent(
+            FailureReason::Invalid,
+            format!("{what} is too long for AMQP: {e}"),
+        )
+    })
 }
 
 /// Everything that can be checked before touching the broker; failures here are permanent.
@@ -144,29 +172,34 @@ impl Publisher for AmqpPublisher {
         let confirm = channel
             .basic_publish(exchange, routing_key, options, &message.payload, properties)
             .await
-            .map_err(|e| PublishError::Retryable(format!("publish failed: {e}")))?;
+            .map_err(|e| channel_error(&e))?;
         let confirmation = tokio::time::timeout(self.publish_timeout, confirm)
             .await
             .map_err(|_| {
-                PublishError::Retryable(format!(
-                    "no publisher confirm within {:?}",
-                    self.publish_timeout
-                ))
+                PublishError::retryable(
+                    FailureReason::Timeout,
+                    format!("no publisher confirm within {:?}", self.publish_timeout),
+                )
             })?
-            .map_err(|e| PublishError::Retryable(format!("publish failed: {e}")))?;
+            .map_err(|e| channel_error(&e))?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(PublishError::Retryable(format!(
-                    "returned by the broker: {} {} (no queue bound for this routing key?)",
-                    returned.reply_code, returned.reply_text
-                )))
+                Err(PublishError::retryable(
+                    FailureReason::Unroutable,
+                    format!(
+                        "returned by the broker: {} {} (no queue bound for this routing key?)",
+                        returned.reply_code, returned.reply_text
+                    ),
+                ))
             }
-            Confirmation::Nack(None) => Err(PublishError::Retryable(
-                "negatively acknowledged by the broker".into(),
+            Confirmation::Nack(None) => Err(PublishError::retryable(
+                FailureReason::Rejected,
+                "negatively acknowledged by the broker",
             )),
-            Confirmation::NotRequested => Err(PublishError::Retryable(
-                "channel is not in confirm mode".into(),
+            Confirmation::NotRequested => Err(PublishError::retryable(
+                FailureReason::Other,
+                "channel is not in confirm mode",
             )),
         }
     }

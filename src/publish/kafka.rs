@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use super::{header_pairs, PublishError, Publisher};
+use super::{header_pairs, FailureReason, PublishError, Publisher};
 use crate::config::KafkaConfig;
 use crate::store::OutboxMessage;
 
@@ -119,8 +119,31 @@ fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaSetupError> {
 /// be created later, and `retry.max_attempts` still ends in `dead`.
 pub fn classify(error: &KafkaError) -> PublishError {
     match error.rdkafka_error_code() {
-        Some(code) if PERMANENT.contains(&code) => PublishError::Permanent(error.to_string()),
-        _ => PublishError::Retryable(error.to_string()),
+        Some(code) if PERMANENT.contains(&code) => {
+            PublishError::permanent(reason(code), error.to_string())
+        }
+        Some(code) => PublishError::retryable(reason(code), error.to_string()),
+        None => PublishError::retryable(FailureReason::Other, error.to_string()),
+    }
+}
+
+fn reason(code: RDKafkaErrorCode) -> FailureReason {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+            FailureReason::TooLarge
+        }
+        C::InvalidMessage | C::InvalidRecord | C::InvalidTopic | C::InvalidArgument => {
+            FailureReason::Invalid
+        }
+        C::UnsupportedForMessageFormat => FailureReason::Invalid,
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => FailureReason::Unauthorized,
+        C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition => {
+            FailureReason::NotFound
+        }
+        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut => FailureReason::Timeout,
+        C::AllBrokersDown | C::BrokerTransportFailure => FailureReason::Unavailable,
+        _ => FailureReason::Other,
     }
 }
 
@@ -159,21 +182,30 @@ impl Publisher for KafkaPublisher {
                 .map(|_| ())
         })
         .await
-        .map_err(|e| PublishError::Retryable(format!("metadata request panicked: {e}")))?;
+        .map_err(|e| {
+            PublishError::retryable(
+                FailureReason::Other,
+                format!("metadata request panicked: {e}"),
+            )
+        })?;
         match answer {
             Ok(()) => {
                 self.healthy.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            Err(e) => Err(PublishError::Retryable(format!(
-                "Kafka cluster not reachable: {e}"
-            ))),
+            Err(e) => Err(PublishError::retryable(
+                FailureReason::Unavailable,
+                format!("Kafka cluster not reachable: {e}"),
+            )),
         }
     }
 
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         if message.destination.is_empty() {
-            return Err(PublishError::Permanent("empty topic name".into()));
+            return Err(PublishError::permanent(
+                FailureReason::Invalid,
+                "empty topic name",
+            ));
         }
         let headers = headers(message)?;
         let mut record = FutureRecord::to(&message.destination)

@@ -8,21 +8,74 @@ use std::future::Future;
 
 use crate::store::OutboxMessage;
 
+/// Why a publish failed, as a small fixed set (the `reason` label of
+/// `outbox_relay_publish_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// Broker or connection not available.
+    Unavailable,
+    /// No confirm or delivery report in time.
+    Timeout,
+    /// Returned by the broker: nothing bound for the routing key.
+    Unroutable,
+    /// Negatively acknowledged or refused by the broker.
+    Rejected,
+    /// The exchange or topic does not exist.
+    NotFound,
+    /// Over the broker's size limit.
+    TooLarge,
+    /// Malformed row: headers, names or topic the protocol cannot carry.
+    Invalid,
+    /// Not allowed by the broker's access control.
+    Unauthorized,
+    Other,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Unroutable => "unroutable",
+            Self::Rejected => "rejected",
+            Self::NotFound => "not_found",
+            Self::TooLarge => "too_large",
+            Self::Invalid => "invalid",
+            Self::Unauthorized => "unauthorized",
+            Self::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum PublishError {
-    /// May succeed later (broker down, unroutable for now, no confirm in time): retry with
-    /// backoff until `retry.max_attempts`.
-    #[error("{0}")]
-    Retryable(String),
-    /// Can never succeed as written (malformed headers, names over protocol limits): the row
-    /// goes `dead` at once.
-    #[error("{0}")]
-    Permanent(String),
+#[error("{message}")]
+pub struct PublishError {
+    /// Permanent: can never succeed as written, the row goes `dead` at once. Otherwise it may
+    /// succeed later and is retried with backoff until `retry.max_attempts`.
+    pub permanent: bool,
+    pub reason: FailureReason,
+    pub message: String,
 }
 
 impl PublishError {
+    pub fn retryable(reason: FailureReason, message: impl Into<String>) -> Self {
+        Self {
+            permanent: false,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(reason: FailureReason, message: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            reason,
+            message: message.into(),
+        }
+    }
+
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Permanent(_))
+        self.permanent
     }
 }
 
@@ -48,19 +101,22 @@ pub trait Publisher: Send + Sync + 'static {
 /// permanent error: the row can never be published as written.
 pub fn header_pairs(headers: &serde_json::Value) -> Result<Vec<(&str, &str)>, PublishError> {
     let object = headers.as_object().ok_or_else(|| {
-        PublishError::Permanent(format!(
-            "headers must be a JSON object of strings, got {}",
-            json_kind(headers)
-        ))
+        PublishError::permanent(
+            FailureReason::Invalid,
+            format!(
+                "headers must be a JSON object of strings, got {}",
+                json_kind(headers)
+            ),
+        )
     })?;
     object
         .iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) => Ok((k.as_str(), s)),
-            None => Err(PublishError::Permanent(format!(
-                "header `{k}` must be a string, got {}",
-                json_kind(v)
-            ))),
+            None => Err(PublishError::permanent(
+                FailureReason::Invalid,
+                format!("header `{k}` must be a string, got {}", json_kind(v)),
+            )),
         })
         .collect()
 }

@@ -1,6 +1,8 @@
 -- Committed rows that may be published now, in commit order.
 -- $1: the commit fence (highest commit_seq known to have no invisible predecessor)
 -- $2: batch size
+-- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
+-- claims nothing, even if it has not noticed yet.
 -- A keyed row is held back while an earlier row of its key is still pending but waiting for
 -- its retry time (or a delayed delivery), so a key never overtakes itself. Earlier pending
 -- rows that are due are in the same batch, ahead of it.
@@ -28,5 +30,12 @@ SELECT m.id,
            AND e.message_key = m.message_key
            AND e.commit_seq < m.commit_seq
            AND e.available_at > now()))
+   AND EXISTS (
+        SELECT 1
+          FROM outbox.relay_leases l
+         WHERE l.name = $3
+           AND l.holder = $4
+           AND l.token = $5
+           AND l.expires_at > now())
  ORDER BY m.commit_seq
  LIMIT $2

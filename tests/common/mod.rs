@@ -142,6 +142,10 @@ pub fn test_config(db: &TestDb) -> Config {
     c.retry.initial_backoff = Duration::from_millis(50);
     c.retry.max_backoff = Duration::from_millis(200);
     c.sweeper.interval = Duration::from_millis(50);
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.ha.lease_name = unique("lease");
+    c.ha.lease_ttl = Duration::from_secs(2);
+    c.metrics.backlog_interval = Duration::from_millis(200);
     c.log.format = LogFormat::Text;
     c
 }
@@ -165,7 +169,7 @@ pub struct RunningRelay {
 
 pub fn start_relay(config: Config) -> RunningRelay {
     let token = CancellationToken::new();
-    let handle = tokio::spawn(app::run(config, token.clone()));
+    let handle = tokio::spawn(app::run(config, None, token.clone()));
     RunningRelay { token, handle }
 }
 
@@ -367,14 +371,27 @@ pub fn assert_in_order(received: impl IntoIterator<Item = (Uuid, serde_json::Val
 pub struct RelayProcess {
     pub child: std::process::Child,
     pub log: std::path::PathBuf,
+    pub http: std::net::SocketAddr,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RelayProcess {
     pub fn spawn(db_url: &str, extra_env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique("relay")));
         let file = std::fs::File::create(&log).expect("log file");
+        let http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
         cmd.arg("run")
+            .env("OUTBOX_RELAY__HTTP__LISTEN", http.to_string())
+            .env("OUTBOX_RELAY__HA__LEASE_TTL", "1s")
             .env_remove("OUTBOX_RELAY_CONFIG")
             .env("OUTBOX_RELAY__DATABASE__URL", db_url)
             .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
@@ -390,7 +407,21 @@ impl RelayProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn outbox-relay");
-        Self { child, log }
+        Self { child, log, http }
+    }
+
+    /// GET a path on the relay's HTTP listener: (status code, body), or None if unreachable.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path).await
+    }
+
+    /// The value of an unlabelled (or fully labelled) sample from `/metrics`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -423,4 +454,18 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A minimal HTTP/1.1 GET over loopback: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
 }

@@ -1,0 +1,75 @@
+//! The HTTP listener: `/livez`, `/readyz`, `/metrics`. Nothing else is served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { health, metrics });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn livez(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.health.live() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+async fn render_metrics(
+    State(s): State<AppState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let content_type = [("content-type", "text/plain; version=0.0.4")];
+    match &s.metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            (StatusCode::OK, content_type, handle.render())
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            content_type,
+            "metrics are not enabled\n".into(),
+        ),
+    }
+}

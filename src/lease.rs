@@ -1,0 +1,126 @@
+//! Leadership: one replica publishes, the others stand by, coordinated through a lease row in
+//! Postgres (no other coordination service).
+//!
+//! The holder renews every third of `ha.lease_ttl`. It trusts its lease only until
+//! `sent + ttl * 4/5`, measured on its own monotonic clock from the moment it *sent* the
+//! renewal, while the database keeps it until `executed + ttl` on its own clock. So a holder
+//! that is paused (SIGSTOP, GC, VM freeze) or cut off stops publishing before the lease can
+//! expire in the database and a standby can take it. The claim query also checks the lease
+//! inside the database, so a replica that has not yet noticed the loss claims nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HaConfig;
+use crate::health::Health;
+use crate::store::{self, LeaseRef};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub token: i64,
+    /// Publishing must stop at this instant unless the lease was renewed.
+    pub valid_until: Instant,
+}
+
+pub struct Lease {
+    pool: PgPool,
+    config: HaConfig,
+    holder: String,
+    state: Mutex<Option<Held>>,
+    health: Arc<Health>,
+}
+
+impl Lease {
+    pub fn new(pool: PgPool, config: HaConfig, health: Arc<Health>) -> Self {
+        let holder = config.effective_replica_id();
+        Self {
+            pool,
+            config,
+            holder,
+            state: Mutex::new(None),
+            health,
+        }
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The lease, if held and still within its local validity.
+    pub fn current(&self) -> Option<Held> {
+        let held = (*self.state.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (Instant::now() < held.valid_until).then_some(held)
+    }
+
+    pub fn lease_ref(&self, held: Held) -> LeaseRef<'_> {
+        LeaseRef {
+            name: &self.config.lease_name,
+            holder: &self.holder,
+            token: held.token,
+        }
+    }
+
+    /// Acquires or renews once; updates the local state and the leader gauge.
+    pub async fn tick(&self) {
+        let ttl = self.config.lease_ttl;
+        let sent = Instant::now();
+        let result =
+            store::acquire_lease(&self.pool, &self.config.lease_name, &self.holder, ttl).await;
+        let was_leader = self.current().is_some();
+        let now_leader = match result {
+            Ok(Some(token)) => {
+                let valid_until = sent + ttl - ttl / 5;
+                *self.state.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Held { token, valid_until });
+                if !was_leader {
+                    tracing::info!(holder = %self.holder, token, "acquired the lease: publishing");
+                }
+                true
+            }
+            Ok(None) => {
+                *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if was_leader {
+                    tracing::warn!(holder = %self.holder, "lost the lease to another replica: standing by");
+                }
+                false
+            }
+            Err(e) => {
+                // Keep what we had: it runs out by itself at valid_until.
+                tracing::warn!(error = %e, "cannot renew the lease");
+                self.current().is_some()
+            }
+        };
+        self.health.set_leader(now_leader);
+    }
+
+    /// Renews or tries to acquire every third of the lease ttl until shutdown.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let period = self.config.lease_ttl / 3;
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Gives the lease up after the relay has drained, so a standby takes over at once.
+    pub async fn release(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.health.set_leader(false);
+        if let Err(e) =
+            store::release_lease(&self.pool, &self.config.lease_name, &self.holder).await
+        {
+            tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+}
