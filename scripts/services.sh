@@ -66,6 +66,10 @@ install_missing() {
   if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     apt_install rabbitmq-server
   fi
+  if ! command -v promtool >/dev/null 2>&1; then
+    # promtool checks the /metrics output in the tests; the server is not started.
+    apt_install prometheus
+  fi
   if [ -z "$(tansu_bin)" ]; then
     # A Kafka-protocol broker from crates.io; the build takes 10-16 minutes on 2 cores, once.
     # dynostore + libsql give the memory and SQLite (durable) storage engines.

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,4 +28,47 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Counts per status, backlog, dead messages per destination, lease holder.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, requeue or discard dead messages.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead messages, oldest first.
+    List {
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead messages back to committed with attempts reset; each takes a new place at
+    /// the end of its key's order.
+    Requeue(Selection),
+    /// Delete dead messages.
+    Discard(Selection),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["ids", "all"])))]
+pub struct Selection {
+    /// Message ids (repeat or separate with spaces).
+    #[arg(long = "id", num_args = 1..)]
+    pub ids: Vec<Uuid>,
+    /// Every dead message (of --destination, if given).
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, requires = "all")]
+    pub destination: Option<String>,
 }

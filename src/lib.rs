@@ -9,10 +9,12 @@
 //! - [`lease`]: which replica publishes (a lease row in Postgres).
 //! - [`http`], [`health`], [`instruments`]: `/livez`, `/readyz`, `/metrics` and metric names.
 //! - [`app`]: wires the tasks together and shuts them down.
-//! - [`cli`], [`telemetry`], [`backoff`]: command line, logging, retry delays.
+//! - [`cli`], [`admin`]: command line and the admin commands (`status`, `dead ...`).
+//! - [`telemetry`], [`backoff`]: logging, retry delays.
 //!
 //! The SQL schema and API live in `migrations/`; `docs/ARCHITECTURE.md` explains the design.
 
+pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod cli;

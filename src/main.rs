@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command};
 use outbox_relay::config::{BrokerKind, Config};
-use outbox_relay::{app, instruments, store, telemetry};
+use outbox_relay::{admin, app, instruments, store, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors, distinct from runtime failures (1).
@@ -19,7 +19,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if config.broker.kind == BrokerKind::Kafka {
+    let starts_relay = matches!(cli.command, Command::Run | Command::CheckConfig);
+    if starts_relay && config.broker.kind == BrokerKind::Kafka {
         // Building the producer validates every librdkafka property; it connects lazily.
         if let Err(e) = app::kafka_publisher(&config) {
             eprintln!("outbox-relay: invalid configuration:\n  - broker.kafka.properties: {e}");
@@ -51,6 +52,21 @@ fn main() -> ExitCode {
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        Command::Status { json } => {
+            let pool = store::pool(&config.database)?;
+            let status = admin::status(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", admin::render_status(&status));
+            }
+            Ok(())
+        }
+        Command::Dead { command } => {
+            let pool = store::pool(&config.database)?;
+            print!("{}", admin::dead(&pool, &command).await?);
+            Ok(())
+        }
         Command::Migrate => {
             let pool = store::pool(&config.database)?;
             store::migrate(&pool).await.context("migrate")?;

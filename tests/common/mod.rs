@@ -466,6 +466,9 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
     stream.read_to_end(&mut raw).await.ok()?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }

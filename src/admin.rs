@@ -1,0 +1,133 @@
+//! The admin commands: read and repair the outbox without writing SQL. They talk to the
+//! database only, so they work while relays run.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::cli::{DeadCommand, Selection};
+use crate::store::{self, DeadSelection, StoreError};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub counts: std::collections::BTreeMap<String, i64>,
+    pub pending: i64,
+    pub oldest_pending_age_seconds: f64,
+    pub dead_by_destination: Vec<store::DeadSummary>,
+    pub leases: Vec<store::LeaseInfo>,
+}
+
+pub async fn status(pool: &PgPool) -> Result<Status, StoreError> {
+    let counts = store::count_by_status(pool)
+        .await?
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
+    let (pending, oldest) = store::backlog(pool).await?;
+    Ok(Status {
+        counts,
+        pending,
+        oldest_pending_age_seconds: oldest,
+        dead_by_destination: store::dead_by_destination(pool).await?,
+        leases: store::leases(pool).await?,
+    })
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<12} {:>10}", "STATUS", "MESSAGES");
+    for status in store::MessageStatus::ALL {
+        let n = s.counts.get(status.as_str()).copied().unwrap_or(0);
+        let _ = writeln!(out, "{:<12} {:>10}", status.as_str(), n);
+    }
+    let _ = writeln!(
+        out,
+        "\nbacklog: {} pending, oldest {:.1}s",
+        s.pending, s.oldest_pending_age_seconds
+    );
+    if s.dead_by_destination.is_empty() {
+        let _ = writeln!(out, "dead: none");
+    } else {
+        let _ = writeln!(
+            out,
+            "\n{:<32} {:>6}  LAST ERROR",
+            "DEAD BY DESTINATION", "COUNT"
+        );
+        for d in &s.dead_by_destination {
+            let _ = writeln!(
+                out,
+                "{:<32} {:>6}  {}",
+                d.destination,
+                d.count,
+                d.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if s.leases.is_empty() {
+        let _ = writeln!(out, "lease: no relay has run yet");
+    }
+    for l in &s.leases {
+        let state = if l.held {
+            "held by"
+        } else {
+            "expired, last held by"
+        };
+        let _ = writeln!(
+            out,
+            "lease {}: {state} {} (token {}, expires {})",
+            l.name, l.holder, l.token, l.expires_at
+        );
+    }
+    out
+}
+
+fn selection(s: &Selection) -> DeadSelection {
+    if s.all {
+        DeadSelection::All {
+            destination: s.destination.clone(),
+        }
+    } else {
+        DeadSelection::Ids(s.ids.clone())
+    }
+}
+
+/// Runs a `dead` subcommand and returns what to print.
+pub async fn dead(pool: &PgPool, command: &DeadCommand) -> Result<String, StoreError> {
+    match command {
+        DeadCommand::List {
+            destination,
+            limit,
+            json,
+        } => {
+            let rows = store::list_dead(pool, destination.as_deref(), *limit).await?;
+            if *json {
+                return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
+            }
+            let mut out = format!(
+                "{:<36}  {:<24} {:<16} {:>8}  LAST ERROR\n",
+                "MESSAGE ID", "DESTINATION", "KEY", "ATTEMPTS"
+            );
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "{:<36}  {:<24} {:<16} {:>8}  {}",
+                    r.message_id,
+                    r.destination,
+                    r.message_key.as_deref().unwrap_or("-"),
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(out)
+        }
+        DeadCommand::Requeue(s) => {
+            let n = store::requeue_dead(pool, &selection(s)).await?;
+            Ok(format!("requeued {n} dead message(s)\n"))
+        }
+        DeadCommand::Discard(s) => {
+            let n = store::discard_dead(pool, &selection(s)).await?;
+            Ok(format!("discarded {n} dead message(s)\n"))
+        }
+    }
+}
