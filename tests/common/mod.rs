@@ -392,6 +392,7 @@ impl RelayProcess {
         cmd.arg("run")
             .env("OUTBOX_RELAY__HTTP__LISTEN", http.to_string())
             .env("OUTBOX_RELAY__HA__LEASE_TTL", "1s")
+            .env("OUTBOX_RELAY__METRICS__BACKLOG_INTERVAL", "200ms")
             .env_remove("OUTBOX_RELAY_CONFIG")
             .env("OUTBOX_RELAY__DATABASE__URL", db_url)
             .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
