@@ -1,16 +1,25 @@
-.PHONY: demo test lint services-up services-down
+.PHONY: demo test lint chart-check package-check services-up services-down
 
-# The main job: services, migrations, the relay, sample messages through RabbitMQ.
+# The main job: services, migrations, the relay, sample messages through the broker
+# (BROKER=kafka for Kafka).
 demo:
 	scripts/demo.sh
 
-# The whole test suite against real Postgres and RabbitMQ.
+# The whole test suite against real Postgres, RabbitMQ and a Kafka-protocol broker.
 test:
 	scripts/test.sh
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+# Helm chart: lint, render every ci values file, validate strictly against Kubernetes schemas.
+chart-check:
+	scripts/chart-check.sh
+
+# Dockerfile lint, native release build with the Dockerfile's command, ldd check.
+package-check:
+	scripts/package-check.sh
 
 services-up:
 	scripts/services.sh up
