@@ -94,17 +94,22 @@ port_open() {
 
 kafka_up() {
   mkdir -p "$KAFKA_DIR"
-  if [ -f "$KAFKA_DIR/tansu.pid" ] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
+  if port_open "$KAFKA_PORT"; then
     log "tansu (Kafka protocol) already running on 127.0.0.1:$KAFKA_PORT"
     return
   fi
   # SQLite storage (a path relative to the working directory) keeps acknowledged messages
   # across a broker restart.
-  (cd "$KAFKA_DIR" && nohup "$(tansu_bin)" broker \
+  # Started from a subshell in $KAFKA_DIR, detached from our stdout so that callers reading
+  # this script's output (eval "$(services.sh up)") are not held open by the broker.
+  (
+    cd "$KAFKA_DIR" || exit 1
+    nohup "$(tansu_bin)" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://tansu.db" >tansu.log 2>&1 &
-    echo $! > tansu.pid)
+      --storage-engine "sqlite://tansu.db" </dev/null >tansu.log 2>&1 &
+    echo $! > tansu.pid
+  )
   local i
   for i in $(seq 1 120); do
     port_open "$KAFKA_PORT" && break
@@ -120,9 +125,9 @@ kafka_up() {
 kafka_down() {
   if [ -f "$KAFKA_DIR/tansu.pid" ] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
     kill "$(cat "$KAFKA_DIR/tansu.pid")" || true
-    rm -f "$KAFKA_DIR/tansu.pid"
     log "tansu stopped"
   fi
+  rm -f "$KAFKA_DIR/tansu.pid"
 }
 
 pg_up() {
