@@ -14,19 +14,6 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(60);
 const TOPIC: &str = "events";
 
-async fn enqueue_many(db: &TestDb, n: i64, keys: i64) -> Vec<Uuid> {
-    sqlx::query_scalar(
-        "SELECT outbox.enqueue($1, jsonb_build_object('key', 'k' || (g % $3), 'n', g), message_key => 'k' || (g % $3))
-           FROM generate_series(1, $2) g ORDER BY g",
-    )
-    .bind(TOPIC)
-    .bind(n)
-    .bind(keys)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-}
-
 async fn assert_all_delivered_in_order(bootstrap: &str, ids: &[Uuid]) -> usize {
     let got = consume(bootstrap, TOPIC, 3, ids.len(), WAIT).await;
     let arrived: std::collections::HashSet<Uuid> = got.iter().map(|r| r.message_id()).collect();
@@ -45,7 +32,7 @@ async fn broker_down_mid_batch_then_back_loses_nothing_and_keeps_order() {
     config.relay.batch_size = 50.try_into().unwrap();
     let relay = start_relay(config);
 
-    let ids = enqueue_many(&db, 2000, 10).await;
+    let ids = db.enqueue_many(TOPIC, 1, 2000, 10).await;
     wait_for("some published", WAIT, || async {
         (db.count("published").await >= 100).then_some(())
     })
@@ -100,7 +87,7 @@ async fn injected_produce_errors_are_retried_without_loss_or_reordering() {
     let db = TestDb::new().await;
     let relay = start_relay(kafka_test_config(&db, &bootstrap));
 
-    let ids = enqueue_many(&db, 500, 10).await;
+    let ids = db.enqueue_many(TOPIC, 1, 500, 10).await;
     wait_for("everything published", WAIT, || async {
         (db.count("published").await == 500).then_some(())
     })

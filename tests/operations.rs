@@ -12,29 +12,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn enqueue_many(db: &TestDb, exchange: &str, from: i64, to: i64, keys: i64) -> Vec<Uuid> {
-    sqlx::query_scalar(
-        "SELECT outbox.enqueue($1, jsonb_build_object('key', 'k' || (g % $4), 'n', g), message_key => 'k' || (g % $4))
-           FROM generate_series($2, $3) g ORDER BY g",
-    )
-    .bind(exchange)
-    .bind(from)
-    .bind(to)
-    .bind(keys)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-}
-
-async fn fanout(rabbit: &Rabbit) -> (String, String) {
-    let exchange = unique("ex");
-    rabbit
-        .declare_exchange_of(&exchange, ExchangeKind::Fanout)
-        .await;
-    let queue = rabbit.bound_queue(&exchange, "").await;
-    (exchange, queue)
-}
-
 async fn is_leader(r: &RelayProcess) -> bool {
     r.metric("outbox_relay_leader").await == Some(1.0)
 }
@@ -68,14 +45,14 @@ async fn assert_delivered_in_order(rabbit: &Rabbit, queue: &str, ids: &[Uuid]) -
 async fn standby_takes_over_after_kill_9_of_the_publisher() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = fanout(&rabbit).await;
+    let (exchange, queue) = rabbit.fanout_with_queue().await;
     let env = [("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50")];
     let mut replicas = vec![
         RelayProcess::spawn(&db.url, &env),
         RelayProcess::spawn(&db.url, &env),
     ];
     let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
-    let ids = enqueue_many(&db, &exchange, 1, 3000, 20).await;
+    let ids = db.enqueue_many(&exchange, 1, 3000, 20).await;
     wait_for("some published", WAIT, || async {
         (db.count("published").await >= 300).then_some(())
     })
@@ -112,7 +89,7 @@ async fn standby_takes_over_after_kill_9_of_the_publisher() {
 async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = fanout(&rabbit).await;
+    let (exchange, queue) = rabbit.fanout_with_queue().await;
     let env = [("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50")];
     let replicas = [
         RelayProcess::spawn(&db.url, &env),
@@ -120,7 +97,7 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
     ];
     let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
     let (paused, standby) = (&replicas[leader], &replicas[1 - leader]);
-    let mut ids = enqueue_many(&db, &exchange, 1, 3000, 20).await;
+    let mut ids = db.enqueue_many(&exchange, 1, 3000, 20).await;
     wait_for("some published", WAIT, || async {
         (db.count("published").await >= 300).then_some(())
     })
@@ -140,7 +117,7 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
     let sample = format!("outbox_relay_messages_published_total{{destination=\"{exchange}\"}}");
     let before = paused.metric(&sample).await.unwrap_or(0.0);
     // ...and publishes nothing more while the new leader drains the rest and more.
-    ids.extend(enqueue_many(&db, &exchange, 3001, 4000, 20).await);
+    ids.extend(db.enqueue_many(&exchange, 3001, 4000, 20).await);
     wait_for("everything published", WAIT, || async {
         (db.count("published").await == 4000).then_some(())
     })
@@ -159,9 +136,9 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
 async fn metrics_pass_promtool_and_name_what_operators_alert_on() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
-    let (exchange, _queue) = fanout(&rabbit).await;
+    let (exchange, _queue) = rabbit.fanout_with_queue().await;
     let relay = RelayProcess::spawn(&db.url, &[("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "1")]);
-    let ok = enqueue_many(&db, &exchange, 1, 20, 2).await;
+    let ok = db.enqueue_many(&exchange, 1, 20, 2).await;
     let dead = db
         .enqueue(&unique("missing"), None, serde_json::json!({}))
         .await;

@@ -5,42 +5,18 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{assert_first_deliveries_in_order, unique, wait_for, Rabbit, RelayProcess, TestDb};
-use lapin::ExchangeKind;
+use common::{assert_first_deliveries_in_order, wait_for, Rabbit, RelayProcess, TestDb};
 use nix::sys::signal::Signal;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Inserts `n` committed messages over `keys` keys in one transaction; payload carries key and n.
-async fn enqueue_many(db: &TestDb, exchange: &str, n: i64, keys: i64) -> Vec<Uuid> {
-    sqlx::query_scalar(
-        "SELECT outbox.enqueue($1, jsonb_build_object('key', 'k' || (g % $3), 'n', g), message_key => 'k' || (g % $3))
-           FROM generate_series(1, $2) g ORDER BY g",
-    )
-    .bind(exchange)
-    .bind(n)
-    .bind(keys)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-}
-
-async fn fanout_with_queue(rabbit: &Rabbit) -> (String, String) {
-    let exchange = unique("ex");
-    rabbit
-        .declare_exchange_of(&exchange, ExchangeKind::Fanout)
-        .await;
-    let queue = rabbit.bound_queue(&exchange, "").await;
-    (exchange, queue)
-}
-
 #[tokio::test]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = fanout_with_queue(&rabbit).await;
-    let ids = enqueue_many(&db, &exchange, 3000, 20).await;
+    let (exchange, queue) = rabbit.fanout_with_queue().await;
+    let ids = db.enqueue_many(&exchange, 1, 3000, 20).await;
     let env = [("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50")];
 
     let relay = RelayProcess::spawn(&db.url, &env);
@@ -70,8 +46,8 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
 async fn sigterm_drains_records_confirms_and_exits_zero() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = fanout_with_queue(&rabbit).await;
-    enqueue_many(&db, &exchange, 3000, 20).await;
+    let (exchange, queue) = rabbit.fanout_with_queue().await;
+    db.enqueue_many(&exchange, 1, 3000, 20).await;
 
     let mut relay = RelayProcess::spawn(&db.url, &[("OUTBOX_RELAY__RELAY__BATCH_SIZE", "200")]);
     wait_for("some messages published", WAIT, || async {

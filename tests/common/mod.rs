@@ -83,6 +83,28 @@ impl TestDb {
             .expect("enqueue")
     }
 
+    /// Commits messages `from..=to` in one transaction, spread over `keys` keys; each payload
+    /// carries its key and number `n` (what the order checks read).
+    pub async fn enqueue_many(
+        &self,
+        destination: &str,
+        from: i64,
+        to: i64,
+        keys: i64,
+    ) -> Vec<Uuid> {
+        sqlx::query_scalar(
+            "SELECT outbox.enqueue($1, jsonb_build_object('key', 'k' || (g % $4), 'n', g), message_key => 'k' || (g % $4))
+               FROM generate_series($2, $3) g ORDER BY g",
+        )
+        .bind(destination)
+        .bind(from)
+        .bind(to)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .expect("enqueue many")
+    }
+
     pub async fn status(&self, id: Uuid) -> String {
         sqlx::query_scalar("SELECT status::text FROM outbox.messages WHERE message_id = $1")
             .bind(id)
@@ -190,6 +212,15 @@ pub struct Rabbit {
 }
 
 impl Rabbit {
+    /// A new fanout exchange with one exclusive queue bound to it: (exchange, queue).
+    pub async fn fanout_with_queue(&self) -> (String, String) {
+        let exchange = unique("ex");
+        self.declare_exchange_of(&exchange, ExchangeKind::Fanout)
+            .await;
+        let queue = self.bound_queue(&exchange, "").await;
+        (exchange, queue)
+    }
+
     pub async fn connect() -> Self {
         let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
