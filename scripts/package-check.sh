@@ -18,7 +18,11 @@ eval "$build_cmd"
 
 # Libraries distroless cc-debian12 provides: glibc, libgcc, OpenSSL 3.
 allowed='^(linux-vdso\.so\.1|/lib64/ld-linux-x86-64\.so\.2|ld-linux-x86-64\.so\.2|libc\.so\.6|libm\.so\.6|libdl\.so\.2|librt\.so\.1|libpthread\.so\.0|libgcc_s\.so\.1|libssl\.so\.3|libcrypto\.so\.3)$'
-bad=$(ldd "${CARGO_TARGET_DIR:-target}/release/outbox-relay" | awk '{print $1}' | grep -Ev "$allowed" || true)
+binary="${CARGO_TARGET_DIR:-target}/release/outbox-relay"
+[ -x "$binary" ] || { echo "no binary at $binary" >&2; exit 1; }
+libs=$(ldd "$binary" | awk '{print $1}')
+[ -n "$libs" ] || { echo "ldd printed nothing for $binary" >&2; exit 1; }
+bad=$(printf '%s\n' "$libs" | grep -Ev "$allowed" || true)
 if [ -n "$bad" ]; then
   echo "the binary needs libraries the runtime image lacks:" >&2
   echo "$bad" >&2
