@@ -117,3 +117,61 @@ async fn expiry_rolls_back_every_expired_prepared_row_and_nothing_else() {
     .unwrap();
     assert!(stamped);
 }
+
+#[tokio::test]
+async fn sweeper_runs_only_on_the_lease_holder() {
+    use outbox_relay::health::Health;
+    use outbox_relay::lease::Lease;
+    use std::sync::Arc;
+
+    let db = TestDb::new().await;
+    let id: uuid::Uuid =
+        sqlx::query_scalar("SELECT outbox.prepare('d', '{}', ttl => '1 millisecond')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let config = test_config(&db);
+    // Another replica holds the lease.
+    store::acquire_lease(
+        &db.pool,
+        &config.ha.lease_name,
+        "other-replica",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .expect("lease for the other replica");
+    let lease = Arc::new(Lease::new(
+        db.pool.clone(),
+        config.ha.clone(),
+        Arc::new(Health::new()),
+    ));
+    lease.tick().await;
+    assert!(
+        lease.current().is_none(),
+        "the lease belongs to the other replica"
+    );
+
+    let sweeper = Arc::new(Sweeper::new(
+        db.pool.clone(),
+        config.sweeper.clone(),
+        Some(lease.clone()),
+    ));
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (s, t) = (sweeper.clone(), token.clone());
+        async move { s.run_expiry(t).await }
+    });
+    // Several sweeper intervals (50 ms) pass without the lease: nothing is expired.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.status(id).await, "prepared", "a standby must not sweep");
+
+    store::release_lease(&db.pool, &config.ha.lease_name, "other-replica")
+        .await
+        .unwrap();
+    lease.tick().await;
+    assert!(lease.current().is_some());
+    db.wait_status(id, "rolled_back").await;
+    token.cancel();
+    task.await.unwrap();
+}
