@@ -1,4 +1,4 @@
-.PHONY: demo test lint chart-check package-check services-up services-down
+.PHONY: demo test bench lint chart-check package-check services-up services-down
 
 # The main job: services, migrations, the relay, sample messages through the broker
 # (BROKER=kafka for Kafka).
@@ -8,6 +8,10 @@ demo:
 # The whole test suite against real Postgres, RabbitMQ and a Kafka-protocol broker.
 test:
 	scripts/test.sh
+
+# Throughput next to the machine's ceilings (BENCH_ROWS, default 200000); see docs/performance.md.
+bench:
+	eval "$$(scripts/services.sh up)" && cargo bench --bench relay
 
 lint:
 	cargo fmt --all -- --check
