@@ -108,6 +108,13 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
         is_leader(standby).await.then_some(())
     })
     .await;
+    // The new leader works in commit order, so once it has published more, the rows the paused
+    // replica had in flight are recorded: its late outcome updates cannot count them again.
+    let at_takeover = db.count("published").await;
+    wait_for("the new leader to make progress", WAIT, || async {
+        (db.count("published").await >= at_takeover + 200).then_some(())
+    })
+    .await;
     paused.signal(Signal::SIGCONT);
     // The resumed replica notices it lost the lease...
     wait_for("the resumed replica to stand by", WAIT, || async {
