@@ -114,11 +114,30 @@ impl<P: Publisher> Relay<P> {
         let mut fence = FenceTracker::default();
         let mut trouble = 0u32;
         let batch_size = self.config.batch_size.get();
+        // Marking batch N published runs while batch N+1 is claimed and published: the database
+        // and the broker work at the same time. At most one such update is outstanding.
+        let mut recording: Option<Pending<'_>> = None;
         while !shutdown.is_cancelled() {
-            let claimed = match self.cycle(&mut fence, &shutdown).await {
-                Ok(n) => {
+            let exclude: Vec<i64> = recording
+                .as_ref()
+                .map(|r| r.ids.clone())
+                .unwrap_or_default();
+            let previous = async {
+                if let Some(r) = recording.take() {
+                    r.done.await
+                }
+            };
+            let (result, ()) = tokio::join!(self.cycle(&mut fence, &shutdown, &exclude), previous);
+            let claimed = match result {
+                Ok((claimed, confirmed)) => {
                     trouble = 0;
-                    n
+                    if !confirmed.is_empty() {
+                        recording = Some(Pending {
+                            ids: confirmed.iter().map(|(id, _, _)| id.0).collect(),
+                            done: Box::pin(self.record(confirmed, &shutdown)),
+                        });
+                    }
+                    claimed
                 }
                 Err(e) => {
                     trouble = trouble.saturating_add(1);
@@ -134,27 +153,39 @@ impl<P: Publisher> Relay<P> {
                 } else {
                     self.config.poll_interval
                 };
-                sleep_or_shutdown(wait, &shutdown).await;
+                let idle = sleep_or_shutdown(wait, &shutdown);
+                match recording.take() {
+                    Some(r) => {
+                        tokio::join!(idle, r.done);
+                    }
+                    None => idle.await,
+                }
             }
+        }
+        if let Some(r) = recording.take() {
+            r.done.await;
         }
         self.publisher.close().await;
         tracing::info!("relay stopped");
     }
 
-    /// One claim-publish-record round; returns how many rows were claimed.
+    /// One claim-publish round: returns how many rows were claimed, and the confirmed ones
+    /// whose outcome the caller still has to record. Failures are recorded here, before the
+    /// next claim, because their backoff is what holds the rest of their key back.
     async fn cycle(
         &self,
         fence: &mut FenceTracker,
         shutdown: &CancellationToken,
-    ) -> Result<usize, CycleError> {
+        exclude: &[i64],
+    ) -> Result<(usize, Vec<Recordable>), CycleError> {
         // Standby: nothing to do until the lease is ours.
         let Some(held) = self.lease.current() else {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         };
         let ready = self.publisher.ready().await;
         self.health.set_broker_up(ready.is_ok());
         ready.map_err(|e| CycleError::Broker(e.to_string()))?;
-        let claimed = self.claim_and_publish(fence, held, shutdown).await;
+        let claimed = self.claim_and_publish(fence, held, shutdown, exclude).await;
         self.health.set_database_up(claimed.is_ok());
         claimed
     }
@@ -164,32 +195,39 @@ impl<P: Publisher> Relay<P> {
         fence: &mut FenceTracker,
         held: Held,
         shutdown: &CancellationToken,
-    ) -> Result<usize, CycleError> {
+        exclude: &[i64],
+    ) -> Result<(usize, Vec<Recordable>), CycleError> {
         let safe = fence.advance(&self.pool).await?;
         let batch = store::claim(
             &self.pool,
             safe,
             self.config.batch_size.get(),
             self.lease.lease_ref(held),
+            exclude,
         )
         .await?;
         let claimed = batch.len();
         if claimed == 0 {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         metrics::histogram!(instruments::BATCH_MESSAGES).record(claimed as f64);
         let started = std::time::Instant::now();
         let outcomes = self.publish_batch(batch, shutdown).await;
         metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-        self.record(outcomes, shutdown).await;
-        Ok(claimed)
+        let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
+            .into_iter()
+            .partition(|(_, outcome, _)| matches!(outcome, Outcome::Published));
+        if !failed.is_empty() {
+            self.record(failed, shutdown).await;
+        }
+        Ok((claimed, confirmed))
     }
 
     async fn publish_batch(
         &self,
         batch: Vec<OutboxMessage>,
         shutdown: &CancellationToken,
-    ) -> Vec<(RowId, Outcome, Logged)> {
+    ) -> Vec<Recordable> {
         let results = Mutex::new(Vec::with_capacity(batch.len()));
         let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
         let mut chains: FuturesUnordered<_> = into_chains(batch)
@@ -214,7 +252,7 @@ impl<P: Publisher> Relay<P> {
         &self,
         chain: Vec<OutboxMessage>,
         semaphore: &Semaphore,
-        results: &Mutex<Vec<(RowId, Outcome, Logged)>>,
+        results: &Mutex<Vec<Recordable>>,
         shutdown: &CancellationToken,
     ) {
         for message in chain {
@@ -271,7 +309,7 @@ impl<P: Publisher> Relay<P> {
 
     /// Writes outcomes, retrying while the database is unreachable. If it stays unreachable
     /// past shutdown, the rows stay committed and are sent again later.
-    async fn record(&self, outcomes: Vec<(RowId, Outcome, Logged)>, shutdown: &CancellationToken) {
+    async fn record(&self, outcomes: Vec<Recordable>, shutdown: &CancellationToken) {
         let logged: HashMap<RowId, Logged> =
             outcomes.iter().map(|(id, _, l)| (*id, l.clone())).collect();
         let rows: Vec<(RowId, Outcome)> = outcomes.into_iter().map(|(id, o, _)| (id, o)).collect();
@@ -304,6 +342,15 @@ impl<P: Publisher> Relay<P> {
             }
         }
     }
+}
+
+/// A publish outcome waiting to be written, with what logs and metrics need.
+type Recordable = (RowId, Outcome, Logged);
+
+/// An outcome update running alongside the next cycle, and the rows it covers.
+struct Pending<'a> {
+    ids: Vec<i64>,
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
 }
 
 /// What logs and metrics about a message carry: never its payload.

@@ -190,6 +190,7 @@ pub async fn claim(
     fence_seq: i64,
     limit: u32,
     lease: LeaseRef<'_>,
+    exclude: &[i64],
 ) -> Result<Vec<OutboxMessage>, StoreError> {
     Ok(sqlx::query_as(include_str!("store/claim.sql"))
         .bind(fence_seq)
@@ -197,6 +198,7 @@ pub async fn claim(
         .bind(lease.name)
         .bind(lease.holder)
         .bind(lease.token)
+        .bind(exclude)
         .fetch_all(pool)
         .await?)
 }
