@@ -41,7 +41,8 @@ pub struct KafkaPublisher {
     client_config: ClientConfig,
     publish_timeout: Duration,
     connect_timeout: Duration,
-    producer: RwLock<FutureProducer>,
+    /// `None` once closed: the last handle is destroyed off the runtime.
+    producer: RwLock<Option<FutureProducer>>,
     /// False after a failure: the next `ready` checks the cluster before more rows are claimed.
     healthy: AtomicBool,
 }
@@ -74,16 +75,19 @@ impl KafkaPublisher {
             client_config,
             publish_timeout,
             connect_timeout: config.connect_timeout,
-            producer: RwLock::new(producer),
+            producer: RwLock::new(Some(producer)),
             healthy: AtomicBool::new(false),
         })
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> Result<FutureProducer, PublishError> {
         self.producer
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+            .ok_or_else(|| {
+                PublishError::retryable(FailureReason::Unavailable, "publisher is closed")
+            })
     }
 
     /// An idempotent producer that hit a fatal error (for example an out-of-order sequence)
@@ -99,10 +103,11 @@ impl KafkaPublisher {
         );
         match create(&self.client_config) {
             Ok(fresh) => {
-                let old = std::mem::replace(
-                    &mut *self.producer.write().unwrap_or_else(|p| p.into_inner()),
-                    fresh,
-                );
+                let old = self
+                    .producer
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(fresh);
                 // Destroying a producer blocks while librdkafka tears down its threads.
                 let _ = tokio::task::spawn_blocking(move || drop(old)).await;
             }
@@ -172,7 +177,7 @@ impl Publisher for KafkaPublisher {
         if self.healthy.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let producer = self.producer();
+        let producer = self.producer()?;
         let timeout = self.connect_timeout;
         // fetch_metadata blocks until the cluster answers: keep it off the runtime.
         let answer = tokio::task::spawn_blocking(move || {
@@ -215,7 +220,7 @@ impl Publisher for KafkaPublisher {
         if let Some(key) = &message.message_key {
             record = record.key(key);
         }
-        let producer = self.producer();
+        let producer = self.producer()?;
         // The queue timeout is backpressure: while librdkafka's queue is full, wait for room.
         match producer
             .send(record, Timeout::After(self.publish_timeout))
@@ -234,13 +239,22 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn close(&self) {
-        let producer = self.producer();
+        let Some(producer) = self
+            .producer
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
         let grace = self.publish_timeout;
-        // flush blocks until outstanding deliveries are reported or the timeout passes.
+        // flush blocks until outstanding deliveries are reported or the timeout passes, and
+        // destroying the producer blocks while librdkafka stops its threads.
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = producer.flush(Timeout::After(grace)) {
                 tracing::warn!(error = %e, "Kafka flush at shutdown");
             }
+            drop(producer);
         })
         .await;
     }
