@@ -184,11 +184,13 @@ rabbitmqctl() {
 rabbit_up() {
   mkdir -p "$RABBIT_DIR/home" "$RABBIT_DIR/mnesia" "$RABBIT_DIR/log"
   [ -f "$RABBIT_DIR/enabled_plugins" ] || echo '[].' > "$RABBIT_DIR/enabled_plugins"
-  # Loopback-only management of memory and disk alarms: the tests fill queues quickly.
+  # Alarms tuned for tests that fill queues quickly; a 1 MiB message limit so the oversized
+  # message path can be tested.
   cat > "$RABBIT_DIR/rabbitmq.conf" <<CONF
 loopback_users = none
 disk_free_limit.absolute = 50MB
 vm_memory_high_watermark.relative = 0.6
+max_message_size = 1048576
 CONF
   chown -R rabbitmq:rabbitmq "$RABBIT_DIR"
   if [ -f "$RABBIT_DIR/rabbit.pid" ] && kill -0 "$(cat "$RABBIT_DIR/rabbit.pid")" 2>/dev/null; then

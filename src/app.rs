@@ -148,13 +148,19 @@ pub async fn run_with<P: Publisher>(
         Some(lease.clone()),
     ));
 
-    let (l, token) = (lease.clone(), shutdown.clone());
+    // The lease is renewed until the relay has drained, not just until shutdown begins:
+    // otherwise a standby could take over while confirms are still being recorded.
+    let relay_done = CancellationToken::new();
+    let (l, token) = (lease.clone(), relay_done.clone());
     spawn_named(&tracker, &shutdown, &failure, "lease", async move {
         l.run(token).await
     });
     let (l, token) = (lease.clone(), shutdown.clone());
     spawn_named(&tracker, &shutdown, &failure, "relay", async move {
+        // Stops the renewals on return and on panic alike.
+        let stop_lease = relay_done.drop_guard();
         relay.run(token).await;
+        drop(stop_lease);
         // Only after the last outcome is recorded may a standby take over.
         l.release().await;
     });

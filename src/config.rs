@@ -689,6 +689,53 @@ impl Reader<'_> {
                 self.issue(key, "must be greater than zero".into());
             }
         }
+        // Upper bounds keep every duration inside what Postgres intervals and Instant
+        // arithmetic can hold, and catch unit mistakes ("10000d" for "10000ms").
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        for (key, value, max) in [
+            ("database.connect_timeout", c.database.connect_timeout, DAY),
+            (
+                "broker.amqp.connect_timeout",
+                c.broker.amqp.connect_timeout,
+                DAY,
+            ),
+            (
+                "broker.kafka.connect_timeout",
+                c.broker.kafka.connect_timeout,
+                DAY,
+            ),
+            ("relay.poll_interval", c.relay.poll_interval, DAY),
+            ("relay.publish_timeout", c.relay.publish_timeout, DAY),
+            ("relay.shutdown_grace", c.relay.shutdown_grace, DAY),
+            ("retry.initial_backoff", c.retry.initial_backoff, 30 * DAY),
+            ("retry.max_backoff", c.retry.max_backoff, 30 * DAY),
+            ("sweeper.interval", c.sweeper.interval, DAY),
+            ("sweeper.purge_interval", c.sweeper.purge_interval, DAY),
+            (
+                "sweeper.published_retention",
+                c.sweeper.published_retention,
+                3650 * DAY,
+            ),
+            (
+                "sweeper.rolled_back_retention",
+                c.sweeper.rolled_back_retention,
+                3650 * DAY,
+            ),
+            (
+                "sweeper.dead_retention",
+                c.sweeper.dead_retention,
+                3650 * DAY,
+            ),
+            ("ha.lease_ttl", c.ha.lease_ttl, DAY),
+            ("metrics.backlog_interval", c.metrics.backlog_interval, DAY),
+        ] {
+            if value > max {
+                self.issue(
+                    key,
+                    format!("must be at most {}", humantime::format_duration(max)),
+                );
+            }
+        }
         if c.ha.lease_ttl < Duration::from_millis(300) {
             self.issue("ha.lease_ttl", "must be at least 300ms".into());
         }
@@ -806,6 +853,18 @@ mod tests {
             assert_eq!(c.relay.poll_interval, Duration::from_secs(1));
             Ok(())
         });
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        let figment = Figment::from(Toml::string(
+            "[retry]\nmax_backoff = \"10000years\"\n[relay]\nshutdown_grace = \"3days\"\n",
+        ));
+        let Err(ConfigError::Invalid(issues)) = Config::from_figment(&figment) else {
+            panic!("expected invalid configuration");
+        };
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, vec!["relay.shutdown_grace", "retry.max_backoff"]);
     }
 
     #[test]

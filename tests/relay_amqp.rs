@@ -331,3 +331,38 @@ async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
     assert_eq!(ids, vec![first, second]);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn message_over_the_broker_size_limit_goes_dead_at_once_and_others_flow() {
+    // scripts/services.sh runs RabbitMQ with max_message_size = 1 MiB.
+    let (db, rabbit, exchange, queue, relay) = direct_exchange_with_relay("k").await;
+    let huge = db
+        .enqueue(
+            &exchange,
+            Some("k"),
+            json!({"key": "k", "n": 1, "pad": "x".repeat(2 << 20)}),
+        )
+        .await;
+    let after = db
+        .enqueue(&exchange, Some("k"), json!({"key": "k", "n": 2}))
+        .await;
+    db.wait_status(huge, "dead").await;
+    db.wait_status(after, "published").await;
+    let (attempts, last_error): (i32, String) =
+        sqlx::query_as("SELECT attempts, last_error FROM outbox.messages WHERE message_id = $1")
+            .bind(huge)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts, 1,
+        "a permanent error is not retried: {last_error}"
+    );
+    assert!(last_error.contains("max size"), "{last_error}");
+    let got = rabbit.drain(&queue).await;
+    assert_eq!(
+        got.iter().map(|r| r.message_id()).collect::<Vec<_>>(),
+        vec![after]
+    );
+    relay.stop().await;
+}

@@ -82,7 +82,15 @@ impl AmqpPublisher {
                 return Ok(ch.clone());
             }
         }
-        let conn = self.connection(&mut state).await?;
+        // Only `ready` reconnects: a dead connection fails this publish at once instead of
+        // every in-flight chain queueing up behind its own reconnect attempt.
+        let conn = state
+            .connection
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .ok_or_else(|| {
+                PublishError::retryable(FailureReason::Unavailable, "not connected to RabbitMQ")
+            })?;
         let channel = conn.create_channel().await.map_err(|e| {
             PublishError::retryable(
                 FailureReason::Unavailable,
@@ -109,6 +117,10 @@ impl AmqpPublisher {
 /// for access) or the connection went away.
 fn channel_error(e: &lapin::Error) -> PublishError {
     let message = format!("publish failed: {e}");
+    if message.contains("PRECONDITION_FAILED") && message.contains("max size") {
+        // "message size N is larger than configured max size M": no retry can fix it.
+        return PublishError::permanent(FailureReason::TooLarge, message);
+    }
     let reason = if message.contains("NOT_FOUND") {
         FailureReason::NotFound
     } else if message.contains("ACCESS_REFUSED") {
@@ -163,6 +175,35 @@ impl Publisher for AmqpPublisher {
     }
 
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        // Everything under one deadline: opening the channel and writing the frames can stall
+        // too (a broker that sent connection.blocked stops all writes).
+        tokio::time::timeout(self.publish_timeout, self.publish_confirmed(message))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::retryable(
+                    FailureReason::Timeout,
+                    format!("no publisher confirm within {:?}", self.publish_timeout),
+                ))
+            })
+    }
+
+    async fn close(&self) {
+        let mut state = self.state.lock().await;
+        state.channels.clear();
+        if let Some(conn) = state.connection.take() {
+            // A blocked or half-open connection never completes the close handshake.
+            let close = conn.close(200, "outbox-relay shutting down".into());
+            match tokio::time::timeout(self.config.connect_timeout, close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),
+                Err(_) => tracing::warn!("RabbitMQ did not answer the close in time"),
+            }
+        }
+    }
+}
+
+impl AmqpPublisher {
+    async fn publish_confirmed(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         let (exchange, routing_key, properties) = prepare(message)?;
         let channel = self.channel(&message.destination).await?;
         let options = BasicPublishOptions {
@@ -173,15 +214,7 @@ impl Publisher for AmqpPublisher {
             .basic_publish(exchange, routing_key, options, &message.payload, properties)
             .await
             .map_err(|e| channel_error(&e))?;
-        let confirmation = tokio::time::timeout(self.publish_timeout, confirm)
-            .await
-            .map_err(|_| {
-                PublishError::retryable(
-                    FailureReason::Timeout,
-                    format!("no publisher confirm within {:?}", self.publish_timeout),
-                )
-            })?
-            .map_err(|e| channel_error(&e))?;
+        let confirmation = confirm.await.map_err(|e| channel_error(&e))?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
@@ -201,16 +234,6 @@ impl Publisher for AmqpPublisher {
                 FailureReason::Other,
                 "channel is not in confirm mode",
             )),
-        }
-    }
-
-    async fn close(&self) {
-        let mut state = self.state.lock().await;
-        state.channels.clear();
-        if let Some(conn) = state.connection.take() {
-            if let Err(e) = conn.close(200, "outbox-relay shutting down".into()).await {
-                tracing::debug!(error = %e, "closing the RabbitMQ connection");
-            }
         }
     }
 }
