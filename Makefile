@@ -11,7 +11,7 @@ test:
 
 # Throughput next to the machine's ceilings (BENCH_ROWS, default 200000); see docs/performance.md.
 bench:
-	eval "$$(scripts/services.sh up)" && cargo bench --bench relay
+	scripts/bench.sh
 
 lint:
 	cargo fmt --all -- --check

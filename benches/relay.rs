@@ -1,30 +1,42 @@
 //! `make bench`: how fast the relay drains a backlog, next to the ceilings of the same machine
 //! measured in the same run. Prints a table and writes the figures to target/bench.json.
 //!
-//! Parts so far: broker ceilings (RabbitMQ confirms, Kafka acks=all idempotent), the database
-//! ceiling (the relay with a publisher that confirms instantly; bench-only), the drain for each
-//! broker, and the naive one-at-a-time baseline. Size with BENCH_ROWS (default 200000).
+//! Parts: broker ceilings (the relay's client settings, no database), the database ceiling (the
+//! relay with a publisher that confirms instantly; bench-only), the drain for each broker with
+//! the relay binary's peak RSS and CPU, its idle CPU, the drain with a REPEATABLE READ snapshot
+//! held open, the naive one-at-a-time baseline, and commit-to-receive latency at fixed rates.
+//! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
+//! parts (ceilings, drain-rabbitmq, drain-kafka, vacuum, naive, latency-rabbitmq,
+//! latency-kafka); BENCH_RELAY__SECTION__KEY overrides a relay setting.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use outbox_relay::app;
-use outbox_relay::config::{BrokerKind, Config, LogFormat, SecretUrl};
+use outbox_relay::config::{Config, KafkaConfig, LogFormat, SecretUrl};
 use outbox_relay::health::Health;
 use outbox_relay::publish::amqp::AmqpPublisher;
-use outbox_relay::publish::kafka::KafkaPublisher;
+use outbox_relay::publish::kafka::client_config;
 use outbox_relay::publish::{PublishError, Publisher};
 use outbox_relay::store::{self, OutboxMessage};
+use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -103,25 +115,14 @@ async fn fill(pool: &PgPool, destination: &str, rows: i64) {
         .unwrap();
 }
 
-fn bench_config(db_url: &str) -> Config {
-    let mut c = Config::default();
-    c.database.url = SecretUrl::new(db_url.to_string());
-    c.broker.amqp.url = SecretUrl::new(env(
-        "OUTBOX_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:56729/%2f",
-    ));
-    c.broker.kafka.bootstrap_servers = env("OUTBOX_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:59092");
-    c.relay.batch_size = 1000.try_into().unwrap();
-    c.relay.max_in_flight = (IN_FLIGHT as u32).try_into().unwrap();
-    c.relay.poll_interval = Duration::from_millis(10);
-    c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.ha.lease_ttl = Duration::from_secs(10);
-    c.log.format = LogFormat::Text;
-    c
-}
-
 /// Runs the relay in-process until `rows` rows are published; returns messages per second.
-async fn drain<P: Publisher>(pool: &PgPool, config: Config, publisher: P, rows: i64) -> f64 {
+/// Only for the database ceiling, whose publisher cannot be configured in the product.
+async fn drain_in_process<P: Publisher>(
+    pool: &PgPool,
+    config: Config,
+    publisher: P,
+    rows: i64,
+) -> f64 {
     let token = CancellationToken::new();
     let started = Instant::now();
     let relay = tokio::spawn(app::run_with(
@@ -131,21 +132,145 @@ async fn drain<P: Publisher>(pool: &PgPool, config: Config, publisher: P, rows: 
         Arc::new(Health::new()),
         token.clone(),
     ));
-    loop {
-        let published: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status = 'published'")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        if published >= rows {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_drained(pool).await;
     let rate = rows as f64 / started.elapsed().as_secs_f64();
     token.cancel();
     let _ = relay.await;
     rate
+}
+
+/// Waits until no committed row is left (a row stays committed until its confirm is recorded).
+async fn wait_drained(pool: &PgPool) {
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status = 'committed'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Broker {
+    Amqp,
+    Kafka,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Amqp => "RabbitMQ",
+            Broker::Kafka => "Kafka",
+        }
+    }
+}
+
+/// The relay binary with its default configuration, publishing from `db_url`.
+struct RelayProcess {
+    child: std::process::Child,
+}
+
+impl RelayProcess {
+    fn spawn(db_url: &str, broker: Broker, label: &str) -> Self {
+        let log = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("bench-relay-{label}.log"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+        cmd.arg("run")
+            .env_remove("OUTBOX_RELAY_CONFIG")
+            .env("OUTBOX_RELAY__DATABASE__URL", db_url)
+            .env(
+                "OUTBOX_RELAY__BROKER__KIND",
+                match broker {
+                    Broker::Amqp => "amqp",
+                    Broker::Kafka => "kafka",
+                },
+            )
+            .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
+            .env(
+                "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
+                bootstrap(),
+            )
+            .env("OUTBOX_RELAY__HTTP__LISTEN", "127.0.0.1:0")
+            .env("OUTBOX_RELAY__LOG__FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&log).expect("relay log"))
+            .stderr(std::fs::File::create(log.with_extension("stderr")).expect("relay log"));
+        for (k, v) in std::env::vars() {
+            // BENCH_RELAY__X__Y=v sets OUTBOX_RELAY__X__Y=v, to try settings without editing.
+            if let Some(rest) = k.strip_prefix("BENCH_RELAY__") {
+                cmd.env(format!("OUTBOX_RELAY__{rest}"), v);
+            }
+        }
+        Self {
+            child: cmd.spawn().expect("spawn outbox-relay"),
+        }
+    }
+
+    /// Peak resident set size so far, in MiB (VmHWM).
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib / 1024.0
+    }
+
+    /// User plus system CPU time so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // /proc reports in USER_HZ, which is 100 on every Linux architecture we run on.
+        ticks / 100.0
+    }
+
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+struct DrainFigures {
+    rate: f64,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    relay: RelayProcess,
+}
+
+/// Drains `rows` committed rows with the relay binary; the relay keeps running afterwards.
+async fn drain(
+    pool: &PgPool,
+    db_url: &str,
+    broker: Broker,
+    rows: i64,
+    label: &str,
+) -> DrainFigures {
+    let started = Instant::now();
+    let relay = RelayProcess::spawn(db_url, broker, label);
+    wait_drained(pool).await;
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    DrainFigures {
+        rate,
+        peak_rss_mib: relay.peak_rss_mib(),
+        cpu_seconds: relay.cpu_seconds(),
+        relay,
+    }
+}
+
+/// Share of one core the relay uses over `secs` with nothing to publish.
+async fn idle_cpu_percent(relay: &RelayProcess, secs: u64) -> f64 {
+    let before = relay.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (relay.cpu_seconds() - before) / secs as f64 * 100.0
 }
 
 async fn amqp_exchange(url: &str, name: &str) -> Connection {
@@ -253,17 +378,16 @@ async fn kafka_topic(bootstrap: &str, topic: &str) {
 
 /// Kafka alone: the relay's producer settings, IN_FLIGHT outstanding at most.
 async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
+    let config = KafkaConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        ..Config::default().broker.kafka
+    };
+    let producer: FutureProducer = client_config(&config, Duration::from_secs(30))
         .create()
         .unwrap();
     let body = payload();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
-    use futures::StreamExt;
     for i in 0..n {
         let key = format!("k{}", i as i64 % KEYS);
         let p = producer.clone();
@@ -309,86 +433,451 @@ async fn naive(pool: &PgPool, publisher: &AmqpPublisher, rows: i64) -> f64 {
     rows as f64 / started.elapsed().as_secs_f64()
 }
 
+fn amqp_url() -> String {
+    env(
+        "OUTBOX_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:56729/%2f",
+    )
+}
+
+fn bootstrap() -> String {
+    env("OUTBOX_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:59092")
+}
+
+/// Commit-to-receive latency percentiles, in milliseconds.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    recorded_p50: f64,
+    recorded_p99: f64,
+}
+
+type Receipts = HashMap<uuid::Uuid, SystemTime>;
+
+/// Consumes `destination` until `expected` distinct messages arrived (or a deadline passed),
+/// keeping the moment each message id was first received.
+async fn consume(
+    broker: Broker,
+    destination: String,
+    expected: Arc<AtomicUsize>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) -> Receipts {
+    let mut got = Receipts::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    if broker == Broker::Kafka {
+        kafka_topic(&bootstrap(), &destination).await;
+    }
+    let done =
+        |got: &Receipts| got.len() >= expected.load(Ordering::Acquire) || Instant::now() > deadline;
+    match broker {
+        Broker::Amqp => {
+            let conn = amqp_exchange(&amqp_url(), &destination).await;
+            let ch = conn.create_channel().await.unwrap();
+            let mut deliveries = ch
+                .basic_consume(
+                    format!("{destination}.q").as_str().into(),
+                    "bench".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let _ = subscribed.send(());
+            while !done(&got) {
+                let Ok(Some(d)) =
+                    tokio::time::timeout(Duration::from_millis(500), deliveries.next()).await
+                else {
+                    continue;
+                };
+                let d = d.unwrap();
+                let now = SystemTime::now();
+                if let Some(id) = d.properties.message_id() {
+                    got.entry(id.as_str().parse().unwrap()).or_insert(now);
+                }
+            }
+        }
+        Broker::Kafka => {
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap())
+                .set("group.id", format!("{destination}-bench"))
+                .set("enable.auto.commit", "false")
+                // The consumer's own wait must not dominate what is measured.
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .unwrap();
+            let mut partitions = TopicPartitionList::new();
+            for p in 0..3 {
+                partitions
+                    .add_partition_offset(&destination, p, Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&partitions).unwrap();
+            let _ = subscribed.send(());
+            while !done(&got) {
+                let Ok(m) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+                else {
+                    continue;
+                };
+                let m = m.unwrap();
+                let now = SystemTime::now();
+                let id = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "message_id")
+                        .and_then(|h| h.value)
+                        .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+                });
+                if let Some(id) = id {
+                    got.entry(id).or_insert(now);
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Commits messages at `rate` per second for `secs` seconds, in transactions of 1-10 messages
+/// over all keys, with the relay running; measures committed_at to consumer receipt.
+async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Latency {
+    let (pool, url) = fresh_db(admin_url).await;
+    let writers = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let destination = match broker {
+        Broker::Amqp => format!("bench.latency.{run}"),
+        Broker::Kafka => format!("bench-latency-{run}"),
+    };
+    let expected = Arc::new(AtomicUsize::new(usize::MAX));
+    let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(consume(
+        broker,
+        destination.clone(),
+        expected.clone(),
+        subscribed,
+    ));
+    ready.await.unwrap();
+    let relay = RelayProcess::spawn(&url, broker, &format!("latency-{rate}"));
+    // The relay is up once its lease row exists; load before that would measure start-up.
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox.relay_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let payload = String::from_utf8(payload()).unwrap();
+    let total = u64::from(rate) * secs;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    let mut rng = rand::rng();
+    while sent < total {
+        let n = rng.random_range(1..=10u64).min(total - sent);
+        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / f64::from(rate)))
+            .await;
+        let permit = in_flight.clone().acquire_owned().await.unwrap();
+        let (writers, destination, payload) =
+            (writers.clone(), destination.clone(), payload.clone());
+        let first_key = rng.random_range(0..KEYS);
+        tokio::spawn(async move {
+            sqlx::query(
+                "SELECT outbox.enqueue($1, $2::text::jsonb, 'k' || (($3 + g) % 1000))
+                   FROM generate_series(1, $4) g",
+            )
+            .bind(destination)
+            .bind(payload)
+            .bind(first_key)
+            .bind(n as i64)
+            .execute(&writers)
+            .await
+            .unwrap();
+            drop(permit);
+        });
+        sent += n;
+    }
+    let _ = in_flight.acquire_many(64).await.unwrap();
+    expected.store(sent as usize, Ordering::Release);
+    let receipts = consumer.await.unwrap();
+    relay.stop();
+    assert_eq!(
+        receipts.len() as u64,
+        sent,
+        "every message reached the consumer"
+    );
+
+    let committed: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT message_id, committed_at FROM outbox.messages")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut ms: Vec<f64> = committed
+        .iter()
+        .map(|(id, at)| {
+            let received: chrono::DateTime<chrono::Utc> = receipts[id].into();
+            (received - *at).num_microseconds().unwrap() as f64 / 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    // The relay's own share: commit to the confirm recorded in the row (published_at).
+    let recorded: Vec<f64> = sqlx::query_scalar(
+        "SELECT unnest(percentile_cont(array[0.5, 0.99, 0.999]) WITHIN GROUP
+                (ORDER BY extract(epoch FROM published_at - committed_at)::float8 * 1000))
+           FROM outbox.messages",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    Latency {
+        p50: pct(0.50),
+        p99: pct(0.99),
+        p999: pct(0.999),
+        recorded_p50: recorded[0],
+        recorded_p99: recorded[1],
+    }
+}
+
+/// What the figures were measured on.
+async fn machine(pool: &PgPool) -> serde_json::Value {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let postgres: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let command = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    serde_json::json!({
+        "cores": cores,
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+        "cpu": cpu,
+        "postgres": postgres,
+        "rabbitmq": command("dpkg-query", &["-W", "-f=${Version}", "rabbitmq-server"]),
+        "kafka_broker": format!("tansu {}", command("tansu", &["--version"]).trim_start_matches("tansu ")),
+    })
+}
+
+struct Figures(Vec<(String, f64, &'static str)>);
+
+impl Figures {
+    fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) -> f64 {
+        let name = name.into();
+        println!("  {name:<58} {value:>10.1} {unit}");
+        self.0.push((name, value, unit));
+        value
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let rows: i64 = env("BENCH_ROWS", "200000").parse().expect("BENCH_ROWS");
     let naive_rows: i64 = env("BENCH_NAIVE_ROWS", "3000")
         .parse()
         .expect("BENCH_NAIVE_ROWS");
+    let latency_secs: u64 = env("BENCH_LATENCY_SECS", "60")
+        .parse()
+        .expect("BENCH_LATENCY_SECS");
+    let idle_secs: u64 = env("BENCH_IDLE_SECS", "30")
+        .parse()
+        .expect("BENCH_IDLE_SECS");
+    let only = env("BENCH_ONLY", "");
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     let admin_url = env(
         "OUTBOX_TEST_DATABASE_URL",
         "postgres://postgres@127.0.0.1:54329/postgres",
     );
-    let amqp_url = env(
-        "OUTBOX_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:56729/%2f",
-    );
-    let bootstrap = env("OUTBOX_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:59092");
+    let amqp_url = amqp_url();
+    let bootstrap = bootstrap();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut results: Vec<(&str, f64)> = Vec::new();
+    let mut f = Figures(Vec::new());
+
+    let (admin, _) = fresh_db(&admin_url).await;
+    let machine = machine(&admin).await;
+    println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
+    println!("machine: {machine}");
 
     let exchange = format!("bench.{run}");
     let _amqp = amqp_exchange(&amqp_url, &exchange).await;
     let topic = format!("bench-{run}");
     kafka_topic(&bootstrap, &topic).await;
 
-    results.push((
-        "ceiling: RabbitMQ alone (msg/s)",
-        amqp_ceiling(&amqp_url, &exchange, rows as usize).await,
-    ));
-    results.push((
-        "ceiling: Kafka alone (msg/s)",
-        kafka_ceiling(&bootstrap, &topic, rows as usize).await,
-    ));
-
-    let (pool, url) = fresh_db(&admin_url).await;
-    fill(&pool, &exchange, rows).await;
-    results.push((
-        "ceiling: database, instant publisher (msg/s)",
-        drain(&pool, bench_config(&url), InstantPublisher, rows).await,
-    ));
-
-    let (pool, url) = fresh_db(&admin_url).await;
-    fill(&pool, &exchange, rows).await;
-    let config = bench_config(&url);
-    let amqp = AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
-    results.push((
-        "drain: relay to RabbitMQ (msg/s)",
-        drain(&pool, config, amqp, rows).await,
-    ));
-
-    let (pool, url) = fresh_db(&admin_url).await;
-    fill(&pool, &topic, rows).await;
-    let mut config = bench_config(&url);
-    config.broker.kind = BrokerKind::Kafka;
-    let kafka = KafkaPublisher::new(&config.broker.kafka, config.relay.publish_timeout).unwrap();
-    results.push((
-        "drain: relay to Kafka (msg/s)",
-        drain(&pool, config, kafka, rows).await,
-    ));
-
-    let (pool, url) = fresh_db(&admin_url).await;
-    fill(&pool, &exchange, naive_rows).await;
-    let config = bench_config(&url);
-    let amqp = AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
-    results.push((
-        "naive: one at a time to RabbitMQ (msg/s)",
-        naive(&pool, &amqp, naive_rows).await,
-    ));
-
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte payloads, {KEYS} keys, {cores} cores");
-    println!("{:<48} {:>12}", "figure", "value");
-    for (name, v) in &results {
-        println!("{name:<48} {v:>12.0}");
+    let mut ceiling = f64::MAX;
+    if wanted("ceilings") {
+        ceiling = ceiling.min(f.add(
+            "ceiling: RabbitMQ alone",
+            amqp_ceiling(&amqp_url, &exchange, rows as usize).await,
+            "msg/s",
+        ));
+        ceiling = ceiling.min(f.add(
+            "ceiling: Kafka alone",
+            kafka_ceiling(&bootstrap, &topic, rows as usize).await,
+            "msg/s",
+        ));
+        let (pool, url) = fresh_db(&admin_url).await;
+        fill(&pool, &exchange, rows).await;
+        let mut config = Config::default();
+        config.database.url = SecretUrl::new(url);
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.log.format = LogFormat::Text;
+        ceiling = ceiling.min(f.add(
+            "ceiling: database (claim and mark, instant publisher)",
+            drain_in_process(&pool, config, InstantPublisher, rows).await,
+            "msg/s",
+        ));
     }
-    let json: serde_json::Map<String, serde_json::Value> = results
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::json!(v.round())))
-        .collect();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+
+    let mut drain_amqp = None;
+    for broker in [Broker::Amqp, Broker::Kafka] {
+        if !wanted(&format!("drain-{}", broker.name().to_lowercase())) {
+            continue;
+        }
+        let (pool, url) = fresh_db(&admin_url).await;
+        fill(
+            &pool,
+            if broker == Broker::Amqp {
+                &exchange
+            } else {
+                &topic
+            },
+            rows,
+        )
+        .await;
+        let d = drain(
+            &pool,
+            &url,
+            broker,
+            rows,
+            &format!("drain-{}", broker.name()),
+        )
+        .await;
+        let name = broker.name();
+        let rate = f.add(format!("drain: relay to {name}"), d.rate, "msg/s");
+        if ceiling < f64::MAX {
+            f.add(
+                format!("drain to {name} / lowest ceiling"),
+                rate / ceiling,
+                "x",
+            );
+        }
+        f.add(
+            format!("drain to {name}: relay peak RSS"),
+            d.peak_rss_mib,
+            "MiB",
+        );
+        f.add(format!("drain to {name}: relay CPU"), d.cpu_seconds, "s");
+        if broker == Broker::Amqp {
+            drain_amqp = Some(rate);
+            f.add(
+                format!("idle for {idle_secs} s: relay CPU (share of one core)"),
+                idle_cpu_percent(&d.relay, idle_secs).await,
+                "%",
+            );
+        }
+        d.relay.stop();
+    }
+
+    if wanted("vacuum") {
+        let (pool, url) = fresh_db(&admin_url).await;
+        fill(&pool, &exchange, rows).await;
+        // A REPEATABLE READ snapshot in the same database keeps every row version the relay
+        // updates from being pruned or vacuumed for the whole drain.
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        sqlx::query("SELECT count(*) FROM outbox.messages")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let d = drain(&pool, &url, Broker::Amqp, rows, "drain-held-back").await;
+        d.relay.stop();
+        holder.rollback().await.unwrap();
+        let rate = f.add(
+            "drain to RabbitMQ, REPEATABLE READ held open",
+            d.rate,
+            "msg/s",
+        );
+        if let Some(base) = drain_amqp {
+            f.add("held-back drain / drain", rate / base, "x");
+        }
+    }
+
+    if wanted("naive") {
+        let (pool, _) = fresh_db(&admin_url).await;
+        fill(&pool, &exchange, naive_rows).await;
+        let config = Config::default();
+        let mut amqp_config = config.broker.amqp.clone();
+        amqp_config.url = SecretUrl::new(amqp_url.clone());
+        let amqp = AmqpPublisher::new(amqp_config, config.relay.publish_timeout);
+        amqp.ready().await.expect("RabbitMQ");
+        let rate = f.add(
+            "naive: one at a time to RabbitMQ",
+            naive(&pool, &amqp, naive_rows).await,
+            "msg/s",
+        );
+        if let Some(base) = drain_amqp {
+            f.add("drain to RabbitMQ / naive", base / rate, "x");
+        }
+    }
+
+    for broker in [Broker::Amqp, Broker::Kafka] {
+        if !wanted(&format!("latency-{}", broker.name().to_lowercase())) {
+            continue;
+        }
+        for rate in env("BENCH_RATES", "1000,5000")
+            .split(',')
+            .map(|r| r.parse::<u32>().expect("BENCH_RATES"))
+        {
+            let l = latency(&admin_url, broker, rate, latency_secs).await;
+            let name = format!("latency to {} at {rate} msg/s", broker.name());
+            f.add(format!("{name}: p50"), l.p50, "ms");
+            f.add(format!("{name}: p99"), l.p99, "ms");
+            f.add(format!("{name}: p99.9"), l.p999, "ms");
+            f.add(format!("{name}: p50 to published_at"), l.recorded_p50, "ms");
+            f.add(format!("{name}: p99 to published_at"), l.recorded_p99, "ms");
+        }
+    }
+
+    let json = serde_json::json!({
+        "rows": rows,
+        "payload_bytes": PAYLOAD_BYTES,
+        "keys": KEYS,
+        "latency_seconds": latency_secs,
+        "machine": machine,
+        "figures": f.0.iter().map(|(name, v, unit)| serde_json::json!({
+            "figure": name, "value": (v * 100.0).round() / 100.0, "unit": unit,
+        })).collect::<Vec<_>>(),
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();

@@ -24,7 +24,46 @@ use crate::publish::Publisher;
 use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
 /// How soon to look again while the fence waits for writers that are still running.
-const FENCE_RECHECK: Duration = Duration::from_millis(5);
+const FENCE_RECHECK: Duration = Duration::from_millis(1);
+
+/// The first pause after a claim that found rows but not a full batch. Empty claims double
+/// it up to `relay.poll_interval`, so a busy outbox is polled every millisecond or two (low
+/// commit-to-publish latency) and an idle one every `poll_interval` (low idle cost).
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// Adaptive polling: how long to wait before the next claim.
+#[derive(Debug, Default)]
+struct Pacing {
+    empty_claims: u32,
+}
+
+impl Pacing {
+    /// `None`: claim again at once (the last batch was full).
+    fn next_wait(
+        &mut self,
+        claimed: usize,
+        batch_size: usize,
+        poll_interval: Duration,
+        fence_pending: bool,
+    ) -> Option<Duration> {
+        if claimed >= batch_size {
+            self.empty_claims = 0;
+            return None;
+        }
+        if claimed > 0 {
+            self.empty_claims = 0;
+        } else {
+            self.empty_claims = self.empty_claims.saturating_add(1);
+        }
+        let grown = BUSY_POLL.saturating_mul(1 << self.empty_claims.min(16));
+        let wait = grown.min(poll_interval);
+        Some(if fence_pending {
+            wait.min(FENCE_RECHECK)
+        } else {
+            wait
+        })
+    }
+}
 
 pub struct Relay<P> {
     pool: PgPool,
@@ -112,6 +151,7 @@ impl<P: Publisher> Relay<P> {
     /// `relay.shutdown_grace`), records its outcomes and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut fence = FenceTracker::default();
+        let mut pacing = Pacing::default();
         let mut trouble = 0u32;
         let batch_size = self.config.batch_size.get();
         // Marking batch N published runs while batch N+1 is claimed and published: the database
@@ -147,12 +187,12 @@ impl<P: Publisher> Relay<P> {
                     continue;
                 }
             };
-            if claimed < batch_size as usize {
-                let wait = if fence.is_pending() {
-                    self.config.poll_interval.min(FENCE_RECHECK)
-                } else {
-                    self.config.poll_interval
-                };
+            if let Some(wait) = pacing.next_wait(
+                claimed,
+                batch_size as usize,
+                self.config.poll_interval,
+                fence.is_pending(),
+            ) {
                 let idle = sleep_or_shutdown(wait, &shutdown);
                 match recording.take() {
                     Some(r) => {
@@ -456,6 +496,20 @@ mod tests {
             committed_at: Utc::now(),
             attempts: 0,
         }
+    }
+
+    #[test]
+    fn polling_is_immediate_after_a_full_batch_fast_while_busy_and_slow_when_idle() {
+        let poll = Duration::from_millis(100);
+        let mut p = Pacing::default();
+        assert_eq!(p.next_wait(500, 500, poll, false), None);
+        assert_eq!(p.next_wait(3, 500, poll, false), Some(BUSY_POLL));
+        let idle: Vec<_> = (0..8).map(|_| p.next_wait(0, 500, poll, false)).collect();
+        assert_eq!(idle[0], Some(Duration::from_millis(2)));
+        assert_eq!(idle[1], Some(Duration::from_millis(4)));
+        assert_eq!(idle[7], Some(poll));
+        assert_eq!(p.next_wait(0, 500, poll, true), Some(FENCE_RECHECK));
+        assert_eq!(p.next_wait(1, 500, poll, false), Some(BUSY_POLL));
     }
 
     #[test]
