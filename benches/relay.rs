@@ -243,7 +243,46 @@ struct DrainFigures {
     rate: f64,
     peak_rss_mib: f64,
     cpu_seconds: f64,
+    /// Where the machine's CPU went during the drain: seconds per command, busiest first.
+    cpu_by_command: Vec<(String, f64)>,
+    /// Share of all cores that was busy during the drain.
+    machine_busy: f64,
     relay: RelayProcess,
+}
+
+/// CPU seconds so far of every process, summed by command name.
+fn cpu_by_command() -> HashMap<String, f64> {
+    let mut by = HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        *by.entry(comm).or_insert(0.0) += ticks / 100.0;
+    }
+    by
+}
+
+/// (busy, total) jiffies of all cores from /proc/stat.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let idle = v[3] + v[4];
+    let total: f64 = v.iter().take(8).sum();
+    (total - idle, total)
 }
 
 /// Drains `rows` committed rows with the relay binary; the relay keeps running afterwards.
@@ -254,12 +293,27 @@ async fn drain(
     rows: i64,
     label: &str,
 ) -> DrainFigures {
+    let (cpu_before, jiffies_before) = (cpu_by_command(), machine_jiffies());
     let started = Instant::now();
     let relay = RelayProcess::spawn(db_url, broker, label);
     wait_drained(pool).await;
     let rate = rows as f64 / started.elapsed().as_secs_f64();
+    let jiffies_after = machine_jiffies();
+    let mut cpu_by: Vec<(String, f64)> = cpu_by_command()
+        .into_iter()
+        .map(|(comm, after)| {
+            let before = cpu_before.get(&comm).copied().unwrap_or(0.0);
+            (comm, after - before)
+        })
+        .filter(|(_, used)| *used > 0.0)
+        .collect();
+    cpu_by.sort_by(|a, b| b.1.total_cmp(&a.1));
+    cpu_by.truncate(6);
     DrainFigures {
         rate,
+        cpu_by_command: cpu_by,
+        machine_busy: (jiffies_after.0 - jiffies_before.0) / (jiffies_after.1 - jiffies_before.1)
+            * 100.0,
         peak_rss_mib: relay.peak_rss_mib(),
         cpu_seconds: relay.cpu_seconds(),
         relay,
@@ -793,6 +847,14 @@ async fn main() {
             "MiB",
         );
         f.add(format!("drain to {name}: relay CPU"), d.cpu_seconds, "s");
+        f.add(
+            format!("drain to {name}: machine busy (all cores)"),
+            d.machine_busy,
+            "%",
+        );
+        for (comm, used) in &d.cpu_by_command {
+            f.add(format!("drain to {name}: CPU of {comm}"), *used, "s");
+        }
         if broker == Broker::Amqp {
             drain_amqp = Some(rate);
             f.add(
