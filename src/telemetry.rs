@@ -6,11 +6,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Always appended, whatever the configured level: lapin reports a message the broker
+/// returned (unroutable, mandatory) at warn with its whole body. The relay logs the return
+/// itself, without the payload.
+const PAYLOAD_LOGGERS_OFF: &str = "lapin::returned_messages=off";
+
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // Postgres notices such as "schema already exists, skipping" are noise at info.
-        EnvFilter::new(format!("{},sqlx::postgres::notice=warn", config.level))
-    });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| {
+            // Postgres notices such as "schema already exists, skipping" are noise at info.
+            EnvFilter::new(format!("{},sqlx::postgres::notice=warn", config.level))
+        })
+        .add_directive(PAYLOAD_LOGGERS_OFF.parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

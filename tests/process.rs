@@ -85,6 +85,42 @@ async fn sigterm_drains_records_confirms_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_returned_message_is_logged_without_its_payload_and_a_clean_stop_logs_no_error() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = common::unique("ex");
+    rabbit.declare_exchange(&exchange).await; // no queue bound: the broker returns the message
+    let secret = "payload-secret-7f3a9c";
+    let id = db
+        .enqueue(&exchange, Some("k"), serde_json::json!({ "card": secret }))
+        .await;
+    let mut relay = RelayProcess::spawn(&db.url, &[]);
+    wait_for("a returned attempt recorded", WAIT, || async {
+        (db.attempts(id).await >= 1).then_some(())
+    })
+    .await;
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_exit(WAIT).await.success());
+    let logs = relay.logs();
+    assert!(
+        logs.contains("NO_ROUTE"),
+        "the return is logged:
+{logs}"
+    );
+    // The broker client's own report of a returned message carries the body (as bytes).
+    let body_bytes = format!("{:?}", &secret.as_bytes()[..8]);
+    let body_bytes = body_bytes.trim_matches(['[', ']']);
+    assert!(
+        !logs.contains(secret) && !logs.contains(body_bytes),
+        "payload in the log:\n{logs}"
+    );
+    assert!(
+        !logs.contains("ERROR"),
+        "a clean stop logs no error:\n{logs}"
+    );
+}
+
+#[tokio::test]
 async fn unreachable_database_is_retried_not_fatal() {
     // Nothing listens on port 1 of loopback.
     let mut relay = RelayProcess::spawn("postgres://postgres@127.0.0.1:1/postgres", &[]);
@@ -116,14 +152,9 @@ async fn unreachable_broker_is_retried_then_publishing_starts() {
         (relay.logs().matches("broker not ready").count() >= 2).then_some(())
     })
     .await;
-    let attempts: i32 =
-        sqlx::query_scalar("SELECT attempts FROM outbox.messages WHERE message_id = $1")
-            .bind(id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        attempts, 0,
+        db.attempts(id).await,
+        0,
         "a broker outage must not use up a message's attempts"
     );
     relay.signal(Signal::SIGTERM);

@@ -189,10 +189,17 @@ impl Publisher for AmqpPublisher {
 
     async fn close(&self) {
         let mut state = self.state.lock().await;
-        state.channels.clear();
+        let channels: Vec<Channel> = state.channels.drain().map(|(_, ch)| ch).collect();
         if let Some(conn) = state.connection.take() {
+            // Channels first: a channel dropped while its connection closes is reported by
+            // lapin as a connection error, which would be a false alarm at every clean stop.
             // A blocked or half-open connection never completes the close handshake.
-            let close = conn.close(200, "outbox-relay shutting down".into());
+            let close = async {
+                for ch in channels {
+                    let _ = ch.close(200, "outbox-relay shutting down".into()).await;
+                }
+                conn.close(200, "outbox-relay shutting down".into()).await
+            };
             match tokio::time::timeout(self.config.connect_timeout, close).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),

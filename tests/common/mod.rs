@@ -113,6 +113,14 @@ impl TestDb {
             .expect("status")
     }
 
+    pub async fn attempts(&self, id: Uuid) -> i32 {
+        sqlx::query_scalar("SELECT attempts FROM outbox.messages WHERE message_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("attempts")
+    }
+
     pub async fn count(&self, status: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status::text = $1")
             .bind(status)
