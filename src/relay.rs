@@ -20,7 +20,7 @@ use crate::config::{RelayConfig, RetryConfig};
 use crate::health::Health;
 use crate::instruments;
 use crate::lease::{Held, Lease};
-use crate::publish::Publisher;
+use crate::publish::{FailureReason, Publisher};
 use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
 /// How soon to look again while the fence waits for writers that are still running.
@@ -65,6 +65,64 @@ impl Pacing {
     }
 }
 
+/// Destinations whose last publish timed out, and until when their rows are not claimed.
+///
+/// A batch ends when its slowest chain does, so without this one destination whose confirms
+/// never come would slow every destination to one batch per `relay.publish_timeout`. Leaving
+/// its rows unclaimed for a backoff keeps the others flowing; nothing of the destination is
+/// sent meanwhile, so its order is untouched and no attempt is used up.
+#[derive(Debug, Default)]
+struct SlowDestinations(Mutex<HashMap<String, Slow>>);
+
+#[derive(Debug)]
+struct Slow {
+    until: std::time::Instant,
+    timeouts: u32,
+}
+
+impl SlowDestinations {
+    /// The destinations to leave out of the next claim. An entry stays (counting timeouts, so
+    /// the pause grows) until a publish to its destination is confirmed.
+    fn held_back(&self) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return Vec::new();
+        }
+        let now = std::time::Instant::now();
+        map.iter()
+            .filter(|(_, s)| s.until > now)
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    fn timed_out(&self, destination: &str, backoff: &Backoff) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let slow = map.entry(destination.to_string()).or_insert(Slow {
+            until: now,
+            timeouts: 0,
+        });
+        if slow.until > now {
+            return; // already held back by another chain's timeout of the same batch
+        }
+        slow.timeouts = slow.timeouts.saturating_add(1);
+        let pause = backoff.delay(slow.timeouts);
+        slow.until = now + pause;
+        tracing::warn!(
+            destination,
+            pause = ?pause,
+            "publish to this destination timed out; its rows are not claimed for a while so that other destinations keep flowing"
+        );
+    }
+
+    fn confirmed(&self, destination: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.is_empty() {
+            map.remove(destination);
+        }
+    }
+}
+
 pub struct Relay<P> {
     pool: PgPool,
     publisher: Arc<P>,
@@ -72,6 +130,7 @@ pub struct Relay<P> {
     retry: RetryConfig,
     lease: Arc<Lease>,
     health: Arc<Health>,
+    slow: SlowDestinations,
     /// When shutdown was first noticed: one grace period covers draining and recording.
     stopping_since: OnceLock<tokio::time::Instant>,
 }
@@ -129,6 +188,7 @@ impl<P: Publisher> Relay<P> {
             retry,
             lease,
             health,
+            slow: SlowDestinations::default(),
             stopping_since: OnceLock::new(),
         }
     }
@@ -244,6 +304,7 @@ impl<P: Publisher> Relay<P> {
             self.config.batch_size.get(),
             self.lease.lease_ref(held),
             exclude,
+            &self.slow.held_back(),
         )
         .await?;
         let claimed = batch.len();
@@ -310,8 +371,14 @@ impl<P: Publisher> Relay<P> {
                     .await
                     .expect("semaphore is never closed");
                 match self.publisher.publish(&message).await {
-                    Ok(()) => Outcome::Published,
+                    Ok(()) => {
+                        self.slow.confirmed(&message.destination);
+                        Outcome::Published
+                    }
                     Err(e) => {
+                        if e.reason == FailureReason::Timeout {
+                            self.slow.timed_out(&message.destination, &self.backoff());
+                        }
                         metrics::counter!(
                             instruments::PUBLISH_FAILURES,
                             "destination" => message.destination.clone(),

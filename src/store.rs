@@ -191,6 +191,7 @@ pub async fn claim(
     limit: u32,
     lease: LeaseRef<'_>,
     exclude: &[i64],
+    held_back: &[String],
 ) -> Result<Vec<OutboxMessage>, StoreError> {
     Ok(sqlx::query_as(include_str!("store/claim.sql"))
         .bind(fence_seq)
@@ -199,6 +200,7 @@ pub async fn claim(
         .bind(lease.holder)
         .bind(lease.token)
         .bind(exclude)
+        .bind(held_back)
         .fetch_all(pool)
         .await?)
 }

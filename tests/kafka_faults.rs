@@ -15,7 +15,16 @@ const WAIT: Duration = Duration::from_secs(60);
 const TOPIC: &str = "events";
 
 async fn assert_all_delivered_in_order(bootstrap: &str, ids: &[Uuid]) -> usize {
-    let got = consume(bootstrap, TOPIC, 3, ids.len(), WAIT).await;
+    assert_all_delivered_in_order_on(bootstrap, TOPIC, 3, ids).await
+}
+
+async fn assert_all_delivered_in_order_on(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    ids: &[Uuid],
+) -> usize {
+    let got = consume(bootstrap, topic, partitions, ids.len(), WAIT).await;
     let arrived: std::collections::HashSet<Uuid> = got.iter().map(|r| r.message_id()).collect();
     assert!(ids.iter().all(|id| arrived.contains(id)), "messages lost");
     assert_in_order(got.iter().map(|r| (r.message_id(), r.json())))
@@ -151,5 +160,61 @@ async fn oversized_message_goes_dead_at_once_and_does_not_block_its_key_or_other
         .map(|r| r.message_id())
         .collect();
     assert_eq!(big_order, vec![before, after]);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_destination_that_times_out_does_not_slow_the_others() {
+    // Two brokers: the slow topic's leader never answers within publish_timeout.
+    let cluster = MockCluster::new(2).unwrap();
+    cluster.create_topic("slow", 1, 1).unwrap();
+    cluster.create_topic("fast", 1, 1).unwrap();
+    cluster.partition_leader("slow", 0, Some(1)).unwrap();
+    cluster.partition_leader("fast", 0, Some(2)).unwrap();
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(4))
+        .unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let db = TestDb::new().await;
+    let mut config = kafka_test_config(&db, &bootstrap);
+    config.relay.publish_timeout = Duration::from_secs(1);
+    config.relay.batch_size = 20.try_into().unwrap();
+    // Long enough that the held-back destination stays out of every claim of this test.
+    config.retry.initial_backoff = Duration::from_secs(60);
+    config.retry.max_backoff = Duration::from_secs(60);
+    // Interleaved: every batch would hold slow rows (each its own key) next to fast ones.
+    let mut fast = Vec::new();
+    for i in 0..200 {
+        db.enqueue("slow", Some(&format!("s{i}")), json!({ "n": i }))
+            .await;
+        fast.push(
+            db.enqueue("fast", Some("k"), json!({ "key": "k", "n": i }))
+                .await,
+        );
+    }
+    let relay = start_relay(config);
+    wait_for("every fast message published", WAIT, || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox.messages WHERE destination = 'fast' AND status = 'published'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (done == 200).then_some(())
+    })
+    .await;
+    // Without holding the slow topic back, each of the 20 batches would have sent (and
+    // waited a publish_timeout for) its slow rows.
+    let tried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox.messages WHERE destination = 'slow' AND attempts > 0",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        tried <= 10,
+        "{tried} slow rows were sent while the fast ones waited"
+    );
+    assert_all_delivered_in_order_on(&bootstrap, "fast", 1, &fast).await;
     relay.stop().await;
 }

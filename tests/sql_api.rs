@@ -228,6 +228,7 @@ async fn claim_is_an_index_scan_over_pending_rows_only() {
             .replace("$4", "'me'")
             .replace("$5", "1")
             .replace("$6", "'{}'::bigint[]")
+            .replace("$7", "'{}'::text[]")
     )))
     .fetch_one(&db.pool)
     .await
@@ -289,7 +290,7 @@ async fn commit_fence_waits_for_open_writers() {
         holder: "me",
         token,
     };
-    let claimed = store::claim(&db.pool, late_seq - 1, 100, lease, &[])
+    let claimed = store::claim(&db.pool, late_seq - 1, 100, lease, &[], &[])
         .await
         .unwrap();
     assert!(claimed.iter().all(|m| m.commit_seq < late_seq));
@@ -323,7 +324,7 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
         token: a,
     };
     assert_eq!(
-        store::claim(&db.pool, i64::MAX, 10, a_ref, &[])
+        store::claim(&db.pool, i64::MAX, 10, a_ref, &[], &[])
             .await
             .unwrap()
             .len(),
@@ -335,7 +336,7 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
         .await
         .unwrap();
     assert!(
-        store::claim(&db.pool, i64::MAX, 10, a_ref, &[])
+        store::claim(&db.pool, i64::MAX, 10, a_ref, &[], &[])
             .await
             .unwrap()
             .is_empty(),
@@ -346,7 +347,7 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
         .unwrap()
         .expect("b takes over");
     assert!(b > a, "takeover changes the token");
-    assert!(store::claim(&db.pool, i64::MAX, 10, a_ref, &[])
+    assert!(store::claim(&db.pool, i64::MAX, 10, a_ref, &[], &[])
         .await
         .unwrap()
         .is_empty());
@@ -356,7 +357,7 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
         token: b,
     };
     assert_eq!(
-        store::claim(&db.pool, i64::MAX, 10, b_ref, &[])
+        store::claim(&db.pool, i64::MAX, 10, b_ref, &[], &[])
             .await
             .unwrap()
             .len(),

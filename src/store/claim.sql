@@ -2,6 +2,7 @@
 -- $1: the commit fence (highest commit_seq known to have no invisible predecessor)
 -- $2: batch size
 -- $6: ids already published whose outcome is still being recorded (never sent twice).
+-- $7: destinations held back after a publish timeout (see `SlowDestinations` in relay.rs).
 -- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
 -- claims nothing, even if it has not noticed yet.
 -- A keyed row is held back while an earlier row of its key is still pending but waiting for
@@ -23,6 +24,7 @@ SELECT m.id,
    AND m.commit_seq <= $1
    AND m.available_at <= now()
    AND m.id <> ALL ($6)
+   AND m.destination <> ALL ($7)
    AND (m.message_key IS NULL OR NOT EXISTS (
         SELECT 1
           FROM outbox.messages e
