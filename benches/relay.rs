@@ -27,7 +27,7 @@ use outbox_relay::app;
 use outbox_relay::config::{Config, KafkaConfig, LogFormat, SecretUrl};
 use outbox_relay::health::Health;
 use outbox_relay::publish::amqp::AmqpPublisher;
-use outbox_relay::publish::kafka::client_config;
+use outbox_relay::publish::kafka::{client_config, KafkaPublisher};
 use outbox_relay::publish::{PublishError, Publisher};
 use outbox_relay::store::{self, OutboxMessage};
 use rand::Rng;
@@ -463,6 +463,68 @@ async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// One message at a time through the relay's own publisher, with a consumer attached: the
+/// broker round trip that every message of a key pays (to the confirm) and the broker's own
+/// delivery delay (to the consumer), the floors under commit-to-receive latency.
+struct RoundTrip {
+    confirm: (f64, f64),
+    receive: (f64, f64),
+}
+
+async fn round_trip<P: Publisher>(broker: Broker, publisher: &P, n: usize) -> RoundTrip {
+    let destination = match broker {
+        Broker::Amqp => format!("bench.rt.{}", uuid::Uuid::new_v4().simple()),
+        Broker::Kafka => format!("bench-rt-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let expected = Arc::new(AtomicUsize::new(n));
+    let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(consume(broker, destination.clone(), expected, subscribed));
+    ready.await.unwrap();
+    publisher.ready().await.expect("broker");
+    let mut confirm = Vec::with_capacity(n);
+    let mut sent = HashMap::with_capacity(n);
+    for i in 0..n {
+        let message = OutboxMessage {
+            id: outbox_relay::store::RowId(i as i64),
+            message_id: uuid::Uuid::new_v4(),
+            destination: destination.clone(),
+            routing_key: None,
+            message_key: Some("k".into()),
+            payload: payload(),
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            commit_seq: i as i64,
+            committed_at: chrono::Utc::now(),
+            attempts: 0,
+        };
+        sent.insert(message.message_id, SystemTime::now());
+        let started = Instant::now();
+        publisher.publish(&message).await.expect("publish");
+        confirm.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    publisher.close().await;
+    let receipts = consumer.await.unwrap();
+    let mut receive: Vec<f64> = receipts
+        .iter()
+        .map(|(id, at)| {
+            at.duration_since(sent[id])
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0
+        })
+        .collect();
+    RoundTrip {
+        confirm: p50_p99(&mut confirm),
+        receive: p50_p99(&mut receive),
+    }
+}
+
+fn p50_p99(ms: &mut [f64]) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (pct(0.5), pct(0.99))
+}
+
 /// The original design: select one, publish, wait for its confirm, update it.
 async fn naive(pool: &PgPool, publisher: &AmqpPublisher, rows: i64) -> f64 {
     let started = Instant::now();
@@ -795,6 +857,46 @@ async fn main() {
             kafka_ceiling(&bootstrap, &topic, rows as usize).await,
             "msg/s",
         ));
+        let config = Config::default();
+        let mut amqp_config = config.broker.amqp.clone();
+        amqp_config.url = SecretUrl::new(amqp_url.clone());
+        let amqp = AmqpPublisher::new(amqp_config, config.relay.publish_timeout);
+        let rt = round_trip(Broker::Amqp, &amqp, 2000).await;
+        f.add(
+            "one at a time: RabbitMQ publish to confirm, p50",
+            rt.confirm.0,
+            "ms",
+        );
+        f.add(
+            "one at a time: RabbitMQ publish to confirm, p99",
+            rt.confirm.1,
+            "ms",
+        );
+        f.add(
+            "one at a time: RabbitMQ publish to consumer, p50",
+            rt.receive.0,
+            "ms",
+        );
+        f.add(
+            "one at a time: RabbitMQ publish to consumer, p99",
+            rt.receive.1,
+            "ms",
+        );
+        let kafka_config = KafkaConfig {
+            bootstrap_servers: bootstrap.clone(),
+            ..config.broker.kafka.clone()
+        };
+        let kafka = KafkaPublisher::new(&kafka_config, config.relay.publish_timeout).unwrap();
+        let rt = round_trip(Broker::Kafka, &kafka, 2000).await;
+        for (name, v) in [
+            ("produce to delivery report, p50", rt.confirm.0),
+            ("produce to delivery report, p99", rt.confirm.1),
+            ("produce to consumer, p50", rt.receive.0),
+            ("produce to consumer, p99", rt.receive.1),
+        ] {
+            f.add(format!("one at a time: Kafka {name}"), v, "ms");
+        }
+
         let (pool, url) = fresh_db(&admin_url).await;
         fill(&pool, &exchange, rows).await;
         let mut config = Config::default();
