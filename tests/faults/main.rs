@@ -78,6 +78,10 @@ impl Broker {
 
 struct Settings {
     rounds: usize,
+    /// Only the faults whose name contains this (FAULTS_ONLY), for reproducing one.
+    only: String,
+    /// Also the Kafka faults that tansu 0.6 cannot survive (FAULTS_KAFKA_ALL=1).
+    kafka_all: bool,
     rate: f64,
     writers: usize,
     keys_per_writer: usize,
@@ -131,6 +135,8 @@ impl Settings {
             .collect();
         Self {
             rounds: env_or("FAULTS_ROUNDS", 3),
+            only: env_or("FAULTS_ONLY", String::new()),
+            kafka_all: env_or("FAULTS_KAFKA_ALL", 0) == 1,
             rate: env_or("FAULTS_RATE", 200.0),
             writers: env_or("FAULTS_WRITERS", 4),
             keys_per_writer: env_or("FAULTS_KEYS_PER_WRITER", 25),
@@ -245,6 +251,16 @@ const FAULTS: [Fault; 13] = [
 ];
 
 impl Fault {
+    /// Cutting the relay's broker connections while produce requests are in flight makes
+    /// librdkafka bump the idempotent producer's epoch (InitProducerId with the current id),
+    /// which tansu 0.6 does not implement: its storage task panics and the broker serves
+    /// nothing but errors until restarted, and the producer's next request crashes it again.
+    /// So against tansu those two faults are skipped; broker outages with Kafka are covered
+    /// by librdkafka's mock cluster in tests/kafka_faults.rs.
+    fn runs_on(self, broker: Broker) -> bool {
+        broker == Broker::Amqp || !matches!(self, Fault::BrokerRestart | Fault::Reset(Side::Broker))
+    }
+
     fn name(self) -> String {
         let side = |s: Side| match s {
             Side::Database => "relay-postgres",
@@ -356,6 +372,9 @@ async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
                 "OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT".into(),
                 "2s".into(),
             ));
+            // The default publish timeout, longer than any stall injected here: a message
+            // timeout also makes librdkafka bump the producer's epoch (see Fault::runs_on).
+            relay_env.push(("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT".into(), "30s".into()));
             create_topic(&bootstrap, &destination).await;
             let consumer = verify::consume_kafka(
                 &bootstrap,
@@ -400,12 +419,20 @@ async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
     );
 
     for round in 1..=settings.rounds {
-        let mut order = FAULTS.to_vec();
+        let mut order: Vec<Fault> = FAULTS
+            .iter()
+            .copied()
+            .filter(|f| settings.only.is_empty() || f.name().contains(&settings.only))
+            .filter(|f| settings.kafka_all || f.runs_on(broker))
+            .collect();
         shuffle(&mut order);
         for fault in order {
             // Faults land at random moments of the stream, mid-batch included.
             tokio::time::sleep(random_between(200, 1500)).await;
             let window = rig.inject(fault).await;
+            if let Some(crash) = rig.broker_crash() {
+                panic!("the broker crashed during {}: {crash}", window.name);
+            }
             println!(
                 "   {} round {round}: {:<34} recovered in {:.2?}",
                 broker.name(),
@@ -517,8 +544,17 @@ async fn create_topic(bootstrap: &str, topic: &str) {
         || async {
             let new = NewTopic::new(topic, KAFKA_PARTITIONS, TopicReplication::Fixed(1));
             match admin.create_topics(&[new], &options).await {
-                Ok(results) => results.into_iter().all(|r| r.is_ok()).then_some(()),
-                Err(_) => None,
+                Ok(results) => match results.into_iter().find_map(|r| r.err()) {
+                    None => Some(()),
+                    Some(e) => {
+                        eprintln!("   create topic {topic}: {e:?}");
+                        None
+                    }
+                },
+                Err(e) => {
+                    eprintln!("   create topic {topic}: {e}");
+                    None
+                }
             }
         },
     )
@@ -555,6 +591,24 @@ impl Rig<'_> {
             .await
             .expect("run services.sh");
         assert!(status.success(), "services.sh {action} {service}: {status}");
+    }
+
+    /// tansu's storage task can panic and leave the broker answering nothing but errors;
+    /// that is the broker's failure, not the relay's, and is reported as such.
+    fn broker_crash(&self) -> Option<String> {
+        if self.broker != Broker::Kafka {
+            return None;
+        }
+        let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local");
+        let dir = format!("tansu-{}", self.settings.kafka_port);
+        [local.join(&dir), local.join("services").join(&dir)]
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("tansu.log")).ok())
+            .find_map(|log| {
+                log.lines()
+                    .find(|l| l.contains("panicked at"))
+                    .map(|l| format!("tansu {l} (see its tansu.log)"))
+            })
     }
 
     fn broker_service(&self) -> &'static str {
@@ -739,7 +793,10 @@ impl Rig<'_> {
             Broker::Kafka => {
                 // Deleting a topic destroys its records. So that "lost" keeps meaning lost by
                 // the relay, the relay is paused while the verifier reads the old topic to its
-                // end; it resumes against the deleted topic and must wait for the new one.
+                // end. It resumes once the topic exists again, with metadata, producer state and
+                // in-flight requests for the old one: tansu 0.6's SQLite engine panics on a
+                // produce to a missing topic and stops serving, so the relay cannot be let
+                // loose on the gap itself (the RabbitMQ run covers a missing destination).
                 let bootstrap = self.broker_proxy.addr.to_string();
                 for r in &self.relays {
                     r.signal(Signal::SIGSTOP);
@@ -764,11 +821,11 @@ impl Rig<'_> {
                     c.stop().await;
                 }
                 delete_topic(&bootstrap, &self.destination).await;
+                tokio::time::sleep(random_between(200, 1000)).await;
+                create_topic(&bootstrap, &self.destination).await;
                 for r in &self.relays {
                     r.signal(Signal::SIGCONT);
                 }
-                tokio::time::sleep(random_between(500, 2000)).await;
-                create_topic(&bootstrap, &self.destination).await;
                 self.incarnation_base = self.deliveries.len();
                 self.consumer = Some(verify::consume_kafka(
                     &bootstrap,
