@@ -1,4 +1,4 @@
-.PHONY: demo test bench lint chart-check package-check services-up services-down
+.PHONY: demo test faults bench lint chart-check package-check services-up services-down
 
 # The main job: services, migrations, the relay, sample messages through the broker
 # (BROKER=kafka for Kafka).
@@ -8,6 +8,11 @@ demo:
 # The whole test suite against real Postgres, RabbitMQ and a Kafka-protocol broker.
 test:
 	scripts/test.sh
+
+# Fault injection (kills, restarts, network trouble) against separate service instances;
+# see README "Testing under faults". FAULTS_ROUNDS=1 for a quicker run.
+faults:
+	scripts/faults.sh
 
 # Throughput next to the machine's ceilings (BENCH_ROWS, default 200000); see docs/performance.md.
 bench:

@@ -6,6 +6,12 @@
 #   scripts/services.sh up     install if needed, start, print the environment to use
 #   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
+#   scripts/services.sh stop|start postgres|rabbitmq|kafka   one service (the fault-injection suite)
+#
+# OUTBOX_PG_PORT / OUTBOX_AMQP_PORT / OUTBOX_KAFKA_PORT choose other ports; a service on a
+# non-default port keeps its data in its own directory, so two sets never share state.
+# OUTBOX_KAFKA_ADVERTISED_PORT is the port tansu tells clients to connect to (default: its own;
+# the fault suite points it at a TCP proxy).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +22,7 @@ PG_PORT=${OUTBOX_PG_PORT:-54329}
 AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
 RABBIT_DIST_PORT=$((AMQP_PORT + 1))
 KAFKA_PORT=${OUTBOX_KAFKA_PORT:-59092}
+KAFKA_ADVERTISED_PORT=${OUTBOX_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
 TANSU_VERSION=0.6.0
 RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
 # Set by choose_state_dir once the service users exist.
@@ -54,9 +61,16 @@ choose_state_dir() {
     chmod 755 "$state"
     ln -sfn "$state" "$LOCAL/services"
   fi
-  PG_DIR="$state/pg"
-  RABBIT_DIR="$state/rabbitmq"
-  KAFKA_DIR="$state/tansu"
+  PG_DIR="$state/pg$(port_suffix "$PG_PORT" 54329)"
+  RABBIT_DIR="$state/rabbitmq$(port_suffix "$AMQP_PORT" 56729)"
+  KAFKA_DIR="$state/tansu$(port_suffix "$KAFKA_PORT" 59092)"
+}
+
+# Empty for the default port (the directories keep their historical names), else "-PORT".
+port_suffix() {
+  if [ "$1" != "$2" ]; then
+    echo "-$1"
+  fi
 }
 
 install_missing() {
@@ -106,7 +120,7 @@ kafka_up() {
     cd "$KAFKA_DIR" || exit 1
     nohup "$(tansu_bin)" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_ADVERTISED_PORT" \
       --storage-engine "sqlite://tansu.db" </dev/null >tansu.log 2>&1 &
     echo $! > tansu.pid
   )
@@ -124,7 +138,14 @@ kafka_up() {
 
 kafka_down() {
   if [ -f "$KAFKA_DIR/tansu.pid" ] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
-    kill "$(cat "$KAFKA_DIR/tansu.pid")" || true
+    local pid i
+    pid=$(cat "$KAFKA_DIR/tansu.pid")
+    kill "$pid" || true
+    # Gone before we return, so that a following `start` does not find the old listener.
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     log "tansu stopped"
   fi
   rm -f "$KAFKA_DIR/tansu.pid"
@@ -233,7 +254,7 @@ case "${1:-up}" in
     pg_up
     rabbit_up
     kafka_up
-    print_env > "$LOCAL/env"
+    print_env > "$LOCAL/env$(port_suffix "$PG_PORT" 54329)"
     print_env
     ;;
   down)
@@ -245,8 +266,20 @@ case "${1:-up}" in
   env)
     print_env
     ;;
+  stop|start)
+    choose_state_dir
+    case "${2:-}" in
+      postgres) if [ "$1" = start ]; then pg_up; else pg_down; fi ;;
+      rabbitmq) if [ "$1" = start ]; then rabbit_up; else rabbit_down; fi ;;
+      kafka) if [ "$1" = start ]; then kafka_up; else kafka_down; fi ;;
+      *)
+        echo "usage: $0 $1 postgres|rabbitmq|kafka" >&2
+        exit 2
+        ;;
+    esac
+    ;;
   *)
-    echo "usage: $0 [up|down|env]" >&2
+    echo "usage: $0 [up|down|env|stop|start SERVICE]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,351 @@
+//! The verifier: consumers that record every delivery with its arrival time, and the checks
+//! of those deliveries against the outbox once the load has stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub key: String,
+    pub at: Instant,
+}
+
+/// Every delivery in arrival order, shared by the consumer tasks.
+#[derive(Clone, Default)]
+pub struct Deliveries {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    log: Vec<Delivery>,
+    seen: HashSet<Uuid>,
+    /// RabbitMQ re-deliveries to the verifier itself (after a broker restart): not the relay's.
+    consumer_redeliveries: u64,
+}
+
+impl Deliveries {
+    fn record(&self, id: Uuid, key: String, redelivered: bool) {
+        let mut inner = self.inner.lock().expect("deliveries");
+        if redelivered && inner.seen.contains(&id) {
+            inner.consumer_redeliveries += 1;
+            return;
+        }
+        inner.seen.insert(id);
+        inner.log.push(Delivery {
+            id,
+            key,
+            at: Instant::now(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("deliveries").log.len()
+    }
+
+    pub fn distinct(&self) -> HashSet<Uuid> {
+        self.inner.lock().expect("deliveries").seen.clone()
+    }
+
+    pub fn snapshot(&self) -> (Vec<Delivery>, u64) {
+        let inner = self.inner.lock().expect("deliveries");
+        (inner.log.clone(), inner.consumer_redeliveries)
+    }
+}
+
+fn key_of(payload: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v["key"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A consumer task that stops when its token is cancelled.
+pub struct ConsumerTask {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl ConsumerTask {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// Consumes `queue` directly from RabbitMQ (not through the proxy), acking after recording
+/// and reconnecting while the broker restarts.
+pub fn consume_rabbit(amqp_url: String, queue: String, into: Deliveries) -> ConsumerTask {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move {
+        while !token.is_cancelled() {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = rabbit_session(&amqp_url, &queue, &into) => {}
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    });
+    ConsumerTask { stop, handle }
+}
+
+async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
+    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    if channel
+        .basic_qos(500, BasicQosOptions::default())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Ok(mut consumer) = channel
+        .basic_consume(
+            queue.into(),
+            "faults-verifier".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(d)) = consumer.next().await {
+        let Some(id) = d
+            .properties
+            .message_id()
+            .as_ref()
+            .and_then(|m| m.as_str().parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        into.record(id, key_of(&d.data), d.redelivered);
+        let _ = d.acker.ack(BasicAckOptions::default()).await;
+    }
+}
+
+/// Reads every partition of `topic` from the beginning through `bootstrap`.
+pub fn consume_kafka(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    into: Deliveries,
+) -> ConsumerTask {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", super::common::unique("faults"))
+        .set("client.id", "faults-verifier")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("kafka consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition offset");
+    }
+    consumer.assign(&tpl).expect("assign partitions");
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                _ = token.cancelled() => return,
+                m = consumer.recv() => m,
+            };
+            // Transport errors while the broker or the proxy misbehaves; librdkafka retries.
+            let Ok(m) = m else { continue };
+            let id = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "message_id")
+                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<Uuid>().ok())
+            });
+            if let Some(id) = id {
+                into.record(id, key_of(m.payload().unwrap_or_default()), false);
+            }
+        }
+    });
+    ConsumerTask { stop, handle }
+}
+
+/// One row of the outbox as the verifier needs it.
+pub struct Row {
+    pub status: String,
+    pub commit_seq: Option<i64>,
+}
+
+pub async fn outbox_rows(pool: &PgPool) -> HashMap<Uuid, Row> {
+    let rows: Vec<(Uuid, String, Option<i64>)> =
+        sqlx::query_as("SELECT message_id, status::text, commit_seq FROM outbox.messages")
+            .fetch_all(pool)
+            .await
+            .expect("read the outbox");
+    rows.into_iter()
+        .map(|(id, status, commit_seq)| (id, Row { status, commit_seq }))
+        .collect()
+}
+
+/// A fault as it happened: from its start until the relay had recovered.
+#[derive(Debug, Clone)]
+pub struct FaultWindow {
+    pub name: String,
+    pub start: Instant,
+    pub recovered: Instant,
+    pub recovery: Duration,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub faults: usize,
+    pub written: usize,
+    pub committed: usize,
+    pub rolled_back: usize,
+    pub delivered: usize,
+    pub lost: usize,
+    pub dead: usize,
+    pub wrongly_published: usize,
+    pub order_violations: usize,
+    pub duplicates: usize,
+    pub unexplained_duplicates: usize,
+    pub consumer_redeliveries: u64,
+    pub longest_recovery: Duration,
+    pub longest_recovery_fault: String,
+}
+
+/// A duplicate can only come from a confirm that was not recorded, which needs a fault:
+/// its first delivery must fall inside a fault window, widened by `slack` on both sides (a
+/// confirm received just before the fault started may be the one whose update it cut off).
+pub fn check(
+    rows: &HashMap<Uuid, Row>,
+    deliveries: &[Delivery],
+    consumer_redeliveries: u64,
+    faults: &[FaultWindow],
+    slack: Duration,
+) -> Summary {
+    let mut s = Summary {
+        faults: faults.len(),
+        written: rows.len(),
+        consumer_redeliveries,
+        ..Default::default()
+    };
+    for row in rows.values() {
+        match row.status.as_str() {
+            "published" | "committed" => s.committed += 1,
+            "dead" => {
+                s.committed += 1;
+                s.dead += 1;
+            }
+            _ => s.rolled_back += 1,
+        }
+    }
+    let mut first_at: HashMap<Uuid, Instant> = HashMap::new();
+    let mut last_seq: HashMap<&str, i64> = HashMap::new();
+    for d in deliveries {
+        if let Some(first) = first_at.get(&d.id) {
+            s.duplicates += 1;
+            let explained = faults
+                .iter()
+                .any(|f| *first + slack >= f.start && *first <= f.recovered + slack);
+            if !explained {
+                s.unexplained_duplicates += 1;
+            }
+            continue;
+        }
+        first_at.insert(d.id, d.at);
+        let Some(row) = rows.get(&d.id) else {
+            s.wrongly_published += 1;
+            continue;
+        };
+        let (true, Some(seq)) = (
+            matches!(row.status.as_str(), "published" | "committed" | "dead"),
+            row.commit_seq,
+        ) else {
+            s.wrongly_published += 1;
+            continue;
+        };
+        if let Some(prev) = last_seq.insert(d.key.as_str(), seq) {
+            if prev > seq {
+                s.order_violations += 1;
+            }
+        }
+    }
+    s.delivered = first_at.len();
+    s.lost = rows
+        .iter()
+        .filter(|(id, row)| {
+            matches!(row.status.as_str(), "published" | "committed" | "dead")
+                && !first_at.contains_key(id)
+        })
+        .count();
+    if let Some(f) = faults.iter().max_by_key(|f| f.recovery) {
+        s.longest_recovery = f.recovery;
+        s.longest_recovery_fault = f.name.clone();
+    }
+    s
+}
+
+impl Summary {
+    pub fn violations(&self, recovery_bound: Duration) -> Vec<String> {
+        let mut v = Vec::new();
+        for (what, n) in [
+            ("lost", self.lost),
+            ("dead", self.dead),
+            ("wrongly published", self.wrongly_published),
+            ("order violations", self.order_violations),
+            ("unexplained duplicates", self.unexplained_duplicates),
+        ] {
+            if n > 0 {
+                v.push(format!("{what}: {n}"));
+            }
+        }
+        if self.longest_recovery > recovery_bound {
+            v.push(format!(
+                "recovery from {} took {:?}, over the bound {recovery_bound:?}",
+                self.longest_recovery_fault, self.longest_recovery
+            ));
+        }
+        v
+    }
+
+    pub fn add(&mut self, o: &Summary) {
+        self.faults += o.faults;
+        self.written += o.written;
+        self.committed += o.committed;
+        self.rolled_back += o.rolled_back;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        self.dead += o.dead;
+        self.wrongly_published += o.wrongly_published;
+        self.order_violations += o.order_violations;
+        self.duplicates += o.duplicates;
+        self.unexplained_duplicates += o.unexplained_duplicates;
+        self.consumer_redeliveries += o.consumer_redeliveries;
+        if o.longest_recovery > self.longest_recovery {
+            self.longest_recovery = o.longest_recovery;
+            self.longest_recovery_fault = o.longest_recovery_fault.clone();
+        }
+    }
+}
