@@ -265,3 +265,133 @@ fn unknown_librdkafka_property_is_a_config_error() {
         "{stderr}"
     );
 }
+
+/// Asserts that no secret appears in any of the texts a user or a log collector could see.
+fn assert_no_secret(secrets: &[&str], texts: &[(&str, String)]) {
+    for (what, text) in texts {
+        for secret in secrets {
+            assert!(!text.contains(secret), "`{secret}` in {what}:\n{text}");
+        }
+    }
+}
+
+/// Everything a failing relay shows: `check-config`'s output, then the log of `run` after two
+/// retries of `retrying` (a log message), and `/metrics` and `/readyz` meanwhile.
+async fn outputs_while_failing(
+    db_url: &str,
+    env: &[(&str, &str)],
+    retrying: &str,
+) -> Vec<(&'static str, String)> {
+    let mut all_env = vec![("OUTBOX_RELAY__DATABASE__URL", db_url)];
+    all_env.extend_from_slice(env);
+    let checked = check_config(&["check-config"], &all_env);
+    assert!(checked.status.success(), "{checked:?}");
+
+    let mut relay = RelayProcess::spawn(db_url, env);
+    wait_for("two logged retries", WAIT, || async {
+        (relay.logs().matches(retrying).count() >= 2).then_some(())
+    })
+    .await;
+    let (_, metrics) = relay.get("/metrics").await.expect("/metrics served");
+    let (ready, readyz) = relay.get("/readyz").await.expect("/readyz served");
+    assert_eq!(ready, 503, "not ready while {retrying}: {readyz}");
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_exit(WAIT).await.success());
+    vec![
+        (
+            "check-config stdout",
+            String::from_utf8_lossy(&checked.stdout).into(),
+        ),
+        (
+            "check-config stderr",
+            String::from_utf8_lossy(&checked.stderr).into(),
+        ),
+        ("the relay's stdout and stderr", relay.logs()),
+        ("/metrics", metrics),
+        ("/readyz", readyz),
+    ]
+}
+
+#[tokio::test]
+async fn wrong_amqp_credentials_are_retried_and_no_password_is_shown() {
+    let db = TestDb::new().await;
+    // The test Postgres trusts loopback, so this password is accepted and ignored; it must
+    // still never be shown.
+    let db_secret = "db-pw-5b1e0c77";
+    let db_url = db
+        .url
+        .replacen("postgres@", &format!("postgres:{db_secret}@"), 1);
+    assert!(db_url.contains(db_secret), "{db_url}");
+    let amqp_secret = "amqp-pw-91d2f6aa";
+    let amqp = common::amqp_url().replacen("guest:guest@", &format!("guest:{amqp_secret}@"), 1);
+    assert!(amqp.contains(amqp_secret), "{amqp}");
+
+    let outputs = outputs_while_failing(
+        &db_url,
+        &[("OUTBOX_RELAY__BROKER__AMQP__URL", &amqp)],
+        "broker not ready",
+    )
+    .await;
+    assert_no_secret(&[db_secret, amqp_secret], &outputs);
+    let logs = &outputs[2].1;
+    assert!(
+        logs.contains("ACCESS_REFUSED"),
+        "the cause is logged:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_database_with_password_is_retried_and_no_password_is_shown() {
+    let db_secret = "db-pw-0c4d9a21";
+    // Nothing listens on port 1 of loopback.
+    let db_url = format!("postgres://relay:{db_secret}@127.0.0.1:1/postgres");
+    let outputs = outputs_while_failing(
+        &db_url,
+        &[("OUTBOX_RELAY__DATABASE__CONNECT_TIMEOUT", "1s")],
+        "database not ready",
+    )
+    .await;
+    assert_no_secret(&[db_secret], &outputs);
+    let logs = &outputs[2].1;
+    assert!(logs.contains("relay:REDACTED@127.0.0.1:1"), "{logs}");
+}
+
+#[tokio::test]
+async fn failing_kafka_sasl_login_is_retried_and_no_password_is_shown() {
+    let db = TestDb::new().await;
+    let sasl_secret = "sasl-pw-77e3b4c0";
+    let bootstrap = std::env::var("OUTBOX_TEST_KAFKA_BOOTSTRAP")
+        .expect("OUTBOX_TEST_KAFKA_BOOTSTRAP (eval \"$(scripts/services.sh env)\")");
+    let outputs = outputs_while_failing(
+        &db.url,
+        &[
+            ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
+            ("OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS", &bootstrap),
+            ("OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT", "1s"),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SECURITY.PROTOCOL",
+                "sasl_plaintext",
+            ),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SASL.MECHANISM",
+                "PLAIN",
+            ),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SASL.USERNAME",
+                "relay",
+            ),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SASL.PASSWORD",
+                sasl_secret,
+            ),
+        ],
+        "broker not ready",
+    )
+    .await;
+    assert_no_secret(&[sasl_secret], &outputs);
+    let logs = &outputs[2].1;
+    assert!(
+        logs.contains("Authentication failure"),
+        "the SASL login was tried:\n{logs}"
+    );
+}
