@@ -1,4 +1,4 @@
-.PHONY: demo test faults bench lint chart-check package-check services-up services-down
+.PHONY: demo test faults bench lint audit chart-check package-check services-up services-down
 
 # The main job: services, migrations, the relay, sample messages through the broker
 # (BROKER=kafka for Kafka).
@@ -21,6 +21,14 @@ bench:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+# Dependency licences, banned/duplicate crates and sources (crates.io only), per deny.toml.
+# Offline checks only: advisories need the RustSec database from GitHub.
+CARGO_DENY_VERSION := 0.20.2
+audit:
+	@cargo deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || \
+		cargo install --locked cargo-deny@$(CARGO_DENY_VERSION)
+	cargo deny check licenses bans sources
 
 # Helm chart: lint, render every ci values file, validate strictly against Kubernetes schemas.
 chart-check:

@@ -365,6 +365,58 @@ pub enum ConfigError {
     Invalid(Vec<ConfigIssue>),
 }
 
+/// OUTBOX_RELAY__* values that figment 0.10 would mangle or panic on: in a quoted string it
+/// slices at the first backslash escape by character count as if it were a byte offset, so any
+/// non-ASCII character before that backslash truncates the value or panics the process.
+fn unreadable_environment(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    for (name, value) in vars {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if mangled_by_figment(value) {
+            issues.push(ConfigIssue {
+                key: key.to_lowercase().replace("__", "."),
+                origin: name.to_string(),
+                message: "a quoted string with non-ASCII characters before its first \\ escape \
+                          cannot be read; leave the value unquoted or write them as \\u escapes"
+                    .into(),
+            });
+        }
+    }
+    issues
+}
+
+fn mangled_by_figment(value: &str) -> bool {
+    let (mut in_string, mut escaped, mut seen_escape, mut non_ascii) = (false, false, false, false);
+    for c in value.chars() {
+        if !in_string {
+            if c == '"' {
+                (in_string, seen_escape, non_ascii) = (true, false, false);
+            }
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            // Only the first escape slices; after it the string is copied char by char.
+            '\\' if non_ascii && !seen_escape => return true,
+            '\\' => (seen_escape, escaped) = (true, true),
+            '"' => in_string = false,
+            c if !c.is_ascii() => non_ascii = true,
+            _ => {}
+        }
+    }
+    false
+}
+
 fn list(issues: &[ConfigIssue]) -> String {
     issues
         .iter()
@@ -380,6 +432,10 @@ impl Config {
         if let Some(path) = file {
             // file_exact: a missing file is an error, not an empty configuration.
             figment = figment.merge(Toml::file_exact(path));
+        }
+        let unreadable = unreadable_environment(std::env::vars_os());
+        if !unreadable.is_empty() {
+            return Err(ConfigError::Invalid(unreadable));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         Self::from_figment(&figment)
@@ -591,8 +647,11 @@ impl Reader<'_> {
                     continue;
                 }
                 _ => {
-                    self.issue(
+                    // The origin of the whole table: a property name with its own dots (or
+                    // ending in one) cannot be looked up as a figment path.
+                    self.issue_at(
                         &format!("{key}.{name}"),
+                        key,
                         "must be a string, number or boolean".into(),
                     );
                     continue;
@@ -668,10 +727,22 @@ impl Reader<'_> {
             self.issue("retry.initial_backoff", "must be greater than zero".into());
         }
         if c.retry.initial_backoff > c.retry.max_backoff {
-            self.issue(
-                "retry.max_backoff",
-                "must not be smaller than retry.initial_backoff".into(),
-            );
+            // Blame the key the user set: with max_backoff left at its default, pointing at it
+            // would send them to a key that is not in their configuration.
+            if self.origin("retry.max_backoff") == "default" {
+                self.issue(
+                    "retry.initial_backoff",
+                    format!(
+                        "must not be larger than retry.max_backoff ({})",
+                        humantime::format_duration(c.retry.max_backoff)
+                    ),
+                );
+            } else {
+                self.issue(
+                    "retry.max_backoff",
+                    "must not be smaller than retry.initial_backoff".into(),
+                );
+            }
         }
         for (key, value) in [
             ("relay.poll_interval", c.relay.poll_interval),
@@ -767,7 +838,11 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
+        // Checked first: tracing-subscriber 0.3 indexes filters by char count as byte offsets
+        // and panics on some non-ASCII input; targets and levels are ASCII anyway.
+        if !c.log.level.is_ascii() {
+            self.issue("log.level", "must be ASCII, e.g. `info,sqlx=warn`".into());
+        } else if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
             self.issue("log.level", format!("not a valid filter: {e}"));
         }
     }
@@ -856,6 +931,47 @@ mod tests {
     }
 
     #[test]
+    fn environment_values_figment_would_mangle_are_refused_with_their_variable() {
+        assert!(mangled_by_figment("\"\u{800}\u{800}00#\\ \""));
+        assert!(mangled_by_figment(r#"["a", "é\n"]"#));
+        assert!(!mangled_by_figment(r#""a\né""#));
+        assert!(!mangled_by_figment(r#"é\n"#));
+        assert!(!mangled_by_figment("postgres://u:pässword@h/db"));
+        let vars = [
+            ("OUTBOX_RELAY__DATABASE__URL", "\"é\\n\""),
+            ("OTHER", "\"é\\n\""),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let issues = unreadable_environment(vars.into_iter());
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "database.url");
+        assert_eq!(issues[0].origin, "OUTBOX_RELAY__DATABASE__URL");
+    }
+
+    fn invalid_keys(toml: &str) -> Vec<String> {
+        match Config::from_figment(&Figment::from(Toml::string(toml))) {
+            Err(ConfigError::Invalid(issues)) => issues.into_iter().map(|i| i.key).collect(),
+            other => panic!("expected invalid configuration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_ascii_log_filter_is_an_issue_not_a_panic() {
+        assert_eq!(
+            invalid_keys("[log]\nlevel = \"[\u{feff}{\"\n"),
+            ["log.level"]
+        );
+    }
+
+    #[test]
+    fn backoff_order_blames_the_key_that_was_set() {
+        assert_eq!(
+            invalid_keys("[retry]\ninitial_backoff = \"1h\"\n"),
+            ["retry.initial_backoff"]
+        );
+    }
+
+    #[test]
     fn durations_have_upper_bounds() {
         let figment = Figment::from(Toml::string(
             "[retry]\nmax_backoff = \"10000years\"\n[relay]\nshutdown_grace = \"3days\"\n",
@@ -935,5 +1051,121 @@ mod kafka_tests {
         let shown = format!("{} {:?}", c.to_redacted_toml(), c);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("me"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value of the kinds a user might write for any key: right and wrong types, durations
+    /// good and bad, empty, huge and negative numbers, nested tables.
+    fn any_value() -> impl Strategy<Value = toml::Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(toml::Value::Integer),
+            any::<bool>().prop_map(toml::Value::Boolean),
+            any::<f64>().prop_map(toml::Value::Float),
+            "[0-9]{0,6}(ms|s|m|h|d|years|)".prop_map(toml::Value::String),
+            ".{0,30}".prop_map(toml::Value::String),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(toml::Value::Array),
+                prop::collection::btree_map("[a-z._]{1,12}", inner, 0..4)
+                    .prop_map(|m| toml::Value::Table(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A known key or a made-up one.
+    fn any_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(KEYS).prop_map(str::to_string),
+            1 => "[a-z]{1,8}(\\.[a-z_]{1,8}){0,2}",
+        ]
+    }
+
+    fn document(entries: &[(String, toml::Value)]) -> String {
+        let mut root = toml::Table::new();
+        for (key, value) in entries {
+            let mut table = &mut root;
+            let parts: Vec<&str> = key.split('.').collect();
+            for part in &parts[..parts.len() - 1] {
+                let slot = table
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if !slot.is_table() {
+                    *slot = toml::Value::Table(toml::Table::new());
+                }
+                table = slot.as_table_mut().expect("made a table");
+            }
+            table.insert(parts[parts.len() - 1].to_string(), value.clone());
+        }
+        toml::to_string(&root).expect("serialisable")
+    }
+
+    /// The one contract of the reader: a Config, or issues that each name the key at fault (and
+    /// where its value came from), never a panic.
+    fn check(result: Result<Config, ConfigError>, syntax_may_fail: bool) {
+        match result {
+            Ok(_) => {}
+            Err(ConfigError::Invalid(issues)) => {
+                assert!(!issues.is_empty());
+                for i in issues {
+                    assert!(!i.key.is_empty(), "issue without a key: {i}");
+                    assert!(!i.message.is_empty(), "issue without a message: {i}");
+                    assert_ne!(i.origin, "default", "a default cannot be at fault: {i}");
+                }
+            }
+            Err(ConfigError::Source(e)) => {
+                assert!(
+                    syntax_may_fail,
+                    "well-formed input refused as unreadable: {e}"
+                );
+                assert!(!e.is_empty());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary text: mostly not TOML at all, so a readable error, never a panic.
+        #[test]
+        fn any_text_as_the_file(text in ".{0,200}") {
+            check(Config::from_figment(&Figment::from(Toml::string(&text))), true);
+        }
+
+        /// Well-formed TOML with known and unknown keys and values of every kind.
+        #[test]
+        fn any_document_gives_a_config_or_keyed_issues(
+            entries in prop::collection::vec((any_key(), any_value()), 0..8)
+        ) {
+            let text = document(&entries);
+            check(Config::from_figment(&Figment::from(Toml::string(&text))), false);
+        }
+
+        /// Any value in any OUTBOX_RELAY__* variable, known key or not.
+        #[test]
+        #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
+        fn any_environment_gives_a_config_or_keyed_issues(
+            vars in prop::collection::vec((any_key(), "[^\0]{0,40}"), 0..6)
+        ) {
+            figment::Jail::expect_with(|jail| {
+                for (key, value) in &vars {
+                    let name = format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"));
+                    jail.set_env(name, value);
+                }
+                let result = Config::load(None);
+                if let Err(ConfigError::Invalid(issues)) = &result {
+                    for i in issues {
+                        assert!(i.origin.starts_with(ENV_PREFIX), "{i}");
+                    }
+                }
+                check(result, false);
+                Ok(())
+            });
+        }
     }
 }

@@ -265,3 +265,233 @@ fn unknown_librdkafka_property_is_a_config_error() {
         "{stderr}"
     );
 }
+
+/// Asserts that no secret appears in any of the texts a user or a log collector could see.
+fn assert_no_secret(secrets: &[&str], texts: &[(&str, String)]) {
+    for (what, text) in texts {
+        for secret in secrets {
+            assert!(!text.contains(secret), "`{secret}` in {what}:\n{text}");
+        }
+    }
+}
+
+/// Everything a failing relay shows: `check-config`'s output, then the log of `run` after
+/// `retries` retries of `retrying` (a log message), and `/metrics` and `/readyz` meanwhile.
+async fn outputs_while_failing(
+    db_url: &str,
+    env: &[(&str, &str)],
+    retrying: &str,
+    retries: usize,
+) -> Vec<(&'static str, String)> {
+    let mut all_env = vec![("OUTBOX_RELAY__DATABASE__URL", db_url)];
+    all_env.extend_from_slice(env);
+    let checked = check_config(&["check-config"], &all_env);
+    assert!(checked.status.success(), "{checked:?}");
+
+    let mut relay = RelayProcess::spawn(db_url, env);
+    wait_for("logged retries", WAIT, || async {
+        (relay.logs().matches(retrying).count() >= retries).then_some(())
+    })
+    .await;
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "the relay must keep retrying"
+    );
+    let (_, metrics) = relay.get("/metrics").await.expect("/metrics served");
+    let (ready, readyz) = relay.get("/readyz").await.expect("/readyz served");
+    assert_eq!(ready, 503, "not ready while {retrying}: {readyz}");
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_exit(WAIT).await.success());
+    vec![
+        (
+            "check-config stdout",
+            String::from_utf8_lossy(&checked.stdout).into(),
+        ),
+        (
+            "check-config stderr",
+            String::from_utf8_lossy(&checked.stderr).into(),
+        ),
+        ("the relay's stdout and stderr", relay.logs()),
+        ("/metrics", metrics),
+        ("/readyz", readyz),
+    ]
+}
+
+#[tokio::test]
+async fn wrong_amqp_credentials_are_retried_and_no_password_is_shown() {
+    let db = TestDb::new().await;
+    // The test Postgres trusts loopback, so this password is accepted and ignored; it must
+    // still never be shown.
+    let db_secret = "db-pw-5b1e0c77";
+    let db_url = db
+        .url
+        .replacen("postgres@", &format!("postgres:{db_secret}@"), 1);
+    assert!(db_url.contains(db_secret), "{db_url}");
+    let amqp_secret = "amqp-pw-91d2f6aa";
+    let amqp = common::amqp_url().replacen("guest:guest@", &format!("guest:{amqp_secret}@"), 1);
+    assert!(amqp.contains(amqp_secret), "{amqp}");
+
+    let outputs = outputs_while_failing(
+        &db_url,
+        &[("OUTBOX_RELAY__BROKER__AMQP__URL", &amqp)],
+        "broker not ready",
+        4,
+    )
+    .await;
+    assert_no_secret(&[db_secret, amqp_secret], &outputs);
+    let logs = &outputs[2].1;
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("broker not ready"))
+        .collect();
+    for line in &refusals {
+        assert!(
+            line.contains("cannot connect to RabbitMQ at amqp://guest:REDACTED@127.0.0.1")
+                && line.contains("ACCESS_REFUSED"),
+            "the broker and the cause are logged: {line}"
+        );
+    }
+    // Backoff with equal jitter: the 4th delay is in [200ms, 400ms], the 1st in [25ms, 50ms].
+    let delays: Vec<Duration> = refusals.iter().map(|l| retry_in(l)).collect();
+    assert!(delays[3] > delays[0], "{delays:?}");
+}
+
+/// The `retry_in` field of a text log line (a Debug-formatted Duration).
+fn retry_in(line: &str) -> Duration {
+    let value = line
+        .split("retry_in=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no retry_in in {line}"));
+    let unit_at = value
+        .find(|c: char| c.is_alphabetic())
+        .unwrap_or_else(|| panic!("no unit in {value}"));
+    let (number, unit) = value.split_at(unit_at);
+    let number: f64 = number.parse().unwrap();
+    let seconds = match unit {
+        "s" => number,
+        "ms" => number / 1e3,
+        "µs" => number / 1e6,
+        "ns" => number / 1e9,
+        _ => panic!("unit of {value}"),
+    };
+    Duration::from_secs_f64(seconds)
+}
+
+#[tokio::test]
+async fn unreachable_database_with_password_is_retried_and_no_password_is_shown() {
+    let db_secret = "db-pw-0c4d9a21";
+    // Nothing listens on port 1 of loopback.
+    let db_url = format!("postgres://relay:{db_secret}@127.0.0.1:1/postgres");
+    let outputs = outputs_while_failing(
+        &db_url,
+        &[("OUTBOX_RELAY__DATABASE__CONNECT_TIMEOUT", "1s")],
+        "database not ready",
+        2,
+    )
+    .await;
+    assert_no_secret(&[db_secret], &outputs);
+    let logs = &outputs[2].1;
+    assert!(logs.contains("relay:REDACTED@127.0.0.1:1"), "{logs}");
+}
+
+#[tokio::test]
+async fn failing_kafka_sasl_login_is_retried_and_no_password_is_shown() {
+    let db = TestDb::new().await;
+    let sasl_secret = "sasl-pw-77e3b4c0";
+    let bootstrap = std::env::var("OUTBOX_TEST_KAFKA_BOOTSTRAP")
+        .expect("OUTBOX_TEST_KAFKA_BOOTSTRAP (eval \"$(scripts/services.sh env)\")");
+    let outputs = outputs_while_failing(
+        &db.url,
+        &[
+            ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
+            ("OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS", &bootstrap),
+            ("OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT", "1s"),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SECURITY.PROTOCOL",
+                "sasl_plaintext",
+            ),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SASL.MECHANISM",
+                "PLAIN",
+            ),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SASL.USERNAME",
+                "relay",
+            ),
+            (
+                "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__SASL.PASSWORD",
+                sasl_secret,
+            ),
+        ],
+        "broker not ready",
+        2,
+    )
+    .await;
+    assert_no_secret(&[sasl_secret], &outputs);
+    let logs = &outputs[2].1;
+    assert!(
+        logs.contains("Authentication failure"),
+        "the SASL login was tried:\n{logs}"
+    );
+}
+
+#[test]
+fn environment_errors_exit_2_naming_each_variable_and_key() {
+    let out = check_config(
+        &["check-config"],
+        &[
+            ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", "10 parsecs"),
+            ("OUTBOX_RELAY__RELAY__MAX_IN_FLIGHT", "-5"),
+            ("OUTBOX_RELAY__SWEEPER__BATCH_SIZE", "0"),
+            ("OUTBOX_RELAY__BROKER__KIND", "nats"),
+            ("OUTBOX_RELAY__BROKER__AMQP__URL", "amqp://[::1"),
+            ("OUTBOX_RELAY__DATABASE__URL", "not a url"),
+            ("OUTBOX_RELAY__RELAY__BATCH_SIZ", "5"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "relay.publish_timeout (from OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT): invalid value string \"10 parsecs\", expected a duration",
+        "relay.max_in_flight (from OUTBOX_RELAY__RELAY__MAX_IN_FLIGHT): invalid value signed int `-5`",
+        "sweeper.batch_size (from OUTBOX_RELAY__SWEEPER__BATCH_SIZE): invalid value unsigned int `0`, expected a nonzero",
+        "broker.kind (from OUTBOX_RELAY__BROKER__KIND): unknown variant: found `nats`",
+        "broker.amqp.url (from OUTBOX_RELAY__BROKER__AMQP__URL): not a valid URL",
+        "database.url (from OUTBOX_RELAY__DATABASE__URL): not a valid URL",
+        "relay.batch_siz (from OUTBOX_RELAY__RELAY__BATCH_SIZ): unknown key",
+    ] {
+        assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn an_unreadable_config_path_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory: unreadable as a file even for root, which these tests may run as (root
+    // reads a chmod 000 file, so that case is only checked when it really is unreadable).
+    let out = check_config(
+        &["check-config", "--config", dir.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&dir.path().display().to_string()) && stderr.contains("Is a directory"),
+        "{stderr}"
+    );
+
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "[relay]\nbatch_size = 5\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&file).is_err() {
+        let out = check_config(&["check-config", "--config", file.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("ermission denied"),
+            "{stderr}"
+        );
+    }
+}

@@ -244,3 +244,36 @@ impl AmqpPublisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::testing::{any_json, message};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The AMQP properties are built from any headers column, or the row is refused as
+        /// permanently invalid; header names over 255 bytes are a refusal, not a panic.
+        #[test]
+        fn any_headers_build_properties_or_a_permanent_error(v in any_json()) {
+            match prepare(&message(v.clone())) {
+                Ok((_, _, properties)) => {
+                    let object = v.as_object().expect("only objects convert");
+                    let table = properties.headers().as_ref().expect("headers set");
+                    prop_assert_eq!(table.inner().len(), object.len());
+                    for (k, value) in object {
+                        let got = table.inner().get(k.as_str());
+                        let want = AMQPValue::LongString(LongString::from(value.as_str().unwrap()));
+                        prop_assert_eq!(got, Some(&want));
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(e.is_permanent(), "{}", e);
+                    prop_assert_eq!(e.reason, FailureReason::Invalid);
+                }
+            }
+        }
+    }
+}

@@ -282,4 +282,36 @@ mod tests {
         assert!(!classify(&e(RDKafkaErrorCode::QueueFull)).is_permanent());
         assert!(!classify(&e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
     }
+
+    use crate::publish::testing::{any_json, message};
+    use proptest::prelude::*;
+    use rdkafka::message::Headers;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Kafka headers come out of any headers column, or the row is refused as permanently
+        /// invalid; the row's pairs arrive unchanged, followed by message_id and content-type.
+        #[test]
+        fn any_headers_build_kafka_headers_or_a_permanent_error(v in any_json()) {
+            match headers(&message(v.clone())) {
+                Ok(h) => {
+                    let object = v.as_object().expect("only objects convert");
+                    prop_assert_eq!(h.count(), object.len() + 2);
+                    for (i, (k, value)) in object.iter().enumerate() {
+                        let got = h.get(i);
+                        // librdkafka serialises the name with its length, but reading it back
+                        // through rdkafka stops at a NUL (C string), so compare up to there.
+                        let name = k.split('\0').next().unwrap_or_default();
+                        prop_assert_eq!(got.key, name);
+                        prop_assert_eq!(got.value, Some(value.as_str().unwrap().as_bytes()));
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(e.is_permanent(), "{}", e);
+                    prop_assert_eq!(e.reason, FailureReason::Invalid);
+                }
+            }
+        }
+    }
 }

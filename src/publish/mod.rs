@@ -132,6 +132,52 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// Shared by the publishers' property tests: arbitrary `headers` column values and a row to
+/// carry them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use crate::store::{OutboxMessage, RowId};
+
+    /// Any JSON value, nested a few levels, biased towards objects so the per-header checks
+    /// get exercised.
+    pub fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,300}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,300}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    pub fn message(headers: Value) -> OutboxMessage {
+        OutboxMessage {
+            id: RowId(1),
+            message_id: uuid::Uuid::nil(),
+            destination: "d".into(),
+            routing_key: None,
+            message_key: Some("k".into()),
+            payload: b"p".to_vec(),
+            content_type: "application/json".into(),
+            headers,
+            commit_seq: 1,
+            committed_at: Utc.timestamp_opt(0, 0).unwrap(),
+            attempts: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +195,38 @@ mod tests {
         assert!(err.to_string().contains("header `a`"), "{err}");
         assert!(header_pairs(&json!(["a"])).unwrap_err().is_permanent());
         assert!(header_pairs(&json!("a")).unwrap_err().is_permanent());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever an application put in the column, the conversion answers without panicking,
+        /// and every refusal is permanent (retrying cannot fix the row) and says why.
+        #[test]
+        fn any_headers_give_pairs_or_a_permanent_error(v in testing::any_json()) {
+            match header_pairs(&v) {
+                Ok(pairs) => {
+                    let object = v.as_object().expect("only objects convert");
+                    proptest::prop_assert_eq!(pairs.len(), object.len());
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.is_permanent());
+                    proptest::prop_assert_eq!(e.reason, FailureReason::Invalid);
+                    proptest::prop_assert!(e.message.contains("must be"), "{}", e);
+                }
+            }
+        }
+
+        /// An object of strings always converts, pair for pair.
+        #[test]
+        fn string_objects_round_trip(
+            m in proptest::collection::btree_map(".{0,40}", ".{0,200}", 0..16)
+        ) {
+            let v = serde_json::to_value(&m).unwrap();
+            let pairs = header_pairs(&v).unwrap();
+            let back: std::collections::BTreeMap<String, String> =
+                pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            proptest::prop_assert_eq!(back, m);
+        }
     }
 }

@@ -406,7 +406,7 @@ pub fn assert_in_order(received: impl IntoIterator<Item = (Uuid, serde_json::Val
 }
 
 /// The relay binary as a child process, configured through environment variables, its
-/// stderr (text logs) captured to a file.
+/// stderr (text logs) and stdout captured to one file.
 pub struct RelayProcess {
     pub child: std::process::Child,
     pub log: std::path::PathBuf,
@@ -441,7 +441,7 @@ impl RelayProcess {
             .env("OUTBOX_RELAY__LOG__FORMAT", "text")
             .env("OUTBOX_RELAY__LOG__LEVEL", "info")
             .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
             .stderr(file);
         for (k, v) in extra_env {
             cmd.env(k, v);
