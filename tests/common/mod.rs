@@ -36,10 +36,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", Uuid::new_v4().simple())
 }
 
+/// The login role the relay under test connects as: a member of `outbox_relay` (created by
+/// the migrations) and nothing else. Shared by all tests; roles are cluster-wide.
+pub const RELAY_LOGIN: &str = "outbox_relay_test";
+
 /// A database of its own for one test, migrated.
 pub struct TestDb {
     pub name: String,
+    /// The owner's URL (migrations, the application's writes, admin commands).
     pub url: String,
+    /// The same database as [`RELAY_LOGIN`]: what the relay under test uses.
+    pub relay_url: String,
     pub pool: PgPool,
 }
 
@@ -65,7 +72,25 @@ impl TestDb {
             .await
             .expect("connect to test database");
         outbox_relay::store::migrate(&pool).await.expect("migrate");
-        Self { name, url, pool }
+        create_relay_login(&pool).await;
+        let mut relay_url = url::Url::parse(&url).unwrap();
+        relay_url.set_username(RELAY_LOGIN).unwrap();
+        relay_url.set_password(None).unwrap();
+        Self {
+            name,
+            url,
+            relay_url: relay_url.to_string(),
+            pool,
+        }
+    }
+
+    /// A pool connected as the relay's login role, for running relay parts in-process.
+    pub async fn relay_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.relay_url)
+            .await
+            .expect("connect as the relay's role")
     }
 
     pub async fn enqueue(
@@ -131,6 +156,24 @@ impl TestDb {
     }
 }
 
+/// Creates [`RELAY_LOGIN`] if it does not exist. Tests create it concurrently: a lost race
+/// shows as duplicate_object or unique_violation. The local cluster trusts loopback
+/// connections, so the role needs no password.
+async fn create_relay_login(pool: &PgPool) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$
+         BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{RELAY_LOGIN}') THEN
+                 CREATE ROLE {RELAY_LOGIN} LOGIN IN ROLE outbox_relay;
+             END IF;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$"
+    )))
+    .execute(pool)
+    .await
+    .expect("create the relay's login role");
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -153,7 +196,7 @@ where
 /// A configuration for tests: fast polling, short backoff.
 pub fn test_config(db: &TestDb) -> Config {
     let mut c = Config::default();
-    c.database.url = SecretUrl::new(db.url.clone());
+    c.database.url = SecretUrl::new(db.relay_url.clone());
     c.database.max_connections = 4.try_into().unwrap();
     c.broker.amqp.url = SecretUrl::new(amqp_url());
     c.relay.poll_interval = Duration::from_millis(20);
