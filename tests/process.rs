@@ -89,17 +89,10 @@ async fn sigterm_drains_records_confirms_and_exits_zero() {
 async fn unreachable_database_is_retried_not_fatal() {
     // Nothing listens on port 1 of loopback.
     let mut relay = RelayProcess::spawn("postgres://postgres@127.0.0.1:1/postgres", &[]);
-    wait_for("two logged retries", WAIT, || async {
-        (relay.logs().matches("database not ready").count() >= 2).then_some(())
-    })
-    .await;
-    assert!(
-        relay.child.try_wait().unwrap().is_none(),
-        "the relay must keep retrying"
-    );
-    relay.signal(Signal::SIGTERM);
-    let status = relay.wait_exit(WAIT).await;
-    assert!(status.success(), "{status:?}");
+    relay
+        .wait_logged_while_running("database not ready", 2, WAIT)
+        .await;
+    relay.terminate(WAIT).await;
 }
 
 #[tokio::test]

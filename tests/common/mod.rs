@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -506,6 +507,39 @@ impl RelayProcess {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `needle` on `n` lines, checks the process is still running (it
+    /// retries rather than exits), and returns the first such line.
+    pub async fn wait_logged_while_running(
+        &mut self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> String {
+        wait_for(
+            &format!("{n} log lines with `{needle}`"),
+            timeout,
+            || async { (self.logs().matches(needle).count() >= n).then_some(()) },
+        )
+        .await;
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the relay must keep retrying:\n{}",
+            self.logs()
+        );
+        let logs = self.logs();
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGTERM, then a clean exit within `timeout`.
+    pub async fn terminate(mut self, timeout: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.wait_exit(timeout).await;
+        assert!(status.success(), "{status:?}");
     }
 
     /// Waits for the process to exit, polling so the test runtime is never blocked.
