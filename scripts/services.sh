@@ -64,12 +64,13 @@ choose_state_dir() {
 }
 
 # A local CA and a server certificate for 127.0.0.1 / localhost that Postgres and RabbitMQ
-# serve (and the tests' Kafka TLS proxy), plus a second, unrelated CA: a client trusting only
-# that one must refuse the servers. Generated once; EC P-256 keys, valid ten years.
+# serve (and the tests' TLS proxy), plus a second, unrelated CA: a client trusting only that
+# one must refuse the servers. Generated once; EC P-256 keys, valid ten years.
 tls_up() {
   mkdir -p "$TLS_DIR"
   chmod 755 "$TLS_DIR"
   if [ -f "$TLS_DIR/server.pem" ] && [ -f "$TLS_DIR/other-ca.pem" ]; then
+    tls_wrong_host
     return
   fi
   log "generating a local CA and server certificate in $TLS_DIR"
@@ -93,6 +94,25 @@ tls_up() {
   # server.pem last: its presence means the set is complete.
   mv "$tmp/ca.pem" "$tmp/ca.key" "$tmp/other-ca.pem" "$tmp/other-ca.key" "$tmp/server.key" "$TLS_DIR/"
   mv "$tmp/server.pem" "$TLS_DIR/"
+  rm -rf "$tmp"
+  tls_wrong_host
+}
+
+# A certificate from the right CA for a name that is not 127.0.0.1 or localhost: the tests'
+# TLS proxy presents it to check that clients verify the host name, not only the chain.
+tls_wrong_host() {
+  [ -f "$TLS_DIR/wrong-host.pem" ] && return
+  local tmp
+  tmp=$(mktemp -d)
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=elsewhere.invalid" \
+    -keyout "$tmp/wrong-host.key" -out "$tmp/wrong-host.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=DNS:elsewhere.invalid" "extendedKeyUsage=serverAuth" > "$tmp/wrong-host.ext"
+  openssl x509 -req -in "$tmp/wrong-host.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$tmp/wrong-host.ext" -out "$tmp/wrong-host.pem" 2>/dev/null
+  chmod 644 "$tmp/wrong-host.pem"
+  chmod 600 "$tmp/wrong-host.key"
+  mv "$tmp/wrong-host.key" "$TLS_DIR/"
+  mv "$tmp/wrong-host.pem" "$TLS_DIR/"
   rm -rf "$tmp"
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::kafka::{consume_with, create_topic_with};
-use common::tls::{amqps_url, ca, other_ca, verify_full, TlsKafka};
+use common::tls::{amqps_url, ca, other_ca, verify_full, TlsKafka, TlsProxy};
 use common::{Rabbit, RelayProcess, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -48,12 +48,12 @@ async fn postgres_certificate_from_another_ca_is_refused_and_retried() {
     relay.terminate(WAIT).await;
 }
 
-/// The relay publishing through RabbitMQ's TLS listener, trusting the CA file `ca`.
-fn amqps_relay(db: &TestDb, ca: &str) -> RelayProcess {
+/// The relay publishing through RabbitMQ at the amqps `url`, trusting the CA file `ca`.
+fn amqps_relay(db: &TestDb, url: &str, ca: &str) -> RelayProcess {
     RelayProcess::spawn(
         &db.relay_url,
         &[
-            ("OUTBOX_RELAY__BROKER__AMQP__URL", &amqps_url()),
+            ("OUTBOX_RELAY__BROKER__AMQP__URL", url),
             ("OUTBOX_RELAY__BROKER__AMQP__TLS_CA_FILE", ca),
         ],
     )
@@ -64,7 +64,7 @@ async fn amqps_with_the_local_ca_publishes() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
     let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let relay = amqps_relay(&db, &ca());
+    let relay = amqps_relay(&db, &amqps_url(), &ca());
     let id = db.enqueue(&exchange, None, serde_json::json!({})).await;
     assert_eq!(rabbit.collect(&queue, 1, WAIT).await[0].message_id(), id);
     db.wait_status(id, "published").await;
@@ -76,23 +76,38 @@ async fn amqps_with_the_local_ca_publishes() {
     relay.terminate(WAIT).await;
 }
 
-#[tokio::test]
-async fn amqps_certificate_from_another_ca_is_refused_and_retried() {
+/// The relay connecting to `url` and trusting `ca` keeps retrying, says why (`reason`),
+/// publishes nothing.
+async fn assert_amqps_refused(url: &str, ca: &str, reason: &str) {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
     let (exchange, _queue) = rabbit.fanout_with_queue().await;
     let id = db.enqueue(&exchange, None, serde_json::json!({})).await;
-    let mut relay = amqps_relay(&db, &other_ca());
+    let mut relay = amqps_relay(&db, url, ca);
     let refusal = relay
         .wait_logged_while_running("cannot connect to RabbitMQ", 2, WAIT)
         .await;
     assert!(
-        refusal.contains("certificate"),
-        "the error must say the certificate was refused: {refusal}"
+        refusal.contains("invalid peer certificate") && refusal.contains(reason),
+        "the error must say why the certificate was refused: {refusal}"
     );
     assert!(!refusal.contains("guest:guest"), "no password in logs");
     assert_eq!(db.status(id).await, "committed");
     relay.terminate(WAIT).await;
+}
+
+#[tokio::test]
+async fn amqps_certificate_from_another_ca_is_refused_and_retried() {
+    assert_amqps_refused(&amqps_url(), &other_ca(), "UnknownIssuer").await;
+}
+
+#[tokio::test]
+async fn amqps_certificate_for_another_host_is_refused() {
+    // Signed by the trusted CA, but for elsewhere.invalid, in front of the plain AMQP port.
+    let upstream = url::Url::parse(&common::amqp_url()).unwrap();
+    let proxy = TlsProxy::start("wrong-host", upstream.port().unwrap()).await;
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    assert_amqps_refused(&url, &ca(), "not valid for name").await;
 }
 
 #[test]
@@ -145,8 +160,8 @@ fn kafka_relay(db: &TestDb, kafka: &TlsKafka, ca: &str) -> RelayProcess {
 }
 
 /// A TLS-only Kafka broker of the test's own with one topic, and a test database.
-async fn tls_kafka_with_topic() -> (TlsKafka, String, TestDb) {
-    let kafka = TlsKafka::start().await;
+async fn tls_kafka_with_topic(cert: &str) -> (TlsKafka, String, TestDb) {
+    let kafka = TlsKafka::start(cert).await;
     let topic = common::unique("t");
     create_topic_with(&kafka.client(), &topic, 1).await;
     (kafka, topic, TestDb::new().await)
@@ -154,7 +169,7 @@ async fn tls_kafka_with_topic() -> (TlsKafka, String, TestDb) {
 
 #[tokio::test]
 async fn kafka_over_tls_with_the_local_ca_delivers() {
-    let (kafka, topic, db) = tls_kafka_with_topic().await;
+    let (kafka, topic, db) = tls_kafka_with_topic("server").await;
     let relay = kafka_relay(&db, &kafka, &ca());
     let id = db
         .enqueue(&topic, Some("k"), serde_json::json!({"n": 1}))
@@ -165,11 +180,15 @@ async fn kafka_over_tls_with_the_local_ca_delivers() {
     relay.terminate(WAIT).await;
 }
 
-#[tokio::test]
-async fn kafka_certificate_from_another_ca_is_refused() {
-    let (kafka, topic, db) = tls_kafka_with_topic().await;
-    let id = db.enqueue(&topic, None, serde_json::json!({})).await;
-    let mut relay = kafka_relay(&db, &kafka, &other_ca());
+/// The relay publishing to a TLS broker presenting `cert`, trusting `ca`: it reports the
+/// refused certificate and publishes nothing.
+async fn assert_kafka_refused(cert: &str, ca: &str) {
+    let kafka = TlsKafka::start(cert).await;
+    let db = TestDb::new().await;
+    let id = db
+        .enqueue(&common::unique("t"), None, serde_json::json!({}))
+        .await;
+    let mut relay = kafka_relay(&db, &kafka, ca);
     relay
         .wait_logged_while_running("broker not ready", 2, WAIT)
         .await;
@@ -180,4 +199,14 @@ async fn kafka_certificate_from_another_ca_is_refused() {
     );
     assert_eq!(db.status(id).await, "committed");
     relay.terminate(WAIT).await;
+}
+
+#[tokio::test]
+async fn kafka_certificate_from_another_ca_is_refused() {
+    assert_kafka_refused("server", &other_ca()).await;
+}
+
+#[tokio::test]
+async fn kafka_certificate_for_another_host_is_refused() {
+    assert_kafka_refused("wrong-host", &ca()).await;
 }

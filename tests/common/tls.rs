@@ -73,6 +73,33 @@ fn tansu_bin() -> PathBuf {
     }
 }
 
+/// A TLS-terminating proxy on a loopback port of its own, forwarding to a plain TCP port and
+/// presenting the certificate `<cert>.pem` from the TLS directory (`server` is valid for
+/// 127.0.0.1; `wrong-host` is signed by the same CA for another name).
+pub struct TlsProxy {
+    pub port: u16,
+    task: JoinHandle<()>,
+}
+
+impl TlsProxy {
+    pub async fn start(cert: &str, upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, cert, upstream_port)
+    }
+
+    fn serve(listener: TcpListener, cert: &str, upstream_port: u16) -> Self {
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(proxy(listener, acceptor(cert), upstream_port));
+        Self { port, task }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A tansu broker of this test's own, in memory, behind a TLS-terminating proxy. tansu takes
 /// `--cert`/`--key` but does not serve TLS (0.6), so the proxy presents the services' server
 /// certificate; tansu advertises the proxy's address, so that clients reconnecting to the
@@ -80,11 +107,12 @@ fn tansu_bin() -> PathBuf {
 pub struct TlsKafka {
     pub bootstrap: String,
     tansu: Child,
-    proxy: JoinHandle<()>,
+    _proxy: TlsProxy,
 }
 
 impl TlsKafka {
-    pub async fn start() -> Self {
+    /// Presents the certificate `cert` (see [`TlsProxy`]).
+    pub async fn start(cert: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tls_port = listener.local_addr().unwrap().port();
         let plain_port = free_port();
@@ -111,11 +139,10 @@ impl TlsKafka {
             },
         )
         .await;
-        let proxy = tokio::spawn(proxy(listener, acceptor(), plain_port));
         Self {
             bootstrap: format!("127.0.0.1:{tls_port}"),
             tansu,
-            proxy,
+            _proxy: TlsProxy::serve(listener, cert, plain_port),
         }
     }
 
@@ -140,18 +167,17 @@ impl TlsKafka {
 
 impl Drop for TlsKafka {
     fn drop(&mut self) {
-        self.proxy.abort();
         let _ = self.tansu.kill();
         let _ = self.tansu.wait();
     }
 }
 
-fn acceptor() -> TlsAcceptor {
-    let certs = CertificateDer::pem_file_iter(tls_file("server.pem"))
+fn acceptor(cert: &str) -> TlsAcceptor {
+    let certs = CertificateDer::pem_file_iter(tls_file(&format!("{cert}.pem")))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = PrivateKeyDer::from_pem_file(tls_file("server.key")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(tls_file(&format!("{cert}.key"))).unwrap();
     let config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
