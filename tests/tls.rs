@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::kafka::{consume_with, create_topic_with};
-use common::tls::{amqps_url, ca, other_ca, verify_full, TlsKafka, TlsProxy};
+use common::tls::{amqps_url, ca, other_ca, require_tls_services, verify_full, TlsKafka, TlsProxy};
 use common::{Rabbit, RelayProcess, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -14,6 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test]
 async fn postgres_verify_full_with_the_local_ca_publishes() {
     let db = TestDb::new().await;
+    require_tls_services(&db).await;
     let rabbit = Rabbit::connect().await;
     let (exchange, queue) = rabbit.fanout_with_queue().await;
     let relay = RelayProcess::spawn(&verify_full(&db.relay_url, &ca()), &[]);
@@ -35,6 +36,7 @@ async fn postgres_verify_full_with_the_local_ca_publishes() {
 #[tokio::test]
 async fn postgres_certificate_from_another_ca_is_refused_and_retried() {
     let db = TestDb::new().await;
+    require_tls_services(&db).await;
     let id = db.enqueue("never", None, serde_json::json!({})).await;
     let mut relay = RelayProcess::spawn(&verify_full(&db.relay_url, &other_ca()), &[]);
     let refusal = relay
@@ -62,6 +64,7 @@ fn amqps_relay(db: &TestDb, url: &str, ca: &str) -> RelayProcess {
 #[tokio::test]
 async fn amqps_with_the_local_ca_publishes() {
     let db = TestDb::new().await;
+    require_tls_services(&db).await;
     let rabbit = Rabbit::connect().await;
     let (exchange, queue) = rabbit.fanout_with_queue().await;
     let relay = amqps_relay(&db, &amqps_url(), &ca());
@@ -80,6 +83,7 @@ async fn amqps_with_the_local_ca_publishes() {
 /// publishes nothing.
 async fn assert_amqps_refused(url: &str, ca: &str, reason: &str) {
     let db = TestDb::new().await;
+    require_tls_services(&db).await;
     let rabbit = Rabbit::connect().await;
     let (exchange, _queue) = rabbit.fanout_with_queue().await;
     let id = db.enqueue(&exchange, None, serde_json::json!({})).await;

@@ -49,6 +49,26 @@ pub fn amqps_url() -> String {
         .unwrap_or_else(|_| "amqps://guest:guest@127.0.0.1:56734/%2f".into())
 }
 
+/// Fails at once, saying what to do, when the shared services were started without TLS (by
+/// an older scripts/services.sh), instead of letting a TLS test time out.
+pub async fn require_tls_services(db: &super::TestDb) {
+    const HINT: &str = "the test services run without TLS (started by an older \
+                        scripts/services.sh): run scripts/services.sh down, then up";
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ssl, "on", "Postgres: {HINT}");
+    let amqps = url::Url::parse(&amqps_url()).unwrap();
+    let addr = (amqps.host_str().unwrap().to_string(), amqps.port().unwrap());
+    assert!(
+        TcpStream::connect(addr).await.is_ok(),
+        "RabbitMQ amqps listener {}: {HINT}",
+        amqps.port().unwrap()
+    );
+    ca();
+}
+
 /// `url` with `sslmode=verify-full` against the CA file `ca`.
 pub fn verify_full(url: &str, ca: &str) -> String {
     let mut u = url::Url::parse(url).unwrap();
