@@ -132,6 +132,16 @@ def ha_monitoring():
     assert config["broker"]["kafka"]["properties"]["compression.type"] == "zstd"
     secret = find(docs, "Secret", "relay-outbox-relay")
     assert "OUTBOX_RELAY__DATABASE__URL" in secret["stringData"]
+    # The migrate Job runs as the schema owner: its Secret comes last and overrides the relay's.
+    job = find(docs, "Job", "-migrate")["spec"]["template"]["spec"]
+    refs = [e["secretRef"]["name"] for e in container(job, "migrate")["envFrom"]]
+    assert refs == ["relay-outbox-relay", "app-outbox-owner"], refs
+    # CA files for TLS are mounted into both the relay and the migrate Job.
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    for spec, name in ((pod, "outbox-relay"), (job, "migrate")):
+        assert {"name": "tls", "secret": {"secretName": "app-outbox-ca"}} in spec["volumes"], spec["volumes"]
+        mounts = {m["name"]: m["mountPath"] for m in container(spec, name)["volumeMounts"]}
+        assert mounts.get("tls") == "/etc/outbox-relay-tls", mounts
 
 
 def existing_secret():

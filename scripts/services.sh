@@ -21,6 +21,8 @@ LOCAL="$ROOT/.local"
 PG_PORT=${OUTBOX_PG_PORT:-54329}
 AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
 RABBIT_DIST_PORT=$((AMQP_PORT + 1))
+# RabbitMQ's TLS (amqps) listener. +5, not +10: other instances are commonly started ten ports apart.
+AMQPS_PORT=${OUTBOX_AMQPS_PORT:-$((AMQP_PORT + 5))}
 KAFKA_PORT=${OUTBOX_KAFKA_PORT:-59092}
 KAFKA_ADVERTISED_PORT=${OUTBOX_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
 TANSU_VERSION=0.6.0
@@ -29,6 +31,7 @@ RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
 PG_DIR=""
 RABBIT_DIR=""
 KAFKA_DIR=""
+TLS_DIR=""
 
 log() { echo "services: $*" >&2; }
 
@@ -64,6 +67,7 @@ choose_state_dir() {
   PG_DIR="$state/pg$(port_suffix "$PG_PORT" 54329)"
   RABBIT_DIR="$state/rabbitmq$(port_suffix "$AMQP_PORT" 56729)"
   KAFKA_DIR="$state/tansu$(port_suffix "$KAFKA_PORT" 59092)"
+  TLS_DIR="$state/tls"
 }
 
 # Empty for the default port (the directories keep their historical names), else "-PORT".
@@ -73,7 +77,73 @@ port_suffix() {
   fi
 }
 
+# A local CA and a server certificate for 127.0.0.1 / localhost that Postgres and RabbitMQ
+# serve (and the tests' TLS proxy), plus a second, unrelated CA: a client trusting only that
+# one must refuse the servers. Generated once; EC P-256 keys, valid ten years.
+tls_up() {
+  mkdir -p "$TLS_DIR"
+  chmod 755 "$TLS_DIR"
+  if [ -f "$TLS_DIR/server.pem" ] && [ -f "$TLS_DIR/other-ca.pem" ]; then
+    tls_wrong_host
+    return
+  fi
+  log "generating a local CA and server certificate in $TLS_DIR"
+  local tmp
+  tmp=$(mktemp -d)
+  local name
+  for name in ca other-ca; do
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -days 3650 \
+      -subj "/CN=outbox-relay test $name" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$tmp/$name.key" -out "$tmp/$name.pem" 2>/dev/null
+  done
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=localhost" \
+    -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" > "$tmp/server.ext"
+  openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>/dev/null
+  chmod 644 "$tmp"/*.pem
+  chmod 600 "$tmp"/*.key
+  # server.pem last: its presence means the set is complete.
+  mv "$tmp/ca.pem" "$tmp/ca.key" "$tmp/other-ca.pem" "$tmp/other-ca.key" "$tmp/server.key" "$TLS_DIR/"
+  mv "$tmp/server.pem" "$TLS_DIR/"
+  rm -rf "$tmp"
+  tls_wrong_host
+}
+
+# A certificate from the right CA for a name that is not 127.0.0.1 or localhost: the tests'
+# TLS proxy presents it to check that clients verify the host name, not only the chain.
+tls_wrong_host() {
+  [ -f "$TLS_DIR/wrong-host.pem" ] && return
+  local tmp
+  tmp=$(mktemp -d)
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=elsewhere.invalid" \
+    -keyout "$tmp/wrong-host.key" -out "$tmp/wrong-host.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=DNS:elsewhere.invalid" "extendedKeyUsage=serverAuth" > "$tmp/wrong-host.ext"
+  openssl x509 -req -in "$tmp/wrong-host.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$tmp/wrong-host.ext" -out "$tmp/wrong-host.pem" 2>/dev/null
+  chmod 644 "$tmp/wrong-host.pem"
+  chmod 600 "$tmp/wrong-host.key"
+  mv "$tmp/wrong-host.key" "$TLS_DIR/"
+  mv "$tmp/wrong-host.pem" "$TLS_DIR/"
+  rm -rf "$tmp"
+}
+
+# Each server gets its own copy of the key: Postgres refuses a key file other users can read.
+tls_copy_for() {
+  local user=$1 dir=$2
+  mkdir -p "$dir"
+  cp "$TLS_DIR/server.pem" "$TLS_DIR/server.key" "$TLS_DIR/ca.pem" "$dir/"
+  chown -R "$user:$user" "$dir"
+  chmod 700 "$dir"
+  chmod 600 "$dir/server.key"
+}
+
 install_missing() {
+  if ! command -v openssl >/dev/null 2>&1; then
+    apt_install openssl
+  fi
   if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
     apt_install postgresql
   fi
@@ -162,14 +232,20 @@ pg_up() {
   fi
   if su postgres -s /bin/sh -c "'$bin/pg_ctl' -D '$PG_DIR/data' status" >/dev/null 2>&1; then
     log "postgres already running on 127.0.0.1:$PG_PORT"
+    if [ ! -f "$PG_DIR/tls/server.pem" ]; then
+      log "WARNING: it was started without TLS by an older services.sh; restart it (down, up) for the TLS tests"
+    fi
     return
   fi
   mkdir -p "$PG_DIR/socket"
   chown postgres:postgres "$PG_DIR/socket"
+  tls_copy_for postgres "$PG_DIR/tls"
   # max_connections is raised because the test suite runs many relays and pools in parallel.
+  # ssl=on offers TLS; plain connections are still accepted (pg_hba has host, not hostssl).
   su postgres -s /bin/sh -c "'$bin/pg_ctl' -D '$PG_DIR/data' -l '$PG_DIR/postgres.log' -w -t 60 start \
-    -o \"-p $PG_PORT -k '$PG_DIR/socket' -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on\"" >/dev/null
-  log "postgres running on 127.0.0.1:$PG_PORT"
+    -o \"-p $PG_PORT -k '$PG_DIR/socket' -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on \
+    -c ssl=on -c ssl_cert_file='$PG_DIR/tls/server.pem' -c ssl_key_file='$PG_DIR/tls/server.key'\"" >/dev/null
+  log "postgres running on 127.0.0.1:$PG_PORT (TLS offered)"
 }
 
 pg_down() {
@@ -212,10 +288,20 @@ loopback_users = none
 disk_free_limit.absolute = 50MB
 vm_memory_high_watermark.relative = 0.6
 max_message_size = 1048576
+listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $RABBIT_DIR/tls/ca.pem
+ssl_options.certfile = $RABBIT_DIR/tls/server.pem
+ssl_options.keyfile = $RABBIT_DIR/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 CONF
+  tls_copy_for rabbitmq "$RABBIT_DIR/tls"
   chown -R rabbitmq:rabbitmq "$RABBIT_DIR"
   if [ -f "$RABBIT_DIR/rabbit.pid" ] && kill -0 "$(cat "$RABBIT_DIR/rabbit.pid")" 2>/dev/null; then
     log "rabbitmq already running on 127.0.0.1:$AMQP_PORT"
+    if ! port_open "$AMQPS_PORT"; then
+      log "WARNING: no amqps listener on $AMQPS_PORT (started by an older services.sh); restart it (down, up) for the TLS tests"
+    fi
     return
   fi
   rm -f "$RABBIT_DIR/rabbit.pid"
@@ -229,7 +315,7 @@ CONF
     log "rabbitmq did not start; see $RABBIT_DIR/server.out and $RABBIT_DIR/log"
     exit 1
   fi
-  log "rabbitmq running on 127.0.0.1:$AMQP_PORT"
+  log "rabbitmq running on 127.0.0.1:$AMQP_PORT (amqps on $AMQPS_PORT)"
 }
 
 rabbit_down() {
@@ -243,7 +329,11 @@ print_env() {
   cat <<ENV
 export OUTBOX_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export OUTBOX_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
+export OUTBOX_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:$AMQPS_PORT/%2f
 export OUTBOX_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export OUTBOX_TEST_TLS_DIR=$TLS_DIR
+export OUTBOX_TEST_CA=$TLS_DIR/ca.pem
+export OUTBOX_TEST_OTHER_CA=$TLS_DIR/other-ca.pem
 ENV
 }
 
@@ -251,6 +341,7 @@ case "${1:-up}" in
   up)
     install_missing
     choose_state_dir
+    tls_up
     pg_up
     rabbit_up
     kafka_up
@@ -264,6 +355,7 @@ case "${1:-up}" in
     pg_down
     ;;
   env)
+    choose_state_dir
     print_env
     ;;
   stop|start)

@@ -165,6 +165,13 @@ pub struct AmqpConfig {
     pub url: SecretUrl,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// PEM file of extra CA certificates trusted for `amqps://` (besides the system's); empty
+    /// for none. The URL has no standard way to name one.
+    pub tls_ca_file: String,
+    /// The certificates of `tls_ca_file`, read and checked when the configuration is loaded, so
+    /// that a missing or unreadable file is a configuration error at start.
+    #[serde(skip)]
+    pub tls_ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -291,6 +298,8 @@ impl Default for Config {
                 amqp: AmqpConfig {
                     url: SecretUrl::new("amqp://guest:guest@localhost:5672/%2f"),
                     connect_timeout: Duration::from_secs(10),
+                    tls_ca_file: String::new(),
+                    tls_ca_pem: None,
                 },
                 kafka: KafkaConfig {
                     bootstrap_servers: "localhost:9092".to_string(),
@@ -462,6 +471,8 @@ impl Config {
                     url: r.url("broker.amqp.url", d.broker.amqp.url, &["amqp", "amqps"]),
                     connect_timeout: r
                         .duration("broker.amqp.connect_timeout", d.broker.amqp.connect_timeout),
+                    tls_ca_file: r.read("broker.amqp.tls_ca_file", d.broker.amqp.tls_ca_file),
+                    tls_ca_pem: None,
                 },
                 kafka: KafkaConfig {
                     bootstrap_servers: r.read(
@@ -518,6 +529,8 @@ impl Config {
         };
         r.check_unknown(&root, "");
         r.check_relations(&config);
+        let mut config = config;
+        config.broker.amqp.tls_ca_pem = r.amqp_tls_ca(&config.broker.amqp);
         if r.issues.is_empty() {
             Ok(config)
         } else {
@@ -539,6 +552,7 @@ pub const KEYS: &[&str] = &[
     "broker.kind",
     "broker.amqp.url",
     "broker.amqp.connect_timeout",
+    "broker.amqp.tls_ca_file",
     "broker.kafka.bootstrap_servers",
     "broker.kafka.connect_timeout",
     "broker.kafka.properties",
@@ -718,6 +732,30 @@ impl Reader<'_> {
                     self.check_unknown(inner, &key)
                 }
                 _ => self.issue(&key, "unknown key".to_string()),
+            }
+        }
+    }
+
+    /// Reads `broker.amqp.tls_ca_file`: it must hold at least one PEM certificate and only
+    /// makes sense with an `amqps://` URL (a CA given for a plain URL would protect nothing).
+    fn amqp_tls_ca(&mut self, c: &AmqpConfig) -> Option<String> {
+        const KEY: &str = "broker.amqp.tls_ca_file";
+        if c.tls_ca_file.is_empty() {
+            return None;
+        }
+        if !c.url.expose().starts_with("amqps://") {
+            self.issue(KEY, "is only used with an amqps:// broker.amqp.url".into());
+            return None;
+        }
+        match std::fs::read_to_string(&c.tls_ca_file) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                self.issue(KEY, format!("{} holds no PEM certificate", c.tls_ca_file));
+                None
+            }
+            Err(e) => {
+                self.issue(KEY, format!("cannot read {}: {e}", c.tls_ca_file));
+                None
             }
         }
     }
@@ -1167,5 +1205,54 @@ mod fuzz_tests {
                 Ok(())
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod amqp_tls_tests {
+    use super::*;
+
+    fn issues(toml: &str) -> Vec<String> {
+        match Config::from_figment(&Figment::from(Toml::string(toml))) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn amqp(url: &str, ca: &str) -> String {
+        format!("[broker.amqp]\nurl = \"{url}\"\ntls_ca_file = \"{ca}\"\n")
+    }
+
+    #[test]
+    fn ca_file_is_read_at_load_and_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let url = "amqps://u:p@host/%2f";
+
+        let c = Config::from_figment(&Figment::from(Toml::string(&amqp(
+            url,
+            good.to_str().unwrap(),
+        ))))
+        .expect("valid");
+        assert!(c.broker.amqp.tls_ca_pem.unwrap().contains("MIIB"));
+
+        let text = issues(&amqp(url, empty.to_str().unwrap())).join("\n");
+        assert!(
+            text.contains("broker.amqp.tls_ca_file") && text.contains("holds no PEM certificate"),
+            "{text}"
+        );
+        let text = issues(&amqp(url, "/nonexistent/ca.pem")).join("\n");
+        assert!(text.contains("cannot read /nonexistent/ca.pem"), "{text}");
+        // A CA for a plain connection would protect nothing: refuse the mix-up.
+        let text = issues(&amqp("amqp://u:p@host/%2f", good.to_str().unwrap())).join("\n");
+        assert!(text.contains("only used with an amqps://"), "{text}");
     }
 }

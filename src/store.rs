@@ -15,7 +15,9 @@ use crate::config::DatabaseConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    #[error("TLS with the database failed (check sslmode, sslrootcert and the server's certificate): {0}")]
+    Tls(sqlx::Error),
     #[error("invalid database.url: {0}")]
     Url(sqlx::Error),
     #[error("migration failed: {0}")]
@@ -24,6 +26,24 @@ pub enum StoreError {
     SchemaMissing(String),
     #[error("unexpected status `{0}` in outbox.messages")]
     UnknownStatus(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        // A refused certificate surfaces as an I/O error carrying the rustls error.
+        let tls = match &e {
+            sqlx::Error::Tls(_) => true,
+            sqlx::Error::Io(io) => io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()),
+            _ => false,
+        };
+        if tls {
+            Self::Tls(e)
+        } else {
+            Self::Database(e)
+        }
+    }
 }
 
 /// Lifecycle of a row; mirrors the Postgres enum `outbox.message_status`.
@@ -151,7 +171,11 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
         sqlx::query_scalar("SELECT max(version) FROM outbox._sqlx_migrations WHERE success")
             .fetch_one(pool)
             .await
-            .map_err(|e| StoreError::SchemaMissing(e.to_string()))?;
+            .map_err(|e| match e {
+                // Reached the database, but the migrations table is missing.
+                sqlx::Error::Database(_) => StoreError::SchemaMissing(e.to_string()),
+                other => StoreError::from(other),
+            })?;
     match applied {
         Some(v) if v >= latest => Ok(()),
         other => Err(StoreError::SchemaMissing(format!(

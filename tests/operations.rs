@@ -48,8 +48,8 @@ async fn standby_takes_over_after_kill_9_of_the_publisher() {
     let (exchange, queue) = rabbit.fanout_with_queue().await;
     let env = [("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50")];
     let mut replicas = vec![
-        RelayProcess::spawn(&db.url, &env),
-        RelayProcess::spawn(&db.url, &env),
+        RelayProcess::spawn(&db.relay_url, &env),
+        RelayProcess::spawn(&db.relay_url, &env),
     ];
     let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
     let ids = db.enqueue_many(&exchange, 1, 3000, 20).await;
@@ -92,8 +92,8 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
     let (exchange, queue) = rabbit.fanout_with_queue().await;
     let env = [("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50")];
     let replicas = [
-        RelayProcess::spawn(&db.url, &env),
-        RelayProcess::spawn(&db.url, &env),
+        RelayProcess::spawn(&db.relay_url, &env),
+        RelayProcess::spawn(&db.relay_url, &env),
     ];
     let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
     let (paused, standby) = (&replicas[leader], &replicas[1 - leader]);
@@ -144,7 +144,7 @@ async fn metrics_pass_promtool_and_name_what_operators_alert_on() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
     let (exchange, _queue) = rabbit.fanout_with_queue().await;
-    let relay = RelayProcess::spawn(&db.url, &[("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "1")]);
+    let relay = RelayProcess::spawn(&db.relay_url, &[("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "1")]);
     let ok = db.enqueue_many(&exchange, 1, 20, 2).await;
     let dead = db
         .enqueue(&unique("missing"), None, serde_json::json!({}))
@@ -242,7 +242,7 @@ async fn readiness_follows_the_broker_on_the_publisher_and_liveness_does_not() {
     );
 
     // A standby needs only the database.
-    let healthy = RelayProcess::spawn(&db.url, &[]);
+    let healthy = RelayProcess::spawn(&db.relay_url, &[]);
     wait_for("the standby to be ready", WAIT, || async {
         (healthy.get("/readyz").await?.0 == 200).then_some(())
     })
@@ -277,7 +277,7 @@ async fn admin_commands_inspect_requeue_and_discard_dead_messages_while_the_rela
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
     let late_exchange = unique("late");
-    let relay = RelayProcess::spawn(&db.url, &[("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "1")]);
+    let relay = RelayProcess::spawn(&db.relay_url, &[("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "1")]);
     let first = db
         .enqueue(
             &late_exchange,

@@ -19,7 +19,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let ids = db.enqueue_many(&exchange, 1, 3000, 20).await;
     let env = [("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50")];
 
-    let relay = RelayProcess::spawn(&db.url, &env);
+    let relay = RelayProcess::spawn(&db.relay_url, &env);
     wait_for("some messages published", WAIT, || async {
         (db.count("published").await >= 200).then_some(())
     })
@@ -29,7 +29,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let published_at_kill = db.count("published").await;
     assert!(published_at_kill < 3000, "the kill must land mid-stream");
 
-    let _relay = RelayProcess::spawn(&db.url, &env);
+    let _relay = RelayProcess::spawn(&db.relay_url, &env);
     wait_for("every message published after restart", WAIT, || async {
         (db.count("published").await == 3000).then_some(())
     })
@@ -49,7 +49,8 @@ async fn sigterm_drains_records_confirms_and_exits_zero() {
     let (exchange, queue) = rabbit.fanout_with_queue().await;
     db.enqueue_many(&exchange, 1, 3000, 20).await;
 
-    let mut relay = RelayProcess::spawn(&db.url, &[("OUTBOX_RELAY__RELAY__BATCH_SIZE", "200")]);
+    let mut relay =
+        RelayProcess::spawn(&db.relay_url, &[("OUTBOX_RELAY__RELAY__BATCH_SIZE", "200")]);
     wait_for("some messages published", WAIT, || async {
         (db.count("published").await >= 200).then_some(())
     })
@@ -124,17 +125,10 @@ async fn a_returned_message_is_logged_without_its_payload_and_a_clean_stop_logs_
 async fn unreachable_database_is_retried_not_fatal() {
     // Nothing listens on port 1 of loopback.
     let mut relay = RelayProcess::spawn("postgres://postgres@127.0.0.1:1/postgres", &[]);
-    wait_for("two logged retries", WAIT, || async {
-        (relay.logs().matches("database not ready").count() >= 2).then_some(())
-    })
-    .await;
-    assert!(
-        relay.child.try_wait().unwrap().is_none(),
-        "the relay must keep retrying"
-    );
-    relay.signal(Signal::SIGTERM);
-    let status = relay.wait_exit(WAIT).await;
-    assert!(status.success(), "{status:?}");
+    relay
+        .wait_logged_while_running("database not ready", 2, WAIT)
+        .await;
+    relay.terminate(WAIT).await;
 }
 
 #[tokio::test]
@@ -142,7 +136,7 @@ async fn unreachable_broker_is_retried_then_publishing_starts() {
     let db = TestDb::new().await;
     let id = db.enqueue("nowhere", None, serde_json::json!({})).await;
     let mut relay = RelayProcess::spawn(
-        &db.url,
+        &db.relay_url,
         &[(
             "OUTBOX_RELAY__BROKER__AMQP__URL",
             "amqp://guest:guest@127.0.0.1:1/%2f",

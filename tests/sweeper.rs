@@ -60,7 +60,7 @@ async fn purge_deletes_only_rows_past_their_retention_in_batches() {
     config.published_retention = Duration::from_secs(24 * 3600);
     config.rolled_back_retention = Duration::from_secs(24 * 3600);
     config.dead_retention = Duration::from_secs(14 * 24 * 3600);
-    let sweeper = Sweeper::new(db.pool.clone(), config, None);
+    let sweeper = Sweeper::new(db.relay_pool().await, config, None);
     let purged = sweeper.purge_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(purged, 3 + 3 + 1);
     assert_eq!(
@@ -93,7 +93,7 @@ async fn expiry_rolls_back_every_expired_prepared_row_and_nothing_else() {
 
     let mut config = test_config(&db).sweeper;
     config.batch_size = 2.try_into().unwrap();
-    let sweeper = Sweeper::new(db.pool.clone(), config, None);
+    let sweeper = Sweeper::new(db.relay_pool().await, config, None);
     assert_eq!(
         sweeper
             .expire_once(&CancellationToken::new())
@@ -141,8 +141,9 @@ async fn sweeper_runs_only_on_the_lease_holder() {
     .await
     .unwrap()
     .expect("lease for the other replica");
+    let relay_pool = db.relay_pool().await;
     let lease = Arc::new(Lease::new(
-        db.pool.clone(),
+        relay_pool.clone(),
         config.ha.clone(),
         Arc::new(Health::new()),
     ));
@@ -153,7 +154,7 @@ async fn sweeper_runs_only_on_the_lease_holder() {
     );
 
     let sweeper = Arc::new(Sweeper::new(
-        db.pool.clone(),
+        relay_pool,
         config.sweeper.clone(),
         Some(lease.clone()),
     ));

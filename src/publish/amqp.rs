@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -48,9 +49,21 @@ impl AmqpPublisher {
         if !alive {
             state.channels.clear();
             state.connection = None;
-            let connect = Connection::connect(
+            let runtime = lapin::runtime::default_runtime().map_err(|e| {
+                PublishError::retryable(
+                    FailureReason::Unavailable,
+                    format!("cannot connect to RabbitMQ at {}: {e}", self.config.url),
+                )
+            })?;
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: self.config.tls_ca_pem.clone(),
+            };
+            let connect = Connection::connect_with_config(
                 self.config.url.expose(),
                 ConnectionProperties::default().with_connection_name("outbox-relay".into()),
+                tls,
+                runtime,
             );
             let conn = tokio::time::timeout(self.config.connect_timeout, connect)
                 .await

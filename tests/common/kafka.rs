@@ -14,11 +14,19 @@ pub fn bootstrap() -> String {
     std::env::var("OUTBOX_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:59092".into())
 }
 
+/// Client settings for `bootstrap`, to which callers add more (TLS).
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    create_topic_with(&client_config(bootstrap), topic, partitions).await
+}
+
+pub async fn create_topic_with(client: &ClientConfig, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -59,8 +67,18 @@ pub async fn consume(
     n: usize,
     timeout: Duration,
 ) -> Vec<KafkaReceived> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    consume_with(&client_config(bootstrap), topic, partitions, n, timeout).await
+}
+
+pub async fn consume_with(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    timeout: Duration,
+) -> Vec<KafkaReceived> {
+    let consumer: StreamConsumer = client
+        .clone()
         .set("group.id", super::unique("g"))
         .set("enable.auto.commit", "false")
         .create()

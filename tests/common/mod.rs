@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -36,10 +37,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", Uuid::new_v4().simple())
 }
 
+/// The login role the relay under test connects as: a member of `outbox_relay` (created by
+/// the migrations) and nothing else. Shared by all tests; roles are cluster-wide.
+pub const RELAY_LOGIN: &str = "outbox_relay_test";
+
 /// A database of its own for one test, migrated.
 pub struct TestDb {
     pub name: String,
+    /// The owner's URL (migrations, the application's writes, admin commands).
     pub url: String,
+    /// The same database as [`RELAY_LOGIN`]: what the relay under test uses.
+    pub relay_url: String,
     pub pool: PgPool,
 }
 
@@ -65,7 +73,25 @@ impl TestDb {
             .await
             .expect("connect to test database");
         outbox_relay::store::migrate(&pool).await.expect("migrate");
-        Self { name, url, pool }
+        create_relay_login(&pool).await;
+        let mut relay_url = url::Url::parse(&url).unwrap();
+        relay_url.set_username(RELAY_LOGIN).unwrap();
+        relay_url.set_password(None).unwrap();
+        Self {
+            name,
+            url,
+            relay_url: relay_url.to_string(),
+            pool,
+        }
+    }
+
+    /// A pool connected as the relay's login role, for running relay parts in-process.
+    pub async fn relay_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.relay_url)
+            .await
+            .expect("connect as the relay's role")
     }
 
     pub async fn enqueue(
@@ -139,6 +165,24 @@ impl TestDb {
     }
 }
 
+/// Creates [`RELAY_LOGIN`] if it does not exist. Tests create it concurrently: a lost race
+/// shows as duplicate_object or unique_violation. The local cluster trusts loopback
+/// connections, so the role needs no password.
+async fn create_relay_login(pool: &PgPool) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$
+         BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{RELAY_LOGIN}') THEN
+                 CREATE ROLE {RELAY_LOGIN} LOGIN IN ROLE outbox_relay;
+             END IF;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$"
+    )))
+    .execute(pool)
+    .await
+    .expect("create the relay's login role");
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -161,7 +205,7 @@ where
 /// A configuration for tests: fast polling, short backoff.
 pub fn test_config(db: &TestDb) -> Config {
     let mut c = Config::default();
-    c.database.url = SecretUrl::new(db.url.clone());
+    c.database.url = SecretUrl::new(db.relay_url.clone());
     c.database.max_connections = 4.try_into().unwrap();
     c.broker.amqp.url = SecretUrl::new(amqp_url());
     c.relay.poll_interval = Duration::from_millis(20);
@@ -471,6 +515,39 @@ impl RelayProcess {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `needle` on `n` lines, checks the process is still running (it
+    /// retries rather than exits), and returns the first such line.
+    pub async fn wait_logged_while_running(
+        &mut self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> String {
+        wait_for(
+            &format!("{n} log lines with `{needle}`"),
+            timeout,
+            || async { (self.logs().matches(needle).count() >= n).then_some(()) },
+        )
+        .await;
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the relay must keep retrying:\n{}",
+            self.logs()
+        );
+        let logs = self.logs();
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGTERM, then a clean exit within `timeout`.
+    pub async fn terminate(mut self, timeout: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.wait_exit(timeout).await;
+        assert!(status.success(), "{status:?}");
     }
 
     /// Waits for the process to exit, polling so the test runtime is never blocked.

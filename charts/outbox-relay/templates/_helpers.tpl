@@ -99,13 +99,19 @@ volumeMounts:
   - name: outbox-relay-config
     mountPath: /etc/outbox-relay
     readOnly: true
+  {{- with $root.Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
-{{/* The volume the relay container mounts its config.toml from. */}}
+{{/* The volumes the relay container mounts: its config.toml, and extraVolumes (CA files). */}}
 {{- define "outbox-relay.volumes" -}}
 - name: outbox-relay-config
   configMap:
     name: {{ include "outbox-relay.fullname" . }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Annotations that roll the pods when config or secret change. */}}
