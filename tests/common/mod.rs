@@ -525,12 +525,15 @@ impl RelayProcess {
         n: usize,
         timeout: Duration,
     ) -> String {
-        wait_for(
-            &format!("{n} log lines with `{needle}`"),
-            timeout,
-            || async { (self.logs().matches(needle).count() >= n).then_some(()) },
-        )
-        .await;
+        let deadline = Instant::now() + timeout;
+        while self.logs().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {n} log lines with `{needle}`; the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(
             self.child.try_wait().unwrap().is_none(),
             "the relay must keep retrying:\n{}",
