@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh up)"
+# The local Postgres offers TLS (for the TLS tests) and the driver's default sslmode=prefer would
+# take it: on loopback, encryption costs about a third of the database ceiling
+# (docs/performance.md). A sidecar next to its database normally talks plain TCP; measure that.
+export OUTBOX_TEST_DATABASE_URL="${OUTBOX_TEST_DATABASE_URL}?sslmode=disable"
 
 BENCH_KAFKA_PORT=${BENCH_KAFKA_PORT:-59192}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/outbox-relay-bench-kafka.XXXXXX")
