@@ -5,7 +5,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{assert_first_deliveries_in_order, unique, wait_for, Rabbit, RelayProcess, TestDb};
+use common::{
+    assert_first_deliveries_in_order, free_port, http_request, unique, wait_for, Rabbit,
+    RelayProcess, TestDb,
+};
 use lapin::ExchangeKind;
 use nix::sys::signal::Signal;
 use uuid::Uuid;
@@ -367,4 +370,51 @@ async fn admin_commands_inspect_requeue_and_discard_dead_messages_while_the_rela
     let (ok, out) = admin(&db, &["dead", "requeue"]);
     assert!(!ok, "a selection is required: {out}");
     drop(relay);
+}
+
+/// The HTTP listener is for probes and scraping only: bound where `http.listen` says, nothing
+/// but the three GET endpoints, no way to change anything over HTTP.
+#[tokio::test]
+async fn http_listener_serves_only_health_and_metrics_on_the_chosen_address() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    // Another loopback address than the default's 127.0.0.1, so that binding to it is observable.
+    let chosen: std::net::SocketAddr = ([127, 0, 0, 2], port).into();
+    let relay = RelayProcess::spawn(
+        &db.relay_url,
+        &[("OUTBOX_RELAY__HTTP__LISTEN", &chosen.to_string())],
+    );
+    wait_for(
+        "the relay to serve /livez on the chosen address",
+        WAIT,
+        || async { (http_request(chosen, "GET", "/livez").await?.0 == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        http_request(([127, 0, 0, 1], port).into(), "GET", "/livez").await,
+        None,
+        "nothing may listen on another address"
+    );
+    for path in ["/readyz", "/metrics"] {
+        let (status, _) = http_request(chosen, "GET", path).await.unwrap();
+        assert!(status == 200 || status == 503, "{path}: {status}");
+    }
+    for path in [
+        "/",
+        "/admin",
+        "/dead",
+        "/metrics/../admin",
+        "/livez/x",
+        "/debug/pprof",
+    ] {
+        let (status, _) = http_request(chosen, "GET", path).await.unwrap();
+        assert_eq!(status, 404, "GET {path}");
+    }
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in ["/livez", "/readyz", "/metrics"] {
+            let (status, _) = http_request(chosen, method, path).await.unwrap();
+            assert_eq!(status, 405, "{method} {path}");
+        }
+    }
+    relay.terminate(WAIT).await;
 }
