@@ -68,6 +68,31 @@ impl Publisher for InstantPublisher {
     async fn close(&self) {}
 }
 
+/// Each run leaves a few hundred MB per database; drop this run's (at the end) and any an
+/// interrupted run left behind (at the start). Runs of the bench never overlap.
+async fn drop_bench_databases(admin_url: &str) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+        .expect("admin connection");
+    let names: Vec<String> = sqlx::query_scalar(
+        r"SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE 'bench\_%'",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("list bench databases");
+    for name in names {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .expect("drop a bench database");
+    }
+    admin.close().await;
+}
+
 async fn fresh_db(admin_url: &str) -> (PgPool, String) {
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -835,6 +860,7 @@ async fn main() {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut f = Figures(Vec::new());
 
+    drop_bench_databases(&admin_url).await;
     let (admin, _) = fresh_db(&admin_url).await;
     let machine = machine(&admin).await;
     println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
@@ -1046,4 +1072,5 @@ async fn main() {
         .join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     println!("figures written to {}", out.display());
+    drop_bench_databases(&admin_url).await;
 }
