@@ -2,9 +2,7 @@
 //! (Postgres and RabbitMQ serve it), and a Kafka-protocol broker reachable only through TLS.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -14,7 +12,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use super::{free_port, unique, wait_for};
+use super::free_port;
+use super::kafka::OwnTansu;
 
 /// Where services.sh put the certificates (`OUTBOX_TEST_TLS_DIR`).
 pub fn tls_dir() -> PathBuf {
@@ -78,21 +77,6 @@ pub fn verify_full(url: &str, ca: &str) -> String {
     u.to_string()
 }
 
-fn tansu_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("OUTBOX_TEST_TANSU") {
-        return path.into();
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
-    let installed = home.join("bin/tansu");
-    if installed.is_file() {
-        installed
-    } else {
-        PathBuf::from("tansu")
-    }
-}
-
 /// A TLS-terminating proxy on a loopback port of its own, forwarding to a plain TCP port and
 /// presenting the certificate `<cert>.pem` from the TLS directory (`server` is valid for
 /// 127.0.0.1; `wrong-host` is signed by the same CA for another name).
@@ -126,7 +110,7 @@ impl Drop for TlsProxy {
 /// advertised broker after bootstrap stay on TLS.
 pub struct TlsKafka {
     pub bootstrap: String,
-    tansu: Child,
+    _tansu: OwnTansu,
     _proxy: TlsProxy,
 }
 
@@ -136,32 +120,10 @@ impl TlsKafka {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tls_port = listener.local_addr().unwrap().port();
         let plain_port = free_port();
-        let log = std::env::temp_dir().join(format!("{}.log", unique("tansu")));
-        let tansu = Command::new(tansu_bin())
-            .args(["broker", "--silent", "--storage-engine", "memory://tansu/"])
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{plain_port}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{tls_port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tansu (run scripts/services.sh up to install it)");
-        wait_for(
-            &format!("tansu on port {plain_port} (log {})", log.display()),
-            Duration::from_secs(30),
-            || async move {
-                TcpStream::connect(("127.0.0.1", plain_port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
+        let tansu = OwnTansu::listening(plain_port, tls_port).await;
         Self {
             bootstrap: format!("127.0.0.1:{tls_port}"),
-            tansu,
+            _tansu: tansu,
             _proxy: TlsProxy::serve(listener, cert, plain_port),
         }
     }
@@ -182,13 +144,6 @@ impl TlsKafka {
             c.set(k, v);
         }
         c
-    }
-}
-
-impl Drop for TlsKafka {
-    fn drop(&mut self) {
-        let _ = self.tansu.kill();
-        let _ = self.tansu.wait();
     }
 }
 
