@@ -439,6 +439,11 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = file {
+            // figment names an unreadable file by a path relative to the working directory;
+            // name it as the user gave it.
+            if let Err(e) = std::fs::read(path) {
+                return Err(ConfigError::Source(format!("{}: {e}", path.display())));
+            }
             // file_exact: a missing file is an error, not an empty configuration.
             figment = figment.merge(Toml::file_exact(path));
         }
