@@ -302,6 +302,7 @@ CONF
     if ! port_open "$AMQPS_PORT"; then
       log "WARNING: no amqps listener on $AMQPS_PORT (started by an older services.sh); restart it (down, up) for the TLS tests"
     fi
+    rabbit_users
     return
   fi
   rm -f "$RABBIT_DIR/rabbit.pid"
@@ -315,7 +316,17 @@ CONF
     log "rabbitmq did not start; see $RABBIT_DIR/server.out and $RABBIT_DIR/log"
     exit 1
   fi
+  rabbit_users
   log "rabbitmq running on 127.0.0.1:$AMQP_PORT (amqps on $AMQPS_PORT)"
+}
+
+# A user that may only publish to exchanges named `outbox_allowed.*` (configure and read:
+# nothing), for the tests of a destination the broker refuses. Idempotent.
+rabbit_users() {
+  if ! rabbitmqctl list_users --quiet --no-table-headers 2>/dev/null | grep -q '^outbox_limited[[:space:]]'; then
+    rabbitmqctl add_user outbox_limited outbox_limited >/dev/null
+  fi
+  rabbitmqctl set_permissions -p / outbox_limited "'^\$'" "'^outbox_allowed\\.'" "'^\$'" >/dev/null
 }
 
 rabbit_down() {

@@ -473,7 +473,7 @@ impl Config {
             broker: BrokerConfig {
                 kind: r.read("broker.kind", d.broker.kind),
                 amqp: AmqpConfig {
-                    url: r.url("broker.amqp.url", d.broker.amqp.url, &["amqp", "amqps"]),
+                    url: r.amqp_url("broker.amqp.url", d.broker.amqp.url),
                     connect_timeout: r
                         .duration("broker.amqp.connect_timeout", d.broker.amqp.connect_timeout),
                     tls_ca_file: r.read("broker.amqp.tls_ca_file", d.broker.amqp.tls_ca_file),
@@ -631,6 +631,35 @@ impl Reader<'_> {
                 self.issue(key, format!("not a valid URL: {e}"));
                 default
             }
+        }
+    }
+
+    /// An AMQP URL as the client reads it: a vhost the protocol cannot carry (over 255
+    /// bytes) or a malformed query parameter would otherwise only fail, or panic, at connect.
+    fn amqp_url(&mut self, key: &str, default: SecretUrl) -> SecretUrl {
+        let url = self.url(key, default.clone(), &["amqp", "amqps"]);
+        if url == default {
+            return url;
+        }
+        let problem = match url.expose().parse::<lapin::uri::AMQPUri>() {
+            // The client's message for a URL that cannot be a base quotes the URL itself,
+            // password included.
+            Err(_) if url::Url::parse(url.expose()).is_ok_and(|u| u.cannot_be_a_base()) => {
+                Some("not a valid AMQP URL: expected amqp://user:password@host:port/vhost".into())
+            }
+            Err(e) => Some(format!("not a valid AMQP URL: {e}")),
+            Ok(uri) if uri.vhost.len() > 255 => Some(format!(
+                "the vhost is {} bytes long; AMQP allows at most 255",
+                uri.vhost.len()
+            )),
+            Ok(_) => None,
+        };
+        match problem {
+            Some(message) => {
+                self.issue(key, message);
+                default
+            }
+            None => url,
         }
     }
 
@@ -1259,5 +1288,67 @@ mod amqp_tls_tests {
         // A CA for a plain connection would protect nothing: refuse the mix-up.
         let text = issues(&amqp("amqp://u:p@host/%2f", good.to_str().unwrap())).join("\n");
         assert!(text.contains("only used with an amqps://"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod amqp_url_tests {
+    use super::*;
+
+    fn issues(url: &str) -> Vec<ConfigIssue> {
+        let toml = format!("[broker.amqp]\nurl = \"{url}\"\n");
+        match Config::from_figment(&Figment::from(Toml::string(&toml))) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(issues)) => issues,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_url_the_amqp_client_cannot_use_is_an_issue_of_broker_amqp_url_without_its_password() {
+        let long = "v".repeat(256);
+        let cases = [
+            (
+                format!("amqp://u:s3cret@host/{long}"),
+                "the vhost is 256 bytes long; AMQP allows at most 255",
+            ),
+            // Percent-encoded, the limit is on the decoded name.
+            (
+                format!("amqps://u:s3cret@host/{}", "%2f".repeat(256)),
+                "the vhost is 256 bytes long",
+            ),
+            (
+                "amqp://u:s3cret@host/%2f?frame_max=lots".into(),
+                "not a valid AMQP URL: invalid digit",
+            ),
+            (
+                "amqp://u:s3cret@host/%2f?auth_mechanism=KERBEROS".into(),
+                "not a valid AMQP URL: Invalid SASL mechanism",
+            ),
+            (
+                "amqp:u:s3cret@host".into(),
+                "not a valid AMQP URL: expected",
+            ),
+        ];
+        for (url, expected) in cases {
+            let found = issues(&url);
+            assert_eq!(found.len(), 1, "{url}: {found:?}");
+            let text = found[0].to_string();
+            assert_eq!(found[0].key, "broker.amqp.url", "{text}");
+            assert!(text.contains(expected), "{url}: {text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_vhost_of_255_bytes_and_the_usual_forms_are_accepted() {
+        for url in [
+            format!("amqp://u:p@host/{}", "v".repeat(255)),
+            "amqp://u:p@host:5672/%2f?heartbeat=10&frame_max=8192".into(),
+            "amqps://u:p@host/vh".into(),
+            "amqp://host".into(),
+        ] {
+            assert!(issues(&url).is_empty(), "{url}: {:?}", issues(&url));
+        }
     }
 }

@@ -23,6 +23,11 @@ use crate::lease::{Held, Lease};
 use crate::publish::{FailureReason, Publisher};
 use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
+/// Messages of one key per batch while other keys' rows may be waiting behind them.
+const KEY_SHARE: usize = 32;
+/// How many pending rows past a batch dominated by few keys are searched for other keys.
+const LOOKAHEAD: u32 = 20_000;
+
 /// How soon to look again while the fence waits for writers that are still running.
 const FENCE_RECHECK: Duration = Duration::from_millis(1);
 
@@ -298,20 +303,28 @@ impl<P: Publisher> Relay<P> {
         exclude: &[i64],
     ) -> Result<(usize, Vec<Recordable>), CycleError> {
         let safe = fence.advance(&self.pool).await?;
+        let held_back = self.slow.held_back();
+        let claim = Claim {
+            fence_seq: safe,
+            held,
+            exclude,
+            held_back: &held_back,
+        };
         let batch = store::claim(
             &self.pool,
-            safe,
+            claim.fence_seq,
             self.config.batch_size.get(),
             self.lease.lease_ref(held),
             exclude,
-            &self.slow.held_back(),
+            &held_back,
         )
         .await?;
         let claimed = batch.len();
         if claimed == 0 {
             return Ok((0, Vec::new()));
         }
-        metrics::histogram!(instruments::BATCH_MESSAGES).record(claimed as f64);
+        let batch = self.share_with_other_keys(batch, &claim).await?;
+        metrics::histogram!(instruments::BATCH_MESSAGES).record(batch.len() as f64);
         let started = std::time::Instant::now();
         let outcomes = self.publish_batch(batch, shutdown).await;
         metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
@@ -322,6 +335,43 @@ impl<P: Publisher> Relay<P> {
             self.record(failed, shutdown).await;
         }
         Ok((claimed, confirmed))
+    }
+
+    /// A batch lasts as long as its longest chain, one broker round trip per message. Chains
+    /// longer than [`KEY_SHARE`] are cut to it and rows of other keys committed after the batch
+    /// are claimed too, so a huge backlog of one key delays other keys by about `KEY_SHARE`
+    /// round trips instead of the whole backlog. The cut rows stay committed and lead their
+    /// key's next batch, so each key's order is unchanged.
+    async fn share_with_other_keys(
+        &self,
+        mut batch: Vec<OutboxMessage>,
+        claim: &Claim<'_>,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let per_key = rows_per_key(&batch);
+        if per_key.values().all(|&n| n <= KEY_SHARE) {
+            return Ok(batch);
+        }
+        let after_seq = batch.iter().map(|m| m.commit_seq).max().unwrap_or(0);
+        let claimed: Vec<(String, String)> = per_key.into_keys().collect();
+        let others = store::claim_other_keys(
+            &self.pool,
+            claim.fence_seq,
+            self.config.batch_size.get(),
+            self.lease.lease_ref(claim.held),
+            claim.exclude,
+            claim.held_back,
+            store::OtherKeys {
+                after_seq,
+                claimed: &claimed,
+                lookahead: LOOKAHEAD,
+            },
+        )
+        .await?;
+        // Cut even when nobody else is waiting yet: rows committed while this batch runs are
+        // then not held back by more than KEY_SHARE round trips either.
+        cut_chains(&mut batch, KEY_SHARE);
+        batch.extend(others);
+        Ok(batch)
     }
 
     async fn publish_batch(
@@ -451,6 +501,42 @@ impl<P: Publisher> Relay<P> {
     }
 }
 
+/// What one claim ran with; a second claim in the same cycle must leave out the same rows.
+struct Claim<'a> {
+    fence_seq: i64,
+    held: Held,
+    exclude: &'a [i64],
+    held_back: &'a [String],
+}
+
+/// How many rows of the batch each `(destination, message_key)` has.
+fn rows_per_key(batch: &[OutboxMessage]) -> HashMap<(String, String), usize> {
+    let mut per_key: HashMap<(String, String), usize> = HashMap::new();
+    for m in batch {
+        if let Some(key) = &m.message_key {
+            *per_key
+                .entry((m.destination.clone(), key.clone()))
+                .or_default() += 1;
+        }
+    }
+    per_key
+}
+
+/// Keeps the first `share` rows of each key (in commit order); keyless rows all stay.
+fn cut_chains(batch: &mut Vec<OutboxMessage>, share: usize) {
+    let mut taken: HashMap<(String, String), usize> = HashMap::new();
+    batch.retain(|m| match &m.message_key {
+        Some(key) => {
+            let n = taken
+                .entry((m.destination.clone(), key.clone()))
+                .or_default();
+            *n += 1;
+            *n <= share
+        }
+        None => true,
+    });
+}
+
 /// A publish outcome waiting to be written, with what logs and metrics need.
 type Recordable = (RowId, Outcome, Logged);
 
@@ -577,6 +663,23 @@ mod tests {
         assert_eq!(idle[7], Some(poll));
         assert_eq!(p.next_wait(0, 500, poll, true), Some(FENCE_RECHECK));
         assert_eq!(p.next_wait(1, 500, poll, false), Some(BUSY_POLL));
+    }
+
+    #[test]
+    fn cut_keeps_the_first_rows_of_each_key_and_every_keyless_row() {
+        let mut batch = vec![
+            msg(1, "a", Some("k")),
+            msg(2, "a", None),
+            msg(3, "b", Some("k")),
+            msg(4, "a", Some("k")),
+            msg(5, "a", Some("k")),
+            msg(6, "a", None),
+            msg(7, "b", Some("k")),
+        ];
+        assert_eq!(rows_per_key(&batch)[&("a".into(), "k".into())], 3);
+        cut_chains(&mut batch, 2);
+        let ids: Vec<i64> = batch.iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 6, 7]);
     }
 
     #[test]

@@ -229,6 +229,49 @@ pub async fn claim(
         .await?)
 }
 
+/// What [`claim_other_keys`] leaves out besides what [`claim`] does.
+#[derive(Debug, Clone, Copy)]
+pub struct OtherKeys<'a> {
+    /// The highest `commit_seq` of the batch already claimed.
+    pub after_seq: i64,
+    /// `(destination, message_key)` pairs already claimed.
+    pub claimed: &'a [(String, String)],
+    /// How many pending rows past `after_seq` to look at.
+    pub lookahead: u32,
+}
+
+/// Up to `limit` claimable rows committed after `other.after_seq`, skipping the keys already
+/// claimed; the other arguments as for [`claim`].
+pub async fn claim_other_keys(
+    pool: &PgPool,
+    fence_seq: i64,
+    limit: u32,
+    lease: LeaseRef<'_>,
+    exclude: &[i64],
+    held_back: &[String],
+    other: OtherKeys<'_>,
+) -> Result<Vec<OutboxMessage>, StoreError> {
+    let (destinations, keys): (Vec<&str>, Vec<&str>) = other
+        .claimed
+        .iter()
+        .map(|(d, k)| (d.as_str(), k.as_str()))
+        .unzip();
+    Ok(sqlx::query_as(include_str!("store/claim_other_keys.sql"))
+        .bind(fence_seq)
+        .bind(i64::from(limit))
+        .bind(lease.name)
+        .bind(lease.holder)
+        .bind(lease.token)
+        .bind(exclude)
+        .bind(held_back)
+        .bind(other.after_seq)
+        .bind(destinations)
+        .bind(keys)
+        .bind(i64::from(other.lookahead))
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Takes or renews a lease; returns its token if this holder has it now.
 pub async fn acquire_lease(
     pool: &PgPool,

@@ -5,6 +5,7 @@ mod common;
 use common::TestDb;
 use serde_json::json;
 use sqlx::Row;
+use std::time::Duration;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -175,6 +176,32 @@ async fn bad_arguments_raise_and_insert_nothing() {
             "SELECT outbox.prepare('d', '{}', ttl => '0')",
             "ttl must be a positive interval",
         ),
+        (
+            "SELECT outbox.prepare('d', '{}', ttl => NULL)",
+            "ttl must be a positive interval",
+        ),
+        ("SELECT outbox.prepare(NULL, '{}')", "destination"),
+        ("SELECT outbox.prepare('d', NULL)", "payload"),
+        (
+            "SELECT outbox.enqueue('d', '{}', headers => NULL)",
+            "headers must be a JSON object of string values, got null",
+        ),
+        (
+            "SELECT outbox.prepare('d', '{}', headers => NULL)",
+            "headers must be a JSON object of string values, got null",
+        ),
+        (
+            "SELECT outbox.enqueue('d', '{}', headers => '{\"a\": {\"b\": \"c\"}}')",
+            "header \"a\" must be a string",
+        ),
+        (
+            "SELECT outbox.prepare('d', '{}', headers => '{\"a\": true}')",
+            "header \"a\" must be a string",
+        ),
+        (
+            "SELECT outbox.prepare('d', '{}', headers => '[\"a\"]')",
+            "headers must be a JSON object",
+        ),
     ];
     for (sql, expected) in cases {
         let err = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
@@ -201,7 +228,7 @@ async fn migrate_is_idempotent() {
 }
 
 #[tokio::test]
-async fn claim_is_an_index_scan_over_pending_rows_only() {
+async fn claims_are_index_scans_over_pending_rows_only() {
     let db = TestDb::new().await;
     sqlx::query(
         "INSERT INTO outbox.messages (destination, message_key, payload)
@@ -218,29 +245,130 @@ async fn claim_is_an_index_scan_over_pending_rows_only() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let claim = include_str!("../src/store/claim.sql");
-    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (FORMAT JSON) {}",
-        claim
-            .replace("$1", "1000000")
-            .replace("$2", "500")
-            .replace("$3", "'l'")
-            .replace("$4", "'me'")
-            .replace("$5", "1")
-            .replace("$6", "'{}'::bigint[]")
-            .replace("$7", "'{}'::text[]")
-    )))
-    .fetch_one(&db.pool)
+    // Both claims share $1 to $7; the second adds the rows and keys already claimed.
+    let shared = [
+        "1000000",
+        "500",
+        "'l'",
+        "'me'",
+        "1",
+        "'{}'::bigint[]",
+        "'{}'::text[]",
+    ];
+    let other_keys = ["10", "'{d}'::text[]", "'{k1}'::text[]", "20000"];
+    let statements = [
+        ("claim", include_str!("../src/store/claim.sql"), &[][..]),
+        (
+            "claim_other_keys",
+            include_str!("../src/store/claim_other_keys.sql"),
+            &other_keys[..],
+        ),
+    ];
+    for (name, sql, extra) in statements {
+        let mut sql = sql.to_string();
+        let args: Vec<&str> = shared.iter().chain(extra).copied().collect();
+        // Highest first, so that `$1` does not match the start of `$10`.
+        for (i, arg) in args.iter().enumerate().rev() {
+            sql = sql.replace(&format!("${}", i + 1), arg);
+        }
+        assert!(!sql.contains('$'), "{name}: a parameter is left: {sql}");
+        let plan: serde_json::Value =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {sql}")))
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let text = plan.to_string();
+        assert!(
+            text.contains("messages_pending_idx"),
+            "{name} must use the pending index: {text}"
+        );
+        assert!(
+            !text.contains("\"Seq Scan\""),
+            "{name} must not scan the table: {text}"
+        );
+    }
+}
+
+/// `claim_other_keys` runs after `claim`: a row that was not due for `claim` may be due by
+/// then, and its key's later rows must still wait for it.
+#[tokio::test]
+async fn claim_of_other_keys_keeps_each_key_behind_rows_the_first_claim_left() {
+    use outbox_relay::store::{self, OtherKeys};
+    let db = TestDb::new().await;
+    let enqueue = |destination: &'static str, key: &'static str, delay: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let id: Uuid = sqlx::query_scalar(
+                "SELECT outbox.enqueue($1, '{}', message_key => $2, deliver_at => now() + $3::interval)",
+            )
+            .bind(destination)
+            .bind(key)
+            .bind(delay)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let late = enqueue("d", "late", "1 hour").await; // not due when `claim` runs
+    let recorded = enqueue("d", "recorded", "0").await;
+    for _ in 0..10 {
+        enqueue("d", "hot", "0").await;
+    }
+    let behind_late = enqueue("d", "late", "0").await;
+    let behind_recorded = enqueue("d", "recorded", "0").await;
+    let held_back = enqueue("slow", "s", "0").await;
+    let fresh = enqueue("d", "fresh", "0").await;
+    let more_hot = enqueue("d", "hot", "0").await;
+
+    let token = store::acquire_lease(&db.pool, "l", "me", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = store::LeaseRef {
+        name: "l",
+        holder: "me",
+        token,
+    };
+    let batch = store::claim(&db.pool, i64::MAX, 11, lease, &[], &[])
+        .await
+        .unwrap();
+    let keys: Vec<&str> = batch
+        .iter()
+        .map(|m| m.message_key.as_deref().unwrap())
+        .collect();
+    assert_eq!(keys, [&["recorded"][..], &["hot"; 10]].concat());
+    // Meanwhile the delayed row became due, and the first row of `recorded` was confirmed
+    // and is being recorded.
+    sqlx::query("UPDATE outbox.messages SET available_at = now() WHERE message_id = $1")
+        .bind(late)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(batch[0].message_id, recorded);
+    let being_recorded = [batch[0].id.0];
+    let hot = batch[1..].to_vec();
+    let claimed = [("d".to_string(), "hot".to_string())];
+    let others = store::claim_other_keys(
+        &db.pool,
+        i64::MAX,
+        100,
+        lease,
+        &being_recorded,
+        &["slow".to_string()],
+        OtherKeys {
+            after_seq: hot.iter().map(|m| m.commit_seq).max().unwrap(),
+            claimed: &claimed,
+            lookahead: 1000,
+        },
+    )
     .await
     .unwrap();
-    let text = plan.to_string();
-    assert!(
-        text.contains("messages_pending_idx"),
-        "claim must use the pending index: {text}"
-    );
-    assert!(
-        !text.contains("\"Seq Scan\""),
-        "claim must not scan the table: {text}"
+    let got: Vec<Uuid> = others.iter().map(|m| m.message_id).collect();
+    assert_eq!(
+        got,
+        [behind_recorded, fresh],
+        "late: {late}, behind it: {behind_late}, held back: {held_back}, hot: {more_hot}"
     );
 }
 
@@ -300,7 +428,6 @@ async fn commit_fence_waits_for_open_writers() {
 #[tokio::test]
 async fn lease_has_one_holder_and_a_new_token_on_takeover() {
     use outbox_relay::store::{self, LeaseRef};
-    use std::time::Duration;
     let db = TestDb::new().await;
     db.enqueue("d", None, json!({})).await;
     let ttl = Duration::from_millis(300);
@@ -371,4 +498,111 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
             .is_some(),
         "released at once"
     );
+}
+
+#[tokio::test]
+async fn commit_rollback_and_requeue_change_nothing_they_do_not_own() {
+    let db = TestDb::new().await;
+    // One row in every status, plus a prepared row that has expired but was not swept yet.
+    let committed = db.enqueue("d", Some("k"), serde_json::json!({})).await;
+    let mut ids = vec![committed];
+    for status in ["published", "dead", "rolled_back"] {
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO outbox.messages (destination, payload, status) VALUES ('d', '\\x00', $1::text::outbox.message_status) RETURNING message_id",
+        )
+        .bind(status)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let expired: Uuid =
+        sqlx::query_scalar("SELECT outbox.prepare('d', '{}', ttl => '1 millisecond')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    common::wait_for(
+        "the prepared row to expire",
+        Duration::from_secs(5),
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT expires_at < clock_timestamp() FROM outbox.messages WHERE message_id = $1",
+            )
+            .bind(expired)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .then_some(())
+        },
+    )
+    .await;
+    // Every column a transition writes, as text so that one tuple type holds them all.
+    let snapshot = || async {
+        sqlx::query_as::<_, (Uuid, String)>(
+            "SELECT message_id,
+                    concat_ws('|', status, commit_seq, attempts, committed_at, available_at,
+                              expires_at, published_at, finished_at, last_error)
+               FROM outbox.messages ORDER BY id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = snapshot().await;
+
+    let mut calls: Vec<(String, Option<Uuid>)> = Vec::new();
+    for id in ids
+        .iter()
+        .copied()
+        .chain([Uuid::new_v4()])
+        .map(Some)
+        .chain([None])
+    {
+        calls.push(("commit".into(), id));
+        calls.push(("rollback".into(), id));
+    }
+    calls.push(("commit".into(), Some(expired)));
+    for (function, id) in calls {
+        let done: Option<bool> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT outbox.{function}($1)")))
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            done,
+            Some(false),
+            "{function}({id:?}) claims to have done something"
+        );
+    }
+    // Requeue touches dead rows only, and only those it is asked for.
+    let dead = ids[2];
+    let not_dead: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != dead)
+        .chain([expired, Uuid::new_v4()])
+        .collect();
+    // What is asked for, `ids`, `only_destination`.
+    type Requeue<'a> = (&'a str, Option<Vec<Uuid>>, Option<&'a str>);
+    let requeues: [Requeue; 4] = [
+        ("rows that are not dead", Some(not_dead), None),
+        ("no ids", Some(Vec::new()), None),
+        (
+            "a dead row of another destination",
+            Some(vec![dead]),
+            Some("other"),
+        ),
+        ("all of another destination", None, Some("other")),
+    ];
+    for (what, ids, destination) in requeues {
+        let n: i32 = sqlx::query_scalar("SELECT outbox.requeue_dead($1, $2)")
+            .bind(ids)
+            .bind(destination)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "requeue_dead of {what} requeued something");
+    }
+    assert_eq!(snapshot().await, before, "a refused call changed a row");
 }

@@ -4,6 +4,7 @@
 //! `404 NOT_FOUND` for a missing exchange) fails only that destination's in-flight messages.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -24,6 +25,8 @@ pub struct AmqpPublisher {
     config: AmqpConfig,
     publish_timeout: Duration,
     state: Mutex<State>,
+    /// The connection's negotiated frame_max (0 before the first connection).
+    frame_max: AtomicU32,
 }
 
 #[derive(Default)]
@@ -38,6 +41,7 @@ impl AmqpPublisher {
             config,
             publish_timeout,
             state: Mutex::new(State::default()),
+            frame_max: AtomicU32::new(0),
         }
     }
 
@@ -83,6 +87,8 @@ impl AmqpPublisher {
                     )
                 })?;
             tracing::info!(url = %self.config.url, "connected to RabbitMQ");
+            self.frame_max
+                .store(conn.configuration().frame_max(), Ordering::Relaxed);
             state.connection = Some(conn);
         }
         Ok(state.connection.as_ref().expect("connection was just set"))
@@ -134,14 +140,65 @@ fn channel_error(e: &lapin::Error) -> PublishError {
         // "message size N is larger than configured max size M": no retry can fix it.
         return PublishError::permanent(FailureReason::TooLarge, message);
     }
+    if message.contains("ACCESS_REFUSED") {
+        // The user's permissions do not cover this exchange: like Kafka's authorization
+        // failures, permanent (after fixing permissions, `dead requeue` sends it again).
+        // A refused login is not a channel error: `connection` reports it, retryable.
+        return PublishError::permanent(FailureReason::Unauthorized, message);
+    }
     let reason = if message.contains("NOT_FOUND") {
         FailureReason::NotFound
-    } else if message.contains("ACCESS_REFUSED") {
-        FailureReason::Unauthorized
     } else {
         FailureReason::Unavailable
     };
     PublishError::retryable(reason, message)
+}
+
+/// Bytes of the content header frame, which carries all properties and headers and, unlike
+/// the body, cannot be split: a frame over the connection's frame_max makes the broker close
+/// the whole connection (FRAME_ERROR), failing every publish in flight.
+fn header_frame_size(properties: &BasicProperties) -> usize {
+    let short = |s: &Option<ShortString>| s.as_ref().map_or(0, |s| 1 + s.as_str().len());
+    let table = properties.headers().as_ref().map_or(0, |t| {
+        4 + t
+            .inner()
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+                    // `prepare` only puts long strings in the table; this bounds anything else.
+                    _ => 16,
+                };
+                // Name (short string), type tag, value.
+                1 + k.as_str().len() + 1 + value
+            })
+            .sum::<usize>()
+    });
+    // Frame header (7) and end (1); class, weight, body size and property flags (14).
+    let fixed = 7 + 1 + 14;
+    let delivery_mode = properties.delivery_mode().map_or(0, |_| 1);
+    let timestamp = properties.timestamp().map_or(0, |_| 8);
+    fixed
+        + short(properties.content_type())
+        + short(properties.message_id())
+        + table
+        + delivery_mode
+        + timestamp
+}
+
+/// Refuses, permanently, a message whose content header frame the broker would answer by
+/// closing the connection; `frame_max` 0 means not negotiated yet (no check).
+fn check_frame_size(properties: &BasicProperties, frame_max: u32) -> Result<(), PublishError> {
+    let size = header_frame_size(properties);
+    if frame_max > 0 && size > frame_max as usize {
+        return Err(PublishError::permanent(
+            FailureReason::TooLarge,
+            format!(
+                "headers too large for AMQP: the content header frame takes {size} bytes, over the connection's frame_max of {frame_max}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn short(what: &str, value: &str) -> Result<ShortString, PublishError> {
@@ -226,6 +283,7 @@ impl AmqpPublisher {
     async fn publish_confirmed(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         let (exchange, routing_key, properties) = prepare(message)?;
         let channel = self.channel(&message.destination).await?;
+        check_frame_size(&properties, self.frame_max.load(Ordering::Relaxed))?;
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -264,8 +322,73 @@ mod tests {
     use crate::publish::testing::{any_json, message};
     use proptest::prelude::*;
 
+    /// The content header frame as lapin writes it to the socket.
+    fn encoded_header_frame(properties: &BasicProperties) -> usize {
+        use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame};
+        let frame = AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60, // basic
+                body_size: 1,
+                properties: properties.clone(),
+            },
+        );
+        cookie_factory::gen_simple(gen_frame(&frame), Vec::new())
+            .expect("encodable")
+            .len()
+    }
+
+    #[test]
+    fn a_header_frame_over_frame_max_is_refused_permanently() {
+        let headers: serde_json::Map<_, _> = (0..40)
+            .map(|i| (format!("h{i}"), serde_json::json!("x".repeat(4096))))
+            .collect();
+        let (_, _, properties) = prepare(&message(headers.into())).unwrap();
+        let size = encoded_header_frame(&properties);
+        assert!(check_frame_size(&properties, size as u32).is_ok());
+        assert!(
+            check_frame_size(&properties, 0).is_ok(),
+            "not negotiated yet"
+        );
+        let e = check_frame_size(&properties, size as u32 - 1).unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(e.reason, FailureReason::TooLarge);
+        assert!(e.to_string().contains("frame_max"), "{e}");
+    }
+
+    #[test]
+    fn access_refused_on_a_channel_is_permanent_and_not_found_is_not() {
+        // What lapin reports when the broker closes the channel with `code`.
+        let closed = |code: u16, text: &str| {
+            let error = lapin::protocol::AMQPError::from_id(code, text.into()).expect("known code");
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(error))
+        };
+        let refused = channel_error(&closed(
+            403,
+            "ACCESS_REFUSED - write access to exchange 'x' in vhost '/' refused for user 'u'",
+        ));
+        assert!(refused.is_permanent(), "{refused}");
+        assert_eq!(refused.reason, FailureReason::Unauthorized);
+        let missing = channel_error(&closed(404, "NOT_FOUND - no exchange 'x' in vhost '/'"));
+        assert!(!missing.is_permanent(), "{missing}");
+        assert_eq!(missing.reason, FailureReason::NotFound);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The size the frame_max check uses is the size lapin sends, for any headers.
+        #[test]
+        fn header_frame_size_is_what_lapin_encodes(
+            headers in prop::collection::btree_map(".{0,255}", ".{0,2000}", 0..12),
+            content_type in ".{0,100}",
+        ) {
+            let mut m = message(serde_json::to_value(headers).unwrap());
+            m.content_type = content_type;
+            if let Ok((_, _, properties)) = prepare(&m) {
+                prop_assert_eq!(header_frame_size(&properties), encoded_header_frame(&properties));
+            }
+        }
 
         /// The AMQP properties are built from any headers column, or the row is refused as
         /// permanently invalid; header names over 255 bytes are a refusal, not a panic.
