@@ -107,9 +107,10 @@ async fn fresh_db(admin_url: &str) -> (PgPool, String) {
     let mut url = url::Url::parse(admin_url).unwrap();
     url.set_path(&name);
     let url = url.to_string();
+    // The relay's own session settings, so that the database ceiling measures its path.
     let pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect(&url)
+        .connect_with(store::connect_options(&url).unwrap())
         .await
         .unwrap();
     store::migrate(&pool).await.unwrap();

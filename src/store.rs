@@ -148,10 +148,20 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     m
 }
 
+/// The relay's session settings on top of what `url` says.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
+    // JIT off: the claim's cost estimate grows with the table (a backlog of some 10^5 rows
+    // crosses jit_above_cost), and compiling it took 10-90 ms on every execution, several
+    // times the query itself (docs/performance.md). Nothing the relay runs gains from JIT.
+    Ok(options
+        .application_name("outbox-relay")
+        .options([("jit", "off")]))
+}
+
 /// A pool that connects lazily: creating it never fails on an unreachable database.
 pub fn pool(cfg: &DatabaseConfig) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = cfg.url.expose().parse().map_err(StoreError::Url)?;
-    let options = options.application_name("outbox-relay");
+    let options = connect_options(cfg.url.expose())?;
     Ok(PgPoolOptions::new()
         .max_connections(cfg.max_connections.get())
         .acquire_timeout(cfg.connect_timeout)

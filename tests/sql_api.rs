@@ -606,3 +606,27 @@ async fn commit_rollback_and_requeue_change_nothing_they_do_not_own() {
     }
     assert_eq!(snapshot().await, before, "a refused call changed a row");
 }
+
+/// The relay's sessions run without JIT: with a backlog of some 10^5 rows the claim's cost
+/// estimate crosses `jit_above_cost`, and compiling it cost more than running it, on every
+/// claim (docs/performance.md).
+#[tokio::test]
+async fn relay_sessions_run_without_jit() {
+    let db = TestDb::new().await;
+    let options = outbox_relay::store::connect_options(&db.relay_url).unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let jit: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jit, "off");
+    let name: String = sqlx::query_scalar("SHOW application_name")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "outbox-relay");
+}
