@@ -167,6 +167,8 @@ async fn drain_in_process<P: Publisher>(
 
 /// Waits until no committed row is left (a row stays committed until its confirm is recorded).
 async fn wait_drained(pool: &PgPool) {
+    // Generous: the slowest drain here takes under a minute; a stuck relay must not hang the run.
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let left: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status = 'committed'")
@@ -176,6 +178,10 @@ async fn wait_drained(pool: &PgPool) {
         if left == 0 {
             return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{left} rows still committed after 10 minutes; see target/bench-relay-*.log"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

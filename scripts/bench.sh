@@ -20,9 +20,15 @@ tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
   --storage-engine "memory://tansu/" </dev/null >tansu.log 2>&1) &
 broker=$!
 trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -rf "$dir"' EXIT
+up=0
 for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$BENCH_KAFKA_PORT") 2>/dev/null && break
+  (exec 3<>"/dev/tcp/127.0.0.1/$BENCH_KAFKA_PORT") 2>/dev/null && { up=1; break; }
   sleep 0.1
 done
+if [ "$up" = 0 ]; then
+  echo "bench: tansu did not start on port $BENCH_KAFKA_PORT:" >&2
+  cat "$dir/tansu.log" >&2
+  exit 1
+fi
 export OUTBOX_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$BENCH_KAFKA_PORT
 cargo bench --bench relay

@@ -777,7 +777,7 @@ impl Reader<'_> {
         if c.tls_ca_file.is_empty() {
             return None;
         }
-        if !c.url.expose().starts_with("amqps://") {
+        if !url::Url::parse(c.url.expose()).is_ok_and(|u| u.scheme() == "amqps") {
             self.issue(KEY, "is only used with an amqps:// broker.amqp.url".into());
             return None;
         }

@@ -304,29 +304,25 @@ impl<P: Publisher> Relay<P> {
     ) -> Result<(usize, Vec<Recordable>), CycleError> {
         let safe = fence.advance(&self.pool).await?;
         let held_back = self.slow.held_back();
-        let claim = Claim {
+        let args = store::ClaimArgs {
             fence_seq: safe,
-            held,
+            limit: self.config.batch_size.get(),
+            lease: self.lease.lease_ref(held),
             exclude,
             held_back: &held_back,
         };
-        let batch = store::claim(
-            &self.pool,
-            claim.fence_seq,
-            self.config.batch_size.get(),
-            self.lease.lease_ref(held),
-            exclude,
-            &held_back,
-        )
-        .await?;
+        let batch = store::claim(&self.pool, &args).await?;
         let claimed = batch.len();
         if claimed == 0 {
             return Ok((0, Vec::new()));
         }
-        let batch = self.share_with_other_keys(batch, &claim).await?;
-        metrics::histogram!(instruments::BATCH_MESSAGES).record(batch.len() as f64);
+        let chains = self
+            .share_with_other_keys(into_chains(batch), &args)
+            .await?;
+        let messages: usize = chains.iter().map(Vec::len).sum();
+        metrics::histogram!(instruments::BATCH_MESSAGES).record(messages as f64);
         let started = std::time::Instant::now();
-        let outcomes = self.publish_batch(batch, shutdown).await;
+        let outcomes = self.publish_batch(chains, shutdown).await;
         metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
             .into_iter()
@@ -344,22 +340,40 @@ impl<P: Publisher> Relay<P> {
     /// key's next batch, so each key's order is unchanged.
     async fn share_with_other_keys(
         &self,
-        mut batch: Vec<OutboxMessage>,
-        claim: &Claim<'_>,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let per_key = rows_per_key(&batch);
-        if per_key.values().all(|&n| n <= KEY_SHARE) {
-            return Ok(batch);
+        mut chains: Vec<Vec<OutboxMessage>>,
+        args: &store::ClaimArgs<'_>,
+    ) -> Result<Vec<Vec<OutboxMessage>>, StoreError> {
+        if chains.iter().all(|c| c.len() <= KEY_SHARE) {
+            return Ok(chains);
         }
-        let after_seq = batch.iter().map(|m| m.commit_seq).max().unwrap_or(0);
-        let claimed: Vec<(String, String)> = per_key.into_keys().collect();
+        let after_seq = chains
+            .iter()
+            .flatten()
+            .map(|m| m.commit_seq)
+            .max()
+            .unwrap_or(0);
+        // Cut even when nobody else is waiting yet: rows committed while this batch runs are
+        // then not held back by more than KEY_SHARE round trips either.
+        cut_chains(&mut chains, KEY_SHARE);
+        let kept: usize = chains.iter().map(Vec::len).sum();
+        // The batch as a whole stays within relay.batch_size.
+        let room = (args.limit as usize).saturating_sub(kept) as u32;
+        if room == 0 {
+            return Ok(chains);
+        }
+        let claimed: Vec<(&str, &str)> = chains
+            .iter()
+            .filter_map(|c| {
+                let head = &c[0];
+                Some((head.destination.as_str(), head.message_key.as_deref()?))
+            })
+            .collect();
         let others = store::claim_other_keys(
             &self.pool,
-            claim.fence_seq,
-            self.config.batch_size.get(),
-            self.lease.lease_ref(claim.held),
-            claim.exclude,
-            claim.held_back,
+            &store::ClaimArgs {
+                limit: room,
+                ..*args
+            },
             store::OtherKeys {
                 after_seq,
                 claimed: &claimed,
@@ -367,21 +381,18 @@ impl<P: Publisher> Relay<P> {
             },
         )
         .await?;
-        // Cut even when nobody else is waiting yet: rows committed while this batch runs are
-        // then not held back by more than KEY_SHARE round trips either.
-        cut_chains(&mut batch, KEY_SHARE);
-        batch.extend(others);
-        Ok(batch)
+        chains.extend(into_chains(others));
+        Ok(chains)
     }
 
     async fn publish_batch(
         &self,
-        batch: Vec<OutboxMessage>,
+        chains: Vec<Vec<OutboxMessage>>,
         shutdown: &CancellationToken,
     ) -> Vec<Recordable> {
-        let results = Mutex::new(Vec::with_capacity(batch.len()));
+        let results = Mutex::new(Vec::with_capacity(chains.iter().map(Vec::len).sum()));
         let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
-        let mut chains: FuturesUnordered<_> = into_chains(batch)
+        let mut chains: FuturesUnordered<_> = chains
             .into_iter()
             .map(|chain| self.publish_chain(chain, &semaphore, &results, shutdown))
             .collect();
@@ -501,40 +512,12 @@ impl<P: Publisher> Relay<P> {
     }
 }
 
-/// What one claim ran with; a second claim in the same cycle must leave out the same rows.
-struct Claim<'a> {
-    fence_seq: i64,
-    held: Held,
-    exclude: &'a [i64],
-    held_back: &'a [String],
-}
-
-/// How many rows of the batch each `(destination, message_key)` has.
-fn rows_per_key(batch: &[OutboxMessage]) -> HashMap<(String, String), usize> {
-    let mut per_key: HashMap<(String, String), usize> = HashMap::new();
-    for m in batch {
-        if let Some(key) = &m.message_key {
-            *per_key
-                .entry((m.destination.clone(), key.clone()))
-                .or_default() += 1;
-        }
+/// Keeps the first `share` rows of each key's chain (in commit order); a keyless row is a
+/// chain of its own and always stays.
+fn cut_chains(chains: &mut [Vec<OutboxMessage>], share: usize) {
+    for chain in chains {
+        chain.truncate(share);
     }
-    per_key
-}
-
-/// Keeps the first `share` rows of each key (in commit order); keyless rows all stay.
-fn cut_chains(batch: &mut Vec<OutboxMessage>, share: usize) {
-    let mut taken: HashMap<(String, String), usize> = HashMap::new();
-    batch.retain(|m| match &m.message_key {
-        Some(key) => {
-            let n = taken
-                .entry((m.destination.clone(), key.clone()))
-                .or_default();
-            *n += 1;
-            *n <= share
-        }
-        None => true,
-    });
 }
 
 /// A publish outcome waiting to be written, with what logs and metrics need.
@@ -667,7 +650,7 @@ mod tests {
 
     #[test]
     fn cut_keeps_the_first_rows_of_each_key_and_every_keyless_row() {
-        let mut batch = vec![
+        let batch = vec![
             msg(1, "a", Some("k")),
             msg(2, "a", None),
             msg(3, "b", Some("k")),
@@ -676,9 +659,11 @@ mod tests {
             msg(6, "a", None),
             msg(7, "b", Some("k")),
         ];
-        assert_eq!(rows_per_key(&batch)[&("a".into(), "k".into())], 3);
-        cut_chains(&mut batch, 2);
-        let ids: Vec<i64> = batch.iter().map(|m| m.id.0).collect();
+        let mut chains = into_chains(batch);
+        assert_eq!(chains[0].len(), 3, "a/k has three rows");
+        cut_chains(&mut chains, 2);
+        let mut ids: Vec<i64> = chains.iter().flatten().map(|m| m.id.0).collect();
+        ids.sort();
         assert_eq!(ids, vec![1, 2, 3, 4, 6, 7]);
     }
 

@@ -219,22 +219,39 @@ pub struct LeaseRef<'a> {
     pub token: i64,
 }
 
-pub async fn claim(
-    pool: &PgPool,
-    fence_seq: i64,
-    limit: u32,
-    lease: LeaseRef<'_>,
-    exclude: &[i64],
-    held_back: &[String],
-) -> Result<Vec<OutboxMessage>, StoreError> {
-    Ok(sqlx::query_as(include_str!("store/claim.sql"))
-        .bind(fence_seq)
-        .bind(i64::from(limit))
-        .bind(lease.name)
-        .bind(lease.holder)
-        .bind(lease.token)
-        .bind(exclude)
-        .bind(held_back)
+/// What a claim leaves out and is bounded by; shared by [`claim`] and [`claim_other_keys`],
+/// whose first seven parameters are the same.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimArgs<'a> {
+    /// The commit fence: nothing above it may be claimed yet.
+    pub fence_seq: i64,
+    pub limit: u32,
+    pub lease: LeaseRef<'a>,
+    /// Rows whose outcome is still being recorded.
+    pub exclude: &'a [i64],
+    /// Destinations held back after a publish timeout.
+    pub held_back: &'a [String],
+}
+
+impl<'a> ClaimArgs<'a> {
+    fn query(
+        &self,
+        sql: &'static str,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, OutboxMessage, sqlx::postgres::PgArguments> {
+        sqlx::query_as(sql)
+            .bind(self.fence_seq)
+            .bind(i64::from(self.limit))
+            .bind(self.lease.name)
+            .bind(self.lease.holder)
+            .bind(self.lease.token)
+            .bind(self.exclude)
+            .bind(self.held_back)
+    }
+}
+
+pub async fn claim(pool: &PgPool, args: &ClaimArgs<'_>) -> Result<Vec<OutboxMessage>, StoreError> {
+    Ok(args
+        .query(include_str!("store/claim.sql"))
         .fetch_all(pool)
         .await?)
 }
@@ -245,35 +262,21 @@ pub struct OtherKeys<'a> {
     /// The highest `commit_seq` of the batch already claimed.
     pub after_seq: i64,
     /// `(destination, message_key)` pairs already claimed.
-    pub claimed: &'a [(String, String)],
+    pub claimed: &'a [(&'a str, &'a str)],
     /// How many pending rows past `after_seq` to look at.
     pub lookahead: u32,
 }
 
-/// Up to `limit` claimable rows committed after `other.after_seq`, skipping the keys already
-/// claimed; the other arguments as for [`claim`].
+/// Up to `args.limit` claimable rows committed after `other.after_seq`, skipping the keys
+/// already claimed; otherwise as [`claim`].
 pub async fn claim_other_keys(
     pool: &PgPool,
-    fence_seq: i64,
-    limit: u32,
-    lease: LeaseRef<'_>,
-    exclude: &[i64],
-    held_back: &[String],
+    args: &ClaimArgs<'_>,
     other: OtherKeys<'_>,
 ) -> Result<Vec<OutboxMessage>, StoreError> {
-    let (destinations, keys): (Vec<&str>, Vec<&str>) = other
-        .claimed
-        .iter()
-        .map(|(d, k)| (d.as_str(), k.as_str()))
-        .unzip();
-    Ok(sqlx::query_as(include_str!("store/claim_other_keys.sql"))
-        .bind(fence_seq)
-        .bind(i64::from(limit))
-        .bind(lease.name)
-        .bind(lease.holder)
-        .bind(lease.token)
-        .bind(exclude)
-        .bind(held_back)
+    let (destinations, keys): (Vec<&str>, Vec<&str>) = other.claimed.iter().copied().unzip();
+    Ok(args
+        .query(include_str!("store/claim_other_keys.sql"))
         .bind(other.after_seq)
         .bind(destinations)
         .bind(keys)

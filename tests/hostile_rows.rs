@@ -73,21 +73,11 @@ async fn insert_bad_headers(db: &TestDb, destination: &str) -> (Vec<Uuid>, Uuid)
     (bad, good)
 }
 
-async fn attempts_and_error(db: &TestDb, id: Uuid) -> (i32, String) {
-    sqlx::query_as(
-        "SELECT attempts, coalesce(last_error, '') FROM outbox.messages WHERE message_id = $1",
-    )
-    .bind(id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-}
-
 /// Every bad-header row is dead after one attempt with the reason in `last_error`.
 async fn assert_bad_headers_dead(db: &TestDb, bad: &[Uuid]) {
     for (id, (headers, expected)) in bad.iter().zip(BAD_HEADERS) {
         db.wait_status(*id, "dead").await;
-        let (attempts, last_error) = attempts_and_error(db, *id).await;
+        let (attempts, last_error) = db.attempts_and_error(*id).await;
         assert_eq!(attempts, 1, "{headers}: a permanent error is not retried");
         assert!(
             last_error.contains(expected),
@@ -180,7 +170,7 @@ async fn exchange_the_user_may_not_publish_to_goes_dead_and_allowed_ones_flow() 
     }
     for id in [refused, refused_too] {
         db.wait_status(id, "dead").await;
-        let (attempts, last_error) = attempts_and_error(&db, id).await;
+        let (attempts, last_error) = db.attempts_and_error(id).await;
         assert_eq!(attempts, 1, "access control is permanent: {last_error}");
         assert!(
             last_error.contains("ACCESS_REFUSED") && last_error.contains(&forbidden),
@@ -218,7 +208,7 @@ async fn amqp_headers_over_frame_max_go_dead_without_breaking_the_connection() {
     let relay = start_relay(test_config(&db));
 
     db.wait_status(too_big, "dead").await;
-    let (attempts, last_error) = attempts_and_error(&db, too_big).await;
+    let (attempts, last_error) = db.attempts_and_error(too_big).await;
     assert_eq!(attempts, 1, "{last_error}");
     assert!(last_error.contains("frame_max"), "{last_error}");
     for id in &healthy {

@@ -142,12 +142,7 @@ async fn oversized_message_goes_dead_at_once_and_does_not_block_its_key_or_other
     for id in [before, after, other] {
         db.wait_status(id, "published").await;
     }
-    let (attempts, last_error): (i32, String) =
-        sqlx::query_as("SELECT attempts, last_error FROM outbox.messages WHERE message_id = $1")
-            .bind(huge)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (attempts, last_error) = db.attempts_and_error(huge).await;
     assert_eq!(attempts, 1, "a permanent error is not retried");
     assert!(
         last_error.to_lowercase().contains("too large"),

@@ -142,10 +142,9 @@ async fn unreachable_broker_is_retried_then_publishing_starts() {
             "amqp://guest:guest@127.0.0.1:1/%2f",
         )],
     );
-    wait_for("two logged broker retries", WAIT, || async {
-        (relay.logs().matches("broker not ready").count() >= 2).then_some(())
-    })
-    .await;
+    relay
+        .wait_logged_while_running("broker not ready", 2, WAIT)
+        .await;
     assert_eq!(
         db.attempts(id).await,
         0,
@@ -283,14 +282,9 @@ async fn outputs_while_failing(
     assert!(checked.status.success(), "{checked:?}");
 
     let mut relay = RelayProcess::spawn(db_url, env);
-    wait_for("logged retries", WAIT, || async {
-        (relay.logs().matches(retrying).count() >= retries).then_some(())
-    })
-    .await;
-    assert!(
-        relay.child.try_wait().unwrap().is_none(),
-        "the relay must keep retrying"
-    );
+    relay
+        .wait_logged_while_running(retrying, retries, WAIT)
+        .await;
     let (_, metrics) = relay.get("/metrics").await.expect("/metrics served");
     let (ready, readyz) = relay.get("/readyz").await.expect("/readyz served");
     assert_eq!(ready, 503, "not ready while {retrying}: {readyz}");
@@ -393,8 +387,7 @@ async fn unreachable_database_with_password_is_retried_and_no_password_is_shown(
 async fn failing_kafka_sasl_login_is_retried_and_no_password_is_shown() {
     let db = TestDb::new().await;
     let sasl_secret = "sasl-pw-77e3b4c0";
-    let bootstrap = std::env::var("OUTBOX_TEST_KAFKA_BOOTSTRAP")
-        .expect("OUTBOX_TEST_KAFKA_BOOTSTRAP (eval \"$(scripts/services.sh env)\")");
+    let bootstrap = common::kafka::bootstrap();
     let outputs = outputs_while_failing(
         &db.url,
         &[

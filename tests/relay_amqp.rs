@@ -348,12 +348,7 @@ async fn message_over_the_broker_size_limit_goes_dead_at_once_and_others_flow() 
         .await;
     db.wait_status(huge, "dead").await;
     db.wait_status(after, "published").await;
-    let (attempts, last_error): (i32, String) =
-        sqlx::query_as("SELECT attempts, last_error FROM outbox.messages WHERE message_id = $1")
-            .bind(huge)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (attempts, last_error) = db.attempts_and_error(huge).await;
     assert_eq!(
         attempts, 1,
         "a permanent error is not retried: {last_error}"

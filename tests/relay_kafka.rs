@@ -132,12 +132,7 @@ async fn unknown_topic_is_retried_then_dead_while_others_flow() {
         .await;
     db.wait_status(good, "published").await;
     db.wait_status(missing, "dead").await;
-    let (attempts, last_error): (i32, String) =
-        sqlx::query_as("SELECT attempts, last_error FROM outbox.messages WHERE message_id = $1")
-            .bind(missing)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (attempts, last_error) = db.attempts_and_error(missing).await;
     assert_eq!(attempts, 2, "retried before going dead");
     assert!(
         last_error.to_lowercase().contains("unknown") || last_error.contains("timed out"),

@@ -321,16 +321,8 @@ async fn claim_of_other_keys_keeps_each_key_behind_rows_the_first_claim_left() {
     let fresh = enqueue("d", "fresh", "0").await;
     let more_hot = enqueue("d", "hot", "0").await;
 
-    let token = store::acquire_lease(&db.pool, "l", "me", Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
-    let lease = store::LeaseRef {
-        name: "l",
-        holder: "me",
-        token,
-    };
-    let batch = store::claim(&db.pool, i64::MAX, 11, lease, &[], &[])
+    let token = take_lease(&db).await;
+    let batch = store::claim(&db.pool, &claim_args(i64::MAX, 11, token))
         .await
         .unwrap();
     let keys: Vec<&str> = batch
@@ -348,14 +340,15 @@ async fn claim_of_other_keys_keeps_each_key_behind_rows_the_first_claim_left() {
     assert_eq!(batch[0].message_id, recorded);
     let being_recorded = [batch[0].id.0];
     let hot = batch[1..].to_vec();
-    let claimed = [("d".to_string(), "hot".to_string())];
+    let claimed = [("d", "hot")];
+    let slow = ["slow".to_string()];
     let others = store::claim_other_keys(
         &db.pool,
-        i64::MAX,
-        100,
-        lease,
-        &being_recorded,
-        &["slow".to_string()],
+        &store::ClaimArgs {
+            exclude: &being_recorded,
+            held_back: &slow,
+            ..claim_args(i64::MAX, 100, token)
+        },
         OtherKeys {
             after_seq: hot.iter().map(|m| m.commit_seq).max().unwrap(),
             claimed: &claimed,
@@ -409,16 +402,8 @@ async fn commit_fence_waits_for_open_writers() {
     let after = store::commit_fence(&db.pool).await.unwrap();
     assert!(after.writers.is_empty());
     // With the fence below the late row, the claim stops before it.
-    let token = store::acquire_lease(&db.pool, "l", "me", std::time::Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
-    let lease = store::LeaseRef {
-        name: "l",
-        holder: "me",
-        token,
-    };
-    let claimed = store::claim(&db.pool, late_seq - 1, 100, lease, &[], &[])
+    let token = take_lease(&db).await;
+    let claimed = store::claim(&db.pool, &claim_args(late_seq - 1, 100, token))
         .await
         .unwrap();
     assert!(claimed.iter().all(|m| m.commit_seq < late_seq));
@@ -427,7 +412,7 @@ async fn commit_fence_waits_for_open_writers() {
 
 #[tokio::test]
 async fn lease_has_one_holder_and_a_new_token_on_takeover() {
-    use outbox_relay::store::{self, LeaseRef};
+    use outbox_relay::store::{self, ClaimArgs, LeaseRef};
     let db = TestDb::new().await;
     db.enqueue("d", None, json!({})).await;
     let ttl = Duration::from_millis(300);
@@ -445,28 +430,22 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
         Some(a),
         "renewal keeps the token"
     );
-    let a_ref = LeaseRef {
-        name: "l",
-        holder: "a",
-        token: a,
+    let a_args = ClaimArgs {
+        lease: LeaseRef {
+            name: "l",
+            holder: "a",
+            token: a,
+        },
+        ..claim_args(i64::MAX, 10, a)
     };
-    assert_eq!(
-        store::claim(&db.pool, i64::MAX, 10, a_ref, &[], &[])
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store::claim(&db.pool, &a_args).await.unwrap().len(), 1);
 
     sqlx::query("SELECT pg_sleep(0.35)")
         .execute(&db.pool)
         .await
         .unwrap();
     assert!(
-        store::claim(&db.pool, i64::MAX, 10, a_ref, &[], &[])
-            .await
-            .unwrap()
-            .is_empty(),
+        store::claim(&db.pool, &a_args).await.unwrap().is_empty(),
         "an expired lease claims nothing"
     );
     let b = store::acquire_lease(&db.pool, "l", "b", ttl)
@@ -474,22 +453,16 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
         .unwrap()
         .expect("b takes over");
     assert!(b > a, "takeover changes the token");
-    assert!(store::claim(&db.pool, i64::MAX, 10, a_ref, &[], &[])
-        .await
-        .unwrap()
-        .is_empty());
-    let b_ref = LeaseRef {
-        name: "l",
-        holder: "b",
-        token: b,
+    assert!(store::claim(&db.pool, &a_args).await.unwrap().is_empty());
+    let b_args = ClaimArgs {
+        lease: LeaseRef {
+            name: "l",
+            holder: "b",
+            token: b,
+        },
+        ..a_args
     };
-    assert_eq!(
-        store::claim(&db.pool, i64::MAX, 10, b_ref, &[], &[])
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store::claim(&db.pool, &b_args).await.unwrap().len(), 1);
     store::release_lease(&db.pool, "l", "b").await.unwrap();
     assert!(
         store::acquire_lease(&db.pool, "l", "a", ttl)
@@ -629,4 +602,27 @@ async fn relay_sessions_run_without_jit() {
         .await
         .unwrap();
     assert_eq!(name, "outbox-relay");
+}
+
+/// Takes the lease `l` as holder `me`, for tests that call the claim statements directly.
+async fn take_lease(db: &TestDb) -> i64 {
+    outbox_relay::store::acquire_lease(&db.pool, "l", "me", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the lease is free")
+}
+
+/// Claim arguments under `me`'s lease `token`, excluding nothing and holding nothing back.
+fn claim_args(fence_seq: i64, limit: u32, token: i64) -> outbox_relay::store::ClaimArgs<'static> {
+    outbox_relay::store::ClaimArgs {
+        fence_seq,
+        limit,
+        lease: outbox_relay::store::LeaseRef {
+            name: "l",
+            holder: "me",
+            token,
+        },
+        exclude: &[],
+        held_back: &[],
+    }
 }

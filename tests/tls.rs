@@ -47,6 +47,8 @@ async fn postgres_certificate_from_another_ca_is_refused_and_retried() {
         "the error must say the TLS certificate was refused: {refusal}"
     );
     assert_eq!(db.status(id).await, "committed");
+    // A connection that was wrongly accepted would have tried, and failed, to publish it.
+    assert_eq!(db.attempts(id).await, 0, "nothing may be published");
     relay.terminate(WAIT).await;
 }
 
@@ -97,6 +99,8 @@ async fn assert_amqps_refused(url: &str, ca: &str, reason: &str) {
     );
     assert!(!refusal.contains("guest:guest"), "no password in logs");
     assert_eq!(db.status(id).await, "committed");
+    // A connection that was wrongly accepted would have tried, and failed, to publish it.
+    assert_eq!(db.attempts(id).await, 0, "nothing may be published");
     relay.terminate(WAIT).await;
 }
 
@@ -202,6 +206,8 @@ async fn assert_kafka_refused(cert: &str, ca: &str) {
         "the relay must report the refused certificate:\n{logs}"
     );
     assert_eq!(db.status(id).await, "committed");
+    // A connection that was wrongly accepted would have tried, and failed, to publish it.
+    assert_eq!(db.attempts(id).await, 0, "nothing may be published");
     relay.terminate(WAIT).await;
 }
 

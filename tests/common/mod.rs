@@ -147,6 +147,17 @@ impl TestDb {
             .expect("attempts")
     }
 
+    /// `attempts` and `last_error` (empty while there is none) of a message.
+    pub async fn attempts_and_error(&self, id: Uuid) -> (i32, String) {
+        sqlx::query_as(
+            "SELECT attempts, coalesce(last_error, '') FROM outbox.messages WHERE message_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("attempts and last_error")
+    }
+
     pub async fn count(&self, status: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status::text = $1")
             .bind(status)
