@@ -6,7 +6,7 @@
 //! message at a time, in `commit_seq` order; a failure stops the rest of its chain for this
 //! batch, and the claim query keeps later rows back until the failed one is due again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -147,10 +147,14 @@ pub struct Relay<P> {
 /// fence: once those holders are gone, every row at or below it is either visible or never
 /// will be. Publishing beyond the fence could let a key overtake a row whose transaction
 /// commits late.
+///
+/// It also keeps the pending floor ([`store::pending_floor`]): the claims look only at
+/// `commit_seq` from the floor up to the fence.
 #[derive(Debug, Default)]
 struct FenceTracker {
     safe: i64,
     pending: Option<Fence>,
+    floor: i64,
 }
 
 impl FenceTracker {
@@ -174,6 +178,23 @@ impl FenceTracker {
 
     fn is_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Raises the pending floor to what the database says now. Once every row up to the fence
+    /// is finished (floor above the fence), it cannot move until the fence does.
+    async fn raise_floor(&mut self, pool: &PgPool) -> Result<i64, StoreError> {
+        if self.floor <= self.safe {
+            self.floor = self
+                .floor
+                .max(store::pending_floor(pool, self.floor, self.safe).await?);
+        }
+        Ok(self.floor)
+    }
+
+    /// After a database error: the floor is only an optimisation, and 0 is always right (the
+    /// database may have been restored to an earlier point).
+    fn forget_floor(&mut self) {
+        self.floor = 0;
     }
 }
 
@@ -214,95 +235,132 @@ impl<P: Publisher> Relay<P> {
 
     /// Runs until `shutdown` is cancelled, then finishes the batch in flight (within
     /// `relay.shutdown_grace`), records its outcomes and returns.
+    ///
+    /// Batch N is published while batch N+1 is claimed and batch N-1's outcomes are written,
+    /// so the database and the broker work at the same time. Batch N+1 leaves out the rows of
+    /// N and N-1, and it is published only after N is done: a key with a row of N that was
+    /// not published (failed, or cut short) loses its chain from N+1, because that row has to
+    /// go first; those rows stay committed and come back in order with a later claim.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut fence = FenceTracker::default();
         let mut pacing = Pacing::default();
         let mut trouble = 0u32;
-        let batch_size = self.config.batch_size.get();
-        // Marking batch N published runs while batch N+1 is claimed and published: the database
-        // and the broker work at the same time. At most one such update is outstanding.
+        let batch_size = self.config.batch_size.get() as usize;
+        // At most one outcome update is outstanding.
         let mut recording: Option<Pending<'_>> = None;
+        let mut next: Vec<Vec<OutboxMessage>> = Vec::new();
         while !shutdown.is_cancelled() {
-            let exclude: Vec<i64> = recording
-                .as_ref()
-                .map(|r| r.ids.clone())
-                .unwrap_or_default();
-            let previous = async {
-                if let Some(r) = recording.take() {
-                    r.done.await
-                }
-            };
-            let (result, ()) = tokio::join!(self.cycle(&mut fence, &shutdown, &exclude), previous);
-            let claimed = match result {
-                Ok((claimed, confirmed)) => {
-                    trouble = 0;
-                    if !confirmed.is_empty() {
-                        recording = Some(Pending {
-                            ids: confirmed.iter().map(|(id, _, _)| id.0).collect(),
-                            done: Box::pin(self.record(confirmed, &shutdown)),
-                        });
+            let chains = if next.is_empty() {
+                let exclude: Vec<i64> = recording
+                    .as_ref()
+                    .map(|r| r.ids.clone())
+                    .unwrap_or_default();
+                let (claimed, ()) =
+                    tokio::join!(self.claim(&mut fence, &exclude), finish(recording.take()));
+                match claimed {
+                    Ok(chains) => chains,
+                    Err(e) => {
+                        self.troubled(&mut fence, &mut trouble, &e, &shutdown).await;
+                        continue;
                     }
-                    claimed
                 }
-                Err(e) => {
-                    trouble = trouble.saturating_add(1);
-                    let delay = self.backoff().delay(trouble);
-                    tracing::warn!(error = %e, retry_in = ?delay, "relay cycle failed");
-                    sleep_or_shutdown(delay, &shutdown).await;
+            } else {
+                std::mem::take(&mut next)
+            };
+            let claimed: usize = chains.iter().map(Vec::len).sum();
+            if claimed > 0 {
+                let mut in_hand: Vec<i64> = chains.iter().flatten().map(|m| m.id.0).collect();
+                if let Some(r) = &recording {
+                    in_hand.extend_from_slice(&r.ids);
+                }
+                let (published, prefetched, ()) = tokio::join!(
+                    self.publish(chains, &shutdown),
+                    self.claim(&mut fence, &in_hand),
+                    finish(recording.take()),
+                );
+                let (confirmed, unfinished) = published;
+                if !confirmed.is_empty() {
+                    recording = Some(Pending {
+                        ids: confirmed.iter().map(|(id, _, _)| id.0).collect(),
+                        done: Box::pin(self.record(confirmed, &shutdown)),
+                    });
+                }
+                match prefetched {
+                    Ok(chains) => {
+                        trouble = 0;
+                        next = self.still_publishable(chains, &unfinished);
+                    }
+                    Err(e) => {
+                        tokio::join!(
+                            self.troubled(&mut fence, &mut trouble, &e, &shutdown),
+                            finish(recording.take()),
+                        );
+                        continue;
+                    }
+                }
+                if !next.is_empty() {
                     continue;
                 }
-            };
+            } else {
+                trouble = 0;
+            }
             if let Some(wait) = pacing.next_wait(
                 claimed,
-                batch_size as usize,
+                batch_size,
                 self.config.poll_interval,
                 fence.is_pending(),
             ) {
                 let idle = sleep_or_shutdown(wait, &shutdown);
-                match recording.take() {
-                    Some(r) => {
-                        tokio::join!(idle, r.done);
-                    }
-                    None => idle.await,
-                }
+                tokio::join!(idle, finish(recording.take()));
             }
         }
-        if let Some(r) = recording.take() {
-            r.done.await;
-        }
+        finish(recording.take()).await;
         self.publisher.close().await;
         tracing::info!("relay stopped");
     }
 
-    /// One claim-publish round: returns how many rows were claimed, and the confirmed ones
-    /// whose outcome the caller still has to record. Failures are recorded here, before the
-    /// next claim, because their backoff is what holds the rest of their key back.
-    async fn cycle(
+    /// After a failed claim: waits a backoff that grows with each failure in a row.
+    async fn troubled(
         &self,
         fence: &mut FenceTracker,
+        trouble: &mut u32,
+        error: &CycleError,
         shutdown: &CancellationToken,
+    ) {
+        fence.forget_floor();
+        *trouble = trouble.saturating_add(1);
+        let delay = self.backoff().delay(*trouble);
+        tracing::warn!(error = %error, retry_in = ?delay, "relay cycle failed");
+        sleep_or_shutdown(delay, shutdown).await;
+    }
+
+    /// Claims the next batch as chains, leaving out the rows in `exclude` (being published or
+    /// recorded). Empty while another replica holds the lease.
+    async fn claim(
+        &self,
+        fence: &mut FenceTracker,
         exclude: &[i64],
-    ) -> Result<(usize, Vec<Recordable>), CycleError> {
+    ) -> Result<Vec<Vec<OutboxMessage>>, CycleError> {
         // Standby: nothing to do until the lease is ours.
         let Some(held) = self.lease.current() else {
-            return Ok((0, Vec::new()));
+            return Ok(Vec::new());
         };
         let ready = self.publisher.ready().await;
         self.health.set_broker_up(ready.is_ok());
         ready.map_err(|e| CycleError::Broker(e.to_string()))?;
-        let claimed = self.claim_and_publish(fence, held, shutdown, exclude).await;
+        let claimed = self.claim_chains(fence, held, exclude).await;
         self.health.set_database_up(claimed.is_ok());
-        claimed
+        Ok(claimed?)
     }
 
-    async fn claim_and_publish(
+    async fn claim_chains(
         &self,
         fence: &mut FenceTracker,
         held: Held,
-        shutdown: &CancellationToken,
         exclude: &[i64],
-    ) -> Result<(usize, Vec<Recordable>), CycleError> {
+    ) -> Result<Vec<Vec<OutboxMessage>>, StoreError> {
         let safe = fence.advance(&self.pool).await?;
+        let floor = fence.raise_floor(&self.pool).await?;
         let held_back = self.slow.held_back();
         let args = store::ClaimArgs {
             fence_seq: safe,
@@ -310,27 +368,68 @@ impl<P: Publisher> Relay<P> {
             lease: self.lease.lease_ref(held),
             exclude,
             held_back: &held_back,
+            floor,
         };
         let batch = store::claim(&self.pool, &args).await?;
-        let claimed = batch.len();
-        if claimed == 0 {
-            return Ok((0, Vec::new()));
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        let chains = self
-            .share_with_other_keys(into_chains(batch), &args)
-            .await?;
+        self.share_with_other_keys(into_chains(batch), &args).await
+    }
+
+    /// Drops from a batch claimed while the previous one was published the chains that may
+    /// not go now: keys of `unfinished` (an earlier row of theirs was not published) and
+    /// destinations held back since the claim.
+    fn still_publishable(
+        &self,
+        mut chains: Vec<Vec<OutboxMessage>>,
+        unfinished: &HashSet<(String, String)>,
+    ) -> Vec<Vec<OutboxMessage>> {
+        let held_back = self.slow.held_back();
+        if unfinished.is_empty() && held_back.is_empty() {
+            return chains;
+        }
+        chains.retain(|chain| {
+            let head = &chain[0];
+            let unfinished_key = head
+                .message_key
+                .as_ref()
+                .is_some_and(|key| unfinished.contains(&(head.destination.clone(), key.clone())));
+            !unfinished_key && !held_back.contains(&head.destination)
+        });
+        chains
+    }
+
+    /// Publishes a batch and records its failures (their backoff is what holds the rest of
+    /// their key back in the next claims). Returns the confirmed rows, whose outcome the
+    /// caller still has to record, and the keys with a row that was not published.
+    async fn publish(
+        &self,
+        chains: Vec<Vec<OutboxMessage>>,
+        shutdown: &CancellationToken,
+    ) -> (Vec<Recordable>, HashSet<(String, String)>) {
         let messages: usize = chains.iter().map(Vec::len).sum();
         metrics::histogram!(instruments::BATCH_MESSAGES).record(messages as f64);
+        let mut unfinished: HashSet<(String, String)> = chains
+            .iter()
+            .filter_map(|c| {
+                let head = &c[0];
+                Some((head.destination.clone(), head.message_key.clone()?))
+            })
+            .collect();
         let started = std::time::Instant::now();
-        let outcomes = self.publish_batch(chains, shutdown).await;
+        let (outcomes, finished) = self.publish_batch(chains, shutdown).await;
         metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        for key in &finished {
+            unfinished.remove(key);
+        }
         let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
             .into_iter()
             .partition(|(_, outcome, _)| matches!(outcome, Outcome::Published));
         if !failed.is_empty() {
             self.record(failed, shutdown).await;
         }
-        Ok((claimed, confirmed))
+        (confirmed, unfinished)
     }
 
     /// A batch lasts as long as its longest chain, one broker round trip per message. Chains
@@ -385,18 +484,25 @@ impl<P: Publisher> Relay<P> {
         Ok(chains)
     }
 
+    /// Publishes every chain; returns the outcomes and the keys whose chain was published to
+    /// its end.
     async fn publish_batch(
         &self,
         chains: Vec<Vec<OutboxMessage>>,
         shutdown: &CancellationToken,
-    ) -> Vec<Recordable> {
+    ) -> (Vec<Recordable>, Vec<(String, String)>) {
         let results = Mutex::new(Vec::with_capacity(chains.iter().map(Vec::len).sum()));
         let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
+        let mut finished = Vec::new();
         let mut chains: FuturesUnordered<_> = chains
             .into_iter()
             .map(|chain| self.publish_chain(chain, &semaphore, &results, shutdown))
             .collect();
-        let all_done = async { while chains.next().await.is_some() {} };
+        let all_done = async {
+            while let Some(key) = chains.next().await {
+                finished.extend(key);
+            }
+        };
         tokio::select! {
             _ = all_done => {}
             _ = self.grace_over(shutdown) => {
@@ -407,7 +513,10 @@ impl<P: Publisher> Relay<P> {
             }
         }
         drop(chains);
-        results.into_inner().unwrap_or_else(|p| p.into_inner())
+        (
+            results.into_inner().unwrap_or_else(|p| p.into_inner()),
+            finished,
+        )
     }
 
     async fn publish_chain(
@@ -416,16 +525,18 @@ impl<P: Publisher> Relay<P> {
         semaphore: &Semaphore,
         results: &Mutex<Vec<Recordable>>,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Option<(String, String)> {
+        let key = chain[0]
+            .message_key
+            .clone()
+            .map(|k| (chain[0].destination.clone(), k));
         for message in chain {
             if shutdown.is_cancelled() {
                 // Draining: wait for what is in flight, start nothing new.
-                break;
+                return None;
             }
-            if self.lease.current().is_none() {
-                // The lease ran out (paused, cut off): another replica may own the outbox now.
-                break;
-            }
+            // The lease ran out (paused, cut off): another replica may own the outbox now.
+            self.lease.current()?;
             let outcome = {
                 let _permit = semaphore
                     .acquire()
@@ -470,9 +581,10 @@ impl<P: Publisher> Relay<P> {
             ));
             if failed {
                 // Later messages of this key must wait for this one.
-                break;
+                return None;
             }
         }
+        key
     }
 
     /// Writes outcomes, retrying while the database is unreachable. If it stays unreachable
@@ -603,6 +715,13 @@ fn into_chains(batch: Vec<OutboxMessage>) -> Vec<Vec<OutboxMessage>> {
         }
     }
     chains
+}
+
+/// Waits for an outcome update, if one is running.
+async fn finish(recording: Option<Pending<'_>>) {
+    if let Some(r) = recording {
+        r.done.await;
+    }
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {

@@ -231,6 +231,8 @@ pub struct ClaimArgs<'a> {
     pub exclude: &'a [i64],
     /// Destinations held back after a publish timeout.
     pub held_back: &'a [String],
+    /// No pending row has a lower `commit_seq` (see [`pending_floor`]); 0 is always safe.
+    pub floor: i64,
 }
 
 impl<'a> ClaimArgs<'a> {
@@ -246,7 +248,20 @@ impl<'a> ClaimArgs<'a> {
             .bind(self.lease.token)
             .bind(self.exclude)
             .bind(self.held_back)
+            .bind(self.floor)
     }
+}
+
+/// The lowest `commit_seq` of any pending row at or below `fence_seq` (`fence_seq + 1` if
+/// none), searched from `from`, an earlier floor or 0. It never decreases, so the claims can
+/// start their index scans there instead of walking entries of rows published since the last
+/// vacuum, which an open snapshot anywhere in the cluster keeps alive.
+pub async fn pending_floor(pool: &PgPool, from: i64, fence_seq: i64) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(include_str!("store/pending_floor.sql"))
+        .bind(from)
+        .bind(fence_seq)
+        .fetch_one(pool)
+        .await?)
 }
 
 pub async fn claim(pool: &PgPool, args: &ClaimArgs<'_>) -> Result<Vec<OutboxMessage>, StoreError> {

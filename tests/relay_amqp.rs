@@ -300,6 +300,89 @@ async fn unroutable_message_is_not_marked_published() {
     relay.stop().await;
 }
 
+/// The next batch is claimed while the current one is published, so it can hold later rows
+/// of a key whose row in the current batch then fails. Those rows must wait for it. Batches of
+/// two rows, the first of key `k` returned as unroutable until its routing key is bound.
+#[tokio::test]
+async fn rows_claimed_while_an_earlier_row_of_their_key_fails_wait_for_it() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    rabbit.declare_exchange(&exchange).await;
+    let queue = rabbit.bound_queue(&exchange, "bound").await;
+    for n in 1..=8 {
+        for key in ["k", "other"] {
+            let routing_key = if key == "k" && n == 1 {
+                "later"
+            } else {
+                "bound"
+            };
+            sqlx::query(
+                "SELECT outbox.enqueue($1, jsonb_build_object('key', $2::text, 'n', $3::int),
+                                       message_key => $2, routing_key => $4)",
+            )
+            .bind(&exchange)
+            .bind(key)
+            .bind(n)
+            .bind(routing_key)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+    }
+    let mut config = test_config(&db);
+    config.relay.batch_size = 2.try_into().unwrap();
+    config.retry.max_attempts = 1000.try_into().unwrap();
+    let relay = start_relay(config);
+    let pending_of = |key: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM outbox.messages WHERE message_key = $1 AND status = 'committed'",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    wait_for(
+        "key `other` published, the head of `k` tried twice",
+        WAIT,
+        || async {
+            let head_attempts: i32 = sqlx::query_scalar(
+                "SELECT attempts FROM outbox.messages WHERE routing_key = 'later'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (head_attempts >= 2 && pending_of("other").await == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        pending_of("k").await,
+        8,
+        "no row of `k` went ahead of its head"
+    );
+    let early = rabbit.drain(&queue).await;
+    assert!(
+        early.iter().all(|m| m.json()["key"] == "other"),
+        "{early:?}"
+    );
+
+    rabbit.bind(&queue, &exchange, "later").await;
+    wait_for("key `k` published", WAIT, || async {
+        (pending_of("k").await == 0).then_some(())
+    })
+    .await;
+    let late = rabbit.drain(&queue).await;
+    let duplicates = assert_first_deliveries_in_order(&late);
+    assert_eq!(late.len() - duplicates, 8);
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
     let (db, rabbit, exchange, queue, relay) = direct_exchange_with_relay("k").await;

@@ -3,6 +3,8 @@
 -- $2: batch size
 -- $6: ids already published whose outcome is still being recorded (never sent twice).
 -- $7: destinations held back after a publish timeout (see `SlowDestinations` in relay.rs).
+-- $8: the pending floor (pending_floor.sql): no pending row has a lower commit_seq, so both
+-- scans start there.
 -- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
 -- claims nothing, even if it has not noticed yet.
 -- A keyed row is held back while an earlier row of its key is still pending but waiting for
@@ -21,6 +23,7 @@ SELECT m.id,
        m.attempts
   FROM outbox.messages m
  WHERE m.status = 'committed'
+   AND m.commit_seq >= $8
    AND m.commit_seq <= $1
    AND m.available_at <= now()
    AND m.id <> ALL ($6)
@@ -32,6 +35,7 @@ SELECT m.id,
            AND e.message_key IS NOT NULL
            AND e.destination = m.destination
            AND e.message_key = m.message_key
+           AND e.commit_seq >= $8
            AND e.commit_seq < m.commit_seq
            AND e.available_at > now()))
    AND EXISTS (

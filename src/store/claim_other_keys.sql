@@ -1,16 +1,17 @@
 -- Rows of keys other than the ones already claimed, for a batch that one or a few keys would
 -- otherwise fill: without this, a backlog of thousands of rows of one key (published one at a
 -- time) would hold back every row committed after it.
--- $1 to $7 as in claim.sql: the commit fence, batch size, lease name, holder and token, ids
--- whose outcome is still being recorded, destinations held back after a publish timeout.
--- $8: the highest commit_seq of the batch already claimed
--- $9, $10: destinations and keys already claimed (skipped here; their rows come in order later)
--- $11: how many pending rows past $8 to look at, so a huge backlog of one key costs a bounded
+-- $1 to $8 as in claim.sql: the commit fence, batch size, lease name, holder and token, ids
+-- whose outcome is still being recorded, destinations held back after a publish timeout, the
+-- pending floor.
+-- $9: the highest commit_seq of the batch already claimed
+-- $10, $11: destinations and keys already claimed (skipped here; their rows come in order later)
+-- $12: how many pending rows past $9 to look at, so a huge backlog of one key costs a bounded
 --      scan per cycle.
--- The per-key hold-back rule is claim.sql's, plus one clause: any pending row at or below $8
+-- The per-key hold-back rule is claim.sql's, plus one clause: any pending row at or below $9
 -- that is not in the batch holds its key back, due or not. It was not claimable when
 -- claim.sql ran (not yet due, or behind a row that was not), and may have become due since;
--- its later rows must not go ahead of it. Rows in $6 were confirmed already. Rows after $8
+-- its later rows must not go ahead of it. Rows in $6 were confirmed already. Rows after $9
 -- that are due and free come out of this statement too, ahead of their key's later rows.
 SELECT m.id,
        m.message_id,
@@ -26,15 +27,15 @@ SELECT m.id,
   FROM (SELECT *
           FROM outbox.messages c
          WHERE c.status = 'committed'
-           AND c.commit_seq > $8
+           AND c.commit_seq > $9
            AND c.commit_seq <= $1
          ORDER BY c.commit_seq
-         LIMIT $11) m
+         LIMIT $12) m
  WHERE m.available_at <= now()
    AND m.id <> ALL ($6)
    AND m.destination <> ALL ($7)
    AND (m.message_key IS NULL OR (m.destination, m.message_key) NOT IN (
-        SELECT d, k FROM unnest($9::text[], $10::text[]) AS claimed(d, k)))
+        SELECT d, k FROM unnest($10::text[], $11::text[]) AS claimed(d, k)))
    AND (m.message_key IS NULL OR NOT EXISTS (
         SELECT 1
           FROM outbox.messages e
@@ -42,8 +43,9 @@ SELECT m.id,
            AND e.message_key IS NOT NULL
            AND e.destination = m.destination
            AND e.message_key = m.message_key
+           AND e.commit_seq >= $8
            AND e.commit_seq < m.commit_seq
-           AND (e.available_at > now() OR (e.commit_seq <= $8 AND e.id <> ALL ($6)))))
+           AND (e.available_at > now() OR (e.commit_seq <= $9 AND e.id <> ALL ($6)))))
    AND EXISTS (
         SELECT 1
           FROM outbox.relay_leases l
