@@ -304,10 +304,13 @@ struct DrainFigures {
     relay: RelayProcess,
 }
 
-/// CPU seconds so far of every process, summed by command name.
-fn cpu_by_command() -> HashMap<String, f64> {
+/// CPU seconds so far of every process, by pid, with its command name.
+fn cpu_by_process() -> HashMap<u32, (String, f64)> {
     let mut by = HashMap::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
@@ -318,7 +321,7 @@ fn cpu_by_command() -> HashMap<String, f64> {
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         let ticks: f64 =
             fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-        *by.entry(comm).or_insert(0.0) += ticks / 100.0;
+        by.insert(pid, (comm, ticks / 100.0));
     }
     by
 }
@@ -339,6 +342,35 @@ fn machine_jiffies() -> (f64, f64) {
     (total - idle, total)
 }
 
+/// Since the snapshots: the share of all cores that was busy (%), and the CPU seconds of the
+/// six busiest commands.
+/// Differences are taken per pid (kernel workers rename themselves as they go), then summed by
+/// command name.
+fn cpu_since(
+    before: &HashMap<u32, (String, f64)>,
+    jiffies_before: (f64, f64),
+) -> (f64, Vec<(String, f64)>) {
+    let jiffies_after = machine_jiffies();
+    let mut by_command: HashMap<String, f64> = HashMap::new();
+    for (pid, (comm, after)) in cpu_by_process() {
+        let was = before.get(&pid).map_or(0.0, |(_, secs)| *secs);
+        // Kernel workers by kind, not by instance.
+        let name = match comm.split_once('/') {
+            Some((kind, _)) if comm.starts_with("kworker") => kind.to_string(),
+            _ => comm,
+        };
+        *by_command.entry(name).or_insert(0.0) += after - was;
+    }
+    let mut by: Vec<(String, f64)> = by_command
+        .into_iter()
+        .filter(|(_, used)| *used > 0.0)
+        .collect();
+    by.sort_by(|a, b| b.1.total_cmp(&a.1));
+    by.truncate(6);
+    let busy = (jiffies_after.0 - jiffies_before.0) / (jiffies_after.1 - jiffies_before.1) * 100.0;
+    (busy, by)
+}
+
 /// Drains `rows` committed rows with the relay binary; the relay keeps running afterwards.
 async fn drain(
     pool: &PgPool,
@@ -347,27 +379,16 @@ async fn drain(
     rows: i64,
     label: &str,
 ) -> DrainFigures {
-    let (cpu_before, jiffies_before) = (cpu_by_command(), machine_jiffies());
+    let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
     let started = Instant::now();
     let relay = RelayProcess::spawn(db_url, broker, label);
     wait_drained(pool).await;
     let rate = rows as f64 / started.elapsed().as_secs_f64();
-    let jiffies_after = machine_jiffies();
-    let mut cpu_by: Vec<(String, f64)> = cpu_by_command()
-        .into_iter()
-        .map(|(comm, after)| {
-            let before = cpu_before.get(&comm).copied().unwrap_or(0.0);
-            (comm, after - before)
-        })
-        .filter(|(_, used)| *used > 0.0)
-        .collect();
-    cpu_by.sort_by(|a, b| b.1.total_cmp(&a.1));
-    cpu_by.truncate(6);
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before);
     DrainFigures {
         rate,
-        cpu_by_command: cpu_by,
-        machine_busy: (jiffies_after.0 - jiffies_before.0) / (jiffies_after.1 - jiffies_before.1)
-            * 100.0,
+        cpu_by_command,
+        machine_busy,
         peak_rss_mib: relay.peak_rss_mib(),
         cpu_seconds: relay.cpu_seconds(),
         relay,
@@ -621,6 +642,13 @@ struct Latency {
     p999: f64,
     recorded_p50: f64,
     recorded_p99: f64,
+    /// From `committed_at` (the insert) to the writer's commit returning: the part no relay
+    /// can shorten, since a row is invisible until then.
+    visible_p50: f64,
+    visible_p99: f64,
+    /// Share of all cores busy while the load ran, and the busiest commands.
+    machine_busy: f64,
+    cpu_by_command: Vec<(String, f64)>,
 }
 
 type Receipts = HashMap<uuid::Uuid, SystemTime>;
@@ -746,6 +774,8 @@ async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Laten
     let payload = String::from_utf8(payload()).unwrap();
     let total = u64::from(rate) * secs;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+    let visible: Arc<std::sync::Mutex<Receipts>> = Arc::default();
+    let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;
     let mut rng = rand::rng();
@@ -754,11 +784,15 @@ async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Laten
         tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / f64::from(rate)))
             .await;
         let permit = in_flight.clone().acquire_owned().await.unwrap();
-        let (writers, destination, payload) =
-            (writers.clone(), destination.clone(), payload.clone());
+        let (writers, destination, payload, visible) = (
+            writers.clone(),
+            destination.clone(),
+            payload.clone(),
+            visible.clone(),
+        );
         let first_key = rng.random_range(0..KEYS);
         tokio::spawn(async move {
-            sqlx::query(
+            let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
                 "SELECT outbox.enqueue($1, $2::text::jsonb, 'k' || (($3 + g) % 1000))
                    FROM generate_series(1, $4) g",
             )
@@ -766,14 +800,18 @@ async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Laten
             .bind(payload)
             .bind(first_key)
             .bind(n as i64)
-            .execute(&writers)
+            .fetch_all(&writers)
             .await
             .unwrap();
+            let now = SystemTime::now();
+            let mut visible = visible.lock().unwrap();
+            visible.extend(ids.into_iter().map(|id| (id, now)));
             drop(permit);
         });
         sent += n;
     }
     let _ = in_flight.acquire_many(64).await.unwrap();
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before);
     expected.store(sent as usize, Ordering::Release);
     let receipts = consumer.await.unwrap();
     relay.stop();
@@ -788,15 +826,20 @@ async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Laten
             .fetch_all(&pool)
             .await
             .unwrap();
-    let mut ms: Vec<f64> = committed
-        .iter()
-        .map(|(id, at)| {
-            let received: chrono::DateTime<chrono::Utc> = receipts[id].into();
-            (received - *at).num_microseconds().unwrap() as f64 / 1000.0
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let since_commit = |at: &Receipts| {
+        let mut ms: Vec<f64> = committed
+            .iter()
+            .map(|(id, committed_at)| {
+                let then: chrono::DateTime<chrono::Utc> = at[id].into();
+                (then - *committed_at).num_microseconds().unwrap() as f64 / 1000.0
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let pct = |ms: &[f64], q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let received = since_commit(&receipts);
+    let visible = since_commit(&visible.lock().unwrap());
     // The relay's own share: commit to the confirm recorded in the row (published_at).
     let recorded: Vec<f64> = sqlx::query_scalar(
         "SELECT unnest(percentile_cont(array[0.5, 0.99, 0.999]) WITHIN GROUP
@@ -807,11 +850,15 @@ async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Laten
     .await
     .unwrap();
     Latency {
-        p50: pct(0.50),
-        p99: pct(0.99),
-        p999: pct(0.999),
+        p50: pct(&received, 0.50),
+        p99: pct(&received, 0.99),
+        p999: pct(&received, 0.999),
         recorded_p50: recorded[0],
         recorded_p99: recorded[1],
+        visible_p50: pct(&visible, 0.50),
+        visible_p99: pct(&visible, 0.99),
+        machine_busy,
+        cpu_by_command,
     }
 }
 
@@ -900,18 +947,16 @@ async fn main() {
     let topic = format!("bench-{run}");
     kafka_topic(&bootstrap, &topic).await;
 
-    let mut ceiling = f64::MAX;
+    // Per broker, the drain is compared with the lower of its own ceiling and the database's.
+    let mut broker_ceiling: HashMap<&'static str, f64> = HashMap::new();
+    let mut database_ceiling = f64::MAX;
     if wanted("ceilings") {
-        ceiling = ceiling.min(f.add(
-            "ceiling: RabbitMQ alone",
-            amqp_ceiling(&amqp_url, &exchange, rows as usize).await,
-            "msg/s",
-        ));
-        ceiling = ceiling.min(f.add(
-            "ceiling: Kafka alone",
-            kafka_ceiling(&bootstrap, &topic, rows as usize).await,
-            "msg/s",
-        ));
+        let amqp = amqp_ceiling(&amqp_url, &exchange, rows as usize).await;
+        let kafka = kafka_ceiling(&bootstrap, &topic, rows as usize).await;
+        for (broker, rate) in [(Broker::Amqp, amqp), (Broker::Kafka, kafka)] {
+            let name = broker.name();
+            broker_ceiling.insert(name, f.add(format!("ceiling: {name} alone"), rate, "msg/s"));
+        }
         let config = Config::default();
         let mut amqp_config = config.broker.amqp.clone();
         amqp_config.url = SecretUrl::new(amqp_url.clone());
@@ -958,11 +1003,11 @@ async fn main() {
         config.database.url = SecretUrl::new(url);
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.log.format = LogFormat::Text;
-        ceiling = ceiling.min(f.add(
+        database_ceiling = f.add(
             "ceiling: database (claim and mark, instant publisher)",
             drain_in_process(&pool, config, InstantPublisher, rows).await,
             "msg/s",
-        ));
+        );
     }
 
     let mut drain_amqp = None;
@@ -991,10 +1036,10 @@ async fn main() {
         .await;
         let name = broker.name();
         let rate = f.add(format!("drain: relay to {name}"), d.rate, "msg/s");
-        if ceiling < f64::MAX {
+        if let Some(own) = broker_ceiling.get(name) {
             f.add(
-                format!("drain to {name} / lowest ceiling"),
-                rate / ceiling,
+                format!("drain to {name} / lower of its ceiling and the database's"),
+                rate / own.min(database_ceiling),
                 "x",
             );
         }
@@ -1083,6 +1128,20 @@ async fn main() {
             f.add(format!("{name}: p99.9"), l.p999, "ms");
             f.add(format!("{name}: p50 to published_at"), l.recorded_p50, "ms");
             f.add(format!("{name}: p99 to published_at"), l.recorded_p99, "ms");
+            f.add(
+                format!("{name}: p50 to the writer's commit"),
+                l.visible_p50,
+                "ms",
+            );
+            f.add(
+                format!("{name}: p99 to the writer's commit"),
+                l.visible_p99,
+                "ms",
+            );
+            f.add(format!("{name}: machine busy"), l.machine_busy, "%");
+            for (comm, used) in &l.cpu_by_command {
+                f.add(format!("{name}: CPU of {comm}"), *used, "s");
+            }
         }
     }
 

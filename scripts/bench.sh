@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh up)"
+# Databases left by earlier test runs would cost Postgres autovacuum work during the bench.
+scripts/services.sh drop-scratch-dbs
 # The local Postgres offers TLS (for the TLS tests) and the driver's default sslmode=prefer would
 # take it: on loopback, encryption costs about a third of the database ceiling
 # (docs/performance.md). A sidecar next to its database normally talks plain TCP; measure that.

@@ -7,6 +7,7 @@
 #   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
 #   scripts/services.sh stop|start postgres|rabbitmq|kafka   one service (the fault-injection suite)
+#   scripts/services.sh drop-scratch-dbs   drop the databases earlier test and bench runs left
 #
 # OUTBOX_PG_PORT / OUTBOX_AMQP_PORT / OUTBOX_KAFKA_PORT choose other ports; a service on a
 # non-default port keeps its data in its own directory, so two sets never share state.
@@ -257,6 +258,19 @@ pg_down() {
   fi
 }
 
+# Tests keep their databases (t_<hex>) so a failure can be inspected afterwards. They pile up
+# over runs, and each costs Postgres work (autovacuum visits every database), which skews the
+# bench; test.sh and bench.sh drop them before they start.
+pg_drop_scratch() {
+  local bin db
+  bin=$(pg_bin)
+  for db in $("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc \
+    "SELECT datname FROM pg_database WHERE datname ~ '^(t|bench)_[0-9a-f]{32}$'"); do
+    "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc \
+      "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  done
+}
+
 rabbit_env() {
   cat <<ENV
 HOME='$RABBIT_DIR/home' \
@@ -381,8 +395,12 @@ case "${1:-up}" in
         ;;
     esac
     ;;
+  drop-scratch-dbs)
+    choose_state_dir
+    pg_drop_scratch
+    ;;
   *)
-    echo "usage: $0 [up|down|env|stop|start SERVICE]" >&2
+    echo "usage: $0 [up|down|env|stop|start SERVICE|drop-scratch-dbs]" >&2
     exit 2
     ;;
 esac

@@ -236,8 +236,9 @@ impl<P: Publisher> Relay<P> {
     /// Runs until `shutdown` is cancelled, then finishes the batch in flight (within
     /// `relay.shutdown_grace`), records its outcomes and returns.
     ///
-    /// Batch N is published while batch N+1 is claimed and batch N-1's outcomes are written,
-    /// so the database and the broker work at the same time. Batch N+1 leaves out the rows of
+    /// After a full batch N (a backlog), batch N+1 is claimed while N is published; N-1's
+    /// outcomes are always written meanwhile: the database and the broker work at the same
+    /// time. Batch N+1 leaves out the rows of
     /// N and N-1, and it is published only after N is done: a key with a row of N that was
     /// not published (failed, or cut short) loses its chain from N+1, because that row has to
     /// go first; those rows stay committed and come back in order with a later claim.
@@ -273,9 +274,20 @@ impl<P: Publisher> Relay<P> {
                 if let Some(r) = &recording {
                     in_hand.extend_from_slice(&r.ids);
                 }
+                // Only a full batch means more rows are waiting. After a partial one, claiming
+                // at once would find only rows committed since, and the rows committed while
+                // the batch is published would wait a whole extra batch: latency.
+                let prefetch = claimed >= batch_size;
+                let claim_next = async {
+                    if prefetch {
+                        self.claim(&mut fence, &in_hand).await
+                    } else {
+                        Ok(Vec::new())
+                    }
+                };
                 let (published, prefetched, ()) = tokio::join!(
                     self.publish(chains, &shutdown),
-                    self.claim(&mut fence, &in_hand),
+                    claim_next,
                     finish(recording.take()),
                 );
                 let (confirmed, unfinished) = published;
