@@ -7,9 +7,12 @@
 -- scans start there.
 -- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
 -- claims nothing, even if it has not noticed yet.
--- A keyed row is held back while an earlier row of its key is still pending but waiting for
--- its retry time (or a delayed delivery), so a key never overtakes itself. Earlier pending
--- rows that are due are in the same batch, ahead of it.
+-- A row is due once available_at has passed, and always when available_at is not past its
+-- committed_at: it was never delayed (no retry backoff, no deliver_at), so it is due from its
+-- commit on, whatever the clock says now. A keyed row is held back while an earlier row of its
+-- key is pending and not due (waiting for its retry time or a delayed delivery), so a key never
+-- overtakes itself; only delayed rows can be that, and messages_delayed_key_idx holds just
+-- those. Earlier pending rows that are due are in the same batch, ahead of it.
 SELECT m.id,
        m.message_id,
        m.destination,
@@ -25,7 +28,7 @@ SELECT m.id,
  WHERE m.status = 'committed'
    AND m.commit_seq >= $8
    AND m.commit_seq <= $1
-   AND m.available_at <= now()
+   AND (m.available_at <= now() OR m.available_at <= m.committed_at)
    AND m.id <> ALL ($6)
    AND m.destination <> ALL ($7)
    AND (m.message_key IS NULL OR NOT EXISTS (
@@ -37,6 +40,7 @@ SELECT m.id,
            AND e.message_key = m.message_key
            AND e.commit_seq >= $8
            AND e.commit_seq < m.commit_seq
+           AND e.available_at > e.committed_at
            AND e.available_at > now()))
    AND EXISTS (
         SELECT 1

@@ -8,11 +8,11 @@
 -- $10, $11: destinations and keys already claimed (skipped here; their rows come in order later)
 -- $12: how many pending rows past $9 to look at, so a huge backlog of one key costs a bounded
 --      scan per cycle.
--- The per-key hold-back rule is claim.sql's, plus one clause: any pending row at or below $9
--- that is not in the batch holds its key back, due or not. It was not claimable when
--- claim.sql ran (not yet due, or behind a row that was not), and may have become due since;
--- its later rows must not go ahead of it. Rows in $6 were confirmed already. Rows after $9
--- that are due and free come out of this statement too, ahead of their key's later rows.
+-- The due rule and the per-key hold-back rule are claim.sql's, plus one clause: any pending row
+-- at or below $9 that is not in the batch holds its key back, due or not. It was not claimable
+-- when claim.sql ran (not yet due, or behind a row that was not), and may have become due
+-- since; its later rows must not go ahead of it. Rows in $6 were confirmed already. Rows after
+-- $9 that are due and free come out of this statement too, ahead of their key's later rows.
 SELECT m.id,
        m.message_id,
        m.destination,
@@ -31,7 +31,7 @@ SELECT m.id,
            AND c.commit_seq <= $1
          ORDER BY c.commit_seq
          LIMIT $12) m
- WHERE m.available_at <= now()
+ WHERE (m.available_at <= now() OR m.available_at <= m.committed_at)
    AND m.id <> ALL ($6)
    AND m.destination <> ALL ($7)
    AND (m.message_key IS NULL OR (m.destination, m.message_key) NOT IN (
@@ -45,7 +45,8 @@ SELECT m.id,
            AND e.message_key = m.message_key
            AND e.commit_seq >= $8
            AND e.commit_seq < m.commit_seq
-           AND (e.available_at > now() OR (e.commit_seq <= $9 AND e.id <> ALL ($6)))))
+           AND ((e.available_at > now() AND e.available_at > e.committed_at)
+                OR (e.commit_seq <= $9 AND e.id <> ALL ($6)))))
    AND EXISTS (
         SELECT 1
           FROM outbox.relay_leases l
