@@ -907,7 +907,9 @@ struct Figures(Vec<(String, f64, &'static str)>);
 impl Figures {
     fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) -> f64 {
         let name = name.into();
-        println!("  {name:<58} {value:>10.1} {unit}");
+        // Ratios are compared with targets such as 0.8: one decimal would round 0.76 up.
+        let decimals = if unit == "x" { 2 } else { 1 };
+        println!("  {name:<58} {value:>10.decimals$} {unit}");
         self.0.push((name, value, unit));
         value
     }
