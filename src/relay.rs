@@ -238,10 +238,10 @@ impl<P: Publisher> Relay<P> {
     ///
     /// After a full batch N (a backlog), batch N+1 is claimed while N is published; N-1's
     /// outcomes are always written meanwhile: the database and the broker work at the same
-    /// time. Batch N+1 leaves out the rows of
-    /// N and N-1, and it is published only after N is done: a key with a row of N that was
-    /// not published (failed, or cut short) loses its chain from N+1, because that row has to
-    /// go first; those rows stay committed and come back in order with a later claim.
+    /// time. Batch N+1 leaves out the rows of N and N-1, and it is published only after N is
+    /// done: a key with a row of N that was not published (failed, or cut short) loses its
+    /// chain from N+1, because that row has to go first; those rows stay committed and come
+    /// back in order with a later claim.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut fence = FenceTracker::default();
         let mut pacing = Pacing::default();
