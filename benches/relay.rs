@@ -68,8 +68,8 @@ impl Publisher for InstantPublisher {
     async fn close(&self) {}
 }
 
-/// Each run leaves a few hundred MB per database; drop this run's (at the end) and any an
-/// interrupted run left behind (at the start). Runs of the bench never overlap.
+/// Each part of a run leaves a few hundred MB in its database; drop them (before each part and
+/// at the end), and any an interrupted run left behind. Runs of the bench never overlap.
 async fn drop_bench_databases(admin_url: &str) {
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -93,7 +93,10 @@ async fn drop_bench_databases(admin_url: &str) {
     admin.close().await;
 }
 
+/// A new database for the next part of the run. The databases of the parts before are dropped
+/// first: their autovacuum work would otherwise land in this part's figures.
 async fn fresh_db(admin_url: &str) -> (PgPool, String) {
+    drop_bench_databases(admin_url).await;
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(admin_url)
@@ -139,6 +142,9 @@ async fn fill(pool: &PgPool, destination: &str, rows: i64) {
         .execute(pool)
         .await
         .unwrap();
+    // Writes the fill's dirty pages out now, so that the checkpoint does not land in the
+    // measurement that follows.
+    sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
 }
 
 /// Runs the relay in-process until `rows` rows are published; returns messages per second.
@@ -938,9 +944,9 @@ async fn main() {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut f = Figures(Vec::new());
 
-    drop_bench_databases(&admin_url).await;
     let (admin, _) = fresh_db(&admin_url).await;
     let machine = machine(&admin).await;
+    admin.close().await;
     println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
     println!("machine: {machine}");
 

@@ -7,7 +7,8 @@
 #   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
 #   scripts/services.sh stop|start postgres|rabbitmq|kafka   one service (the fault-injection suite)
-#   scripts/services.sh drop-scratch-dbs   drop the databases earlier test and bench runs left
+#   scripts/services.sh drop-scratch-dbs [t|bench]   drop the databases earlier test (t_<hex>)
+#                      or bench (bench_<hex>) runs left; both kinds without an argument
 #
 # OUTBOX_PG_PORT / OUTBOX_AMQP_PORT / OUTBOX_KAFKA_PORT choose other ports; a service on a
 # non-default port keeps its data in its own directory, so two sets never share state.
@@ -260,12 +261,23 @@ pg_down() {
 
 # Tests keep their databases (t_<hex>) so a failure can be inspected afterwards. They pile up
 # over runs, and each costs Postgres work (autovacuum visits every database), which skews the
-# bench; test.sh and bench.sh drop them before they start.
+# bench; test.sh drops the tests' before it starts, bench.sh both kinds (a bench run wants the
+# machine to itself anyway).
 pg_drop_scratch() {
-  local bin db
+  local bin db dbs prefix
+  case "${1:-}" in
+    t | bench) prefix=$1 ;;
+    '') prefix='t|bench' ;;
+    *)
+      echo "usage: $0 drop-scratch-dbs [t|bench]" >&2
+      exit 2
+      ;;
+  esac
   bin=$(pg_bin)
-  for db in $("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc \
-    "SELECT datname FROM pg_database WHERE datname ~ '^(t|bench)_[0-9a-f]{32}$'"); do
+  # Listed first, so that a failing psql stops the script (set -e does not see into a for list).
+  dbs=$("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc \
+    "SELECT datname FROM pg_database WHERE datname ~ '^($prefix)_[0-9a-f]{32}$'")
+  for db in $dbs; do
     "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc \
       "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
   done
@@ -397,10 +409,10 @@ case "${1:-up}" in
     ;;
   drop-scratch-dbs)
     choose_state_dir
-    pg_drop_scratch
+    pg_drop_scratch "${2:-}"
     ;;
   *)
-    echo "usage: $0 [up|down|env|stop|start SERVICE|drop-scratch-dbs]" >&2
+    echo "usage: $0 [up|down|env|stop|start SERVICE|drop-scratch-dbs [t|bench]]" >&2
     exit 2
     ;;
 esac

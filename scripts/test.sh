@@ -4,5 +4,5 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 eval "$(scripts/services.sh up)"
-scripts/services.sh drop-scratch-dbs
+scripts/services.sh drop-scratch-dbs t
 cargo nextest run --no-fail-fast "$@"

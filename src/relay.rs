@@ -37,21 +37,44 @@ const FENCE_RECHECK: Duration = Duration::from_millis(1);
 const BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// Adaptive polling: how long to wait before the next claim.
+/// What a claim says about the rows behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// A full batch, or a key cut to its share (`share_with_other_keys`): more rows are
+    /// waiting, so the next batch is claimed while this one is published, and at once.
+    Backlog,
+    /// Fewer rows than a batch: the outbox is caught up. Claiming during the publish would
+    /// find only the rows committed since, and the rows committed while the batch is published
+    /// would wait a whole extra batch.
+    CaughtUp,
+}
+
+impl Found {
+    fn of(chains: &[Vec<OutboxMessage>], batch_size: usize) -> Self {
+        let claimed: usize = chains.iter().map(Vec::len).sum();
+        if claimed >= batch_size || chains.iter().any(|c| c.len() >= KEY_SHARE) {
+            Self::Backlog
+        } else {
+            Self::CaughtUp
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pacing {
     empty_claims: u32,
 }
 
 impl Pacing {
-    /// `None`: claim again at once (the last batch was full).
+    /// `None`: claim again at once (the last claim left rows waiting: see [`Found`]).
     fn next_wait(
         &mut self,
         claimed: usize,
-        batch_size: usize,
+        found: Found,
         poll_interval: Duration,
         fence_pending: bool,
     ) -> Option<Duration> {
-        if claimed >= batch_size {
+        if found == Found::Backlog {
             self.empty_claims = 0;
             return None;
         }
@@ -236,7 +259,8 @@ impl<P: Publisher> Relay<P> {
     /// Runs until `shutdown` is cancelled, then finishes the batch in flight (within
     /// `relay.shutdown_grace`), records its outcomes and returns.
     ///
-    /// After a full batch N (a backlog), batch N+1 is claimed while N is published; N-1's
+    /// After a batch N that leaves rows waiting ([`Found::Backlog`]), batch N+1 is claimed
+    /// while N is published; N-1's
     /// outcomes are always written meanwhile: the database and the broker work at the same
     /// time. Batch N+1 leaves out the rows of N and N-1, and it is published only after N is
     /// done: a key with a row of N that was not published (failed, or cut short) loses its
@@ -269,17 +293,14 @@ impl<P: Publisher> Relay<P> {
                 std::mem::take(&mut next)
             };
             let claimed: usize = chains.iter().map(Vec::len).sum();
+            let found = Found::of(&chains, batch_size);
             if claimed > 0 {
                 let mut in_hand: Vec<i64> = chains.iter().flatten().map(|m| m.id.0).collect();
                 if let Some(r) = &recording {
                     in_hand.extend_from_slice(&r.ids);
                 }
-                // Only a full batch means more rows are waiting. After a partial one, claiming
-                // at once would find only rows committed since, and the rows committed while
-                // the batch is published would wait a whole extra batch: latency.
-                let prefetch = claimed >= batch_size;
                 let claim_next = async {
-                    if prefetch {
+                    if found == Found::Backlog {
                         self.claim(&mut fence, &in_hand).await
                     } else {
                         Ok(Vec::new())
@@ -318,7 +339,7 @@ impl<P: Publisher> Relay<P> {
             }
             if let Some(wait) = pacing.next_wait(
                 claimed,
-                batch_size,
+                found,
                 self.config.poll_interval,
                 fence.is_pending(),
             ) {
@@ -769,14 +790,29 @@ mod tests {
     fn polling_is_immediate_after_a_full_batch_fast_while_busy_and_slow_when_idle() {
         let poll = Duration::from_millis(100);
         let mut p = Pacing::default();
-        assert_eq!(p.next_wait(500, 500, poll, false), None);
-        assert_eq!(p.next_wait(3, 500, poll, false), Some(BUSY_POLL));
-        let idle: Vec<_> = (0..8).map(|_| p.next_wait(0, 500, poll, false)).collect();
+        let (backlog, caught_up) = (Found::Backlog, Found::CaughtUp);
+        assert_eq!(p.next_wait(500, backlog, poll, false), None);
+        assert_eq!(p.next_wait(3, caught_up, poll, false), Some(BUSY_POLL));
+        let idle: Vec<_> = (0..8)
+            .map(|_| p.next_wait(0, caught_up, poll, false))
+            .collect();
         assert_eq!(idle[0], Some(Duration::from_millis(2)));
         assert_eq!(idle[1], Some(Duration::from_millis(4)));
         assert_eq!(idle[7], Some(poll));
-        assert_eq!(p.next_wait(0, 500, poll, true), Some(FENCE_RECHECK));
-        assert_eq!(p.next_wait(1, 500, poll, false), Some(BUSY_POLL));
+        assert_eq!(p.next_wait(0, caught_up, poll, true), Some(FENCE_RECHECK));
+        assert_eq!(p.next_wait(1, caught_up, poll, false), Some(BUSY_POLL));
+    }
+
+    #[test]
+    fn a_full_batch_or_a_key_cut_to_its_share_means_a_backlog() {
+        let chain = |key: &str, n: i64| -> Vec<OutboxMessage> {
+            (0..n).map(|i| msg(i, "d", Some(key))).collect()
+        };
+        let few = vec![chain("a", 3), chain("b", 2)];
+        assert_eq!(Found::of(&few, 500), Found::CaughtUp);
+        assert_eq!(Found::of(&few, 5), Found::Backlog);
+        let cut = vec![chain("hot", KEY_SHARE as i64), chain("b", 1)];
+        assert_eq!(Found::of(&cut, 500), Found::Backlog);
     }
 
     #[test]

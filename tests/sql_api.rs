@@ -298,7 +298,8 @@ async fn claims_are_index_scans_over_pending_rows_only() {
 
 /// A row that was never delayed is due from its commit on. Were it judged by the clock alone, a
 /// database clock that stepped back behind its committed_at would leave it unclaimed while the
-/// per-key check (which only sees delayed rows) let its key's later rows go ahead.
+/// per-key check (which only sees delayed rows) let its key's later rows go ahead. A retry's
+/// backoff must hold in that case too.
 #[tokio::test]
 async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
     use outbox_relay::store;
@@ -333,6 +334,38 @@ async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
         got,
         [first, second],
         "delayed: {delayed}, behind it: {behind_delayed}"
+    );
+    // The second statement applies the same rule.
+    let others = store::claim_other_keys(
+        &db.pool,
+        &claim_args(i64::MAX, 10, token),
+        store::OtherKeys {
+            after_seq: 0,
+            claimed: &[],
+            lookahead: 1000,
+        },
+    )
+    .await
+    .unwrap();
+    let got: Vec<Uuid> = others.iter().map(|m| m.message_id).collect();
+    assert_eq!(got, [first, second]);
+
+    // A failed attempt backs off from committed_at at the earliest, so the row stays delayed
+    // (and holds its key back) although the clock is behind it.
+    let failed = store::Outcome::Failed {
+        error: "broker said no".into(),
+        permanent: false,
+        backoff: Duration::from_secs(1),
+    };
+    store::record_outcomes(&db.pool, &[(batch[0].id, failed)], 10)
+        .await
+        .unwrap();
+    let batch = store::claim(&db.pool, &claim_args(i64::MAX, 10, token))
+        .await
+        .unwrap();
+    assert!(
+        batch.is_empty(),
+        "the failed row waits for its backoff and its key behind it: {batch:?}"
     );
 }
 

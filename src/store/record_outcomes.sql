@@ -15,9 +15,13 @@ UPDATE outbox.messages AS m
                        ELSE m.finished_at
                      END,
        last_error = coalesce(o.error, m.last_error),
+       -- Past committed_at even when the clock stepped back since the commit: a row whose
+       -- available_at is not past its committed_at counts as never delayed (claim.sql), and
+       -- its backoff would be skipped.
        available_at = CASE
                         WHEN o.error IS NULL THEN m.available_at
-                        ELSE clock_timestamp() + o.backoff_ms * interval '1 millisecond'
+                        ELSE greatest(clock_timestamp(), m.committed_at)
+                             + o.backoff_ms * interval '1 millisecond'
                       END
   FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::bigint[]) AS o(id, error, permanent, backoff_ms)
  WHERE m.id = o.id
