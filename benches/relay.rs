@@ -70,43 +70,42 @@ impl Publisher for InstantPublisher {
 
 /// Each part of a run leaves a few hundred MB in its database; drop them (before each part and
 /// at the end), and any an interrupted run left behind. Runs of the bench never overlap.
-async fn drop_bench_databases(admin_url: &str) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(admin_url)
-        .await
-        .expect("admin connection");
+async fn drop_bench_databases(admin: &PgPool) {
     let names: Vec<String> = sqlx::query_scalar(
         r"SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE 'bench\_%'",
     )
-    .fetch_all(&admin)
+    .fetch_all(admin)
     .await
     .expect("list bench databases");
     for name in names {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
         )))
-        .execute(&admin)
+        .execute(admin)
         .await
         .expect("drop a bench database");
     }
-    admin.close().await;
+}
+
+async fn admin_pool(admin_url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+        .expect("admin connection")
 }
 
 /// A new database for the next part of the run. The databases of the parts before are dropped
 /// first: their autovacuum work would otherwise land in this part's figures.
 async fn fresh_db(admin_url: &str) -> (PgPool, String) {
-    drop_bench_databases(admin_url).await;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(admin_url)
-        .await
-        .expect("admin connection");
+    let admin = admin_pool(admin_url).await;
+    drop_bench_databases(&admin).await;
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
         .unwrap();
+    admin.close().await;
     let mut url = url::Url::parse(admin_url).unwrap();
     url.set_path(&name);
     let url = url.to_string();
@@ -349,8 +348,7 @@ fn machine_jiffies() -> (f64, f64) {
 }
 
 /// Since the snapshots: the share of all cores that was busy (%), and the CPU seconds of the
-/// six busiest commands.
-/// Differences are taken per pid (kernel workers rename themselves as they go), then summed by
+/// six busiest commands. Differences are taken per pid (kernel workers rename themselves as they go), then summed by
 /// command name.
 fn cpu_since(
     before: &HashMap<u32, (String, f64)>,
@@ -1168,5 +1166,7 @@ async fn main() {
         .join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     println!("figures written to {}", out.display());
-    drop_bench_databases(&admin_url).await;
+    let admin = admin_pool(&admin_url).await;
+    drop_bench_databases(&admin).await;
+    admin.close().await;
 }

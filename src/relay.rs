@@ -36,7 +36,6 @@ const FENCE_RECHECK: Duration = Duration::from_millis(1);
 /// commit-to-publish latency) and an idle one every `poll_interval` (low idle cost).
 const BUSY_POLL: Duration = Duration::from_millis(1);
 
-/// Adaptive polling: how long to wait before the next claim.
 /// What a claim says about the rows behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
@@ -50,8 +49,8 @@ enum Found {
 }
 
 impl Found {
-    fn of(chains: &[Vec<OutboxMessage>], batch_size: usize) -> Self {
-        let claimed: usize = chains.iter().map(Vec::len).sum();
+    /// `claimed`: the rows in `chains`.
+    fn of(chains: &[Vec<OutboxMessage>], claimed: usize, batch_size: usize) -> Self {
         if claimed >= batch_size || chains.iter().any(|c| c.len() >= KEY_SHARE) {
             Self::Backlog
         } else {
@@ -60,6 +59,7 @@ impl Found {
     }
 }
 
+/// Adaptive polling: how long to wait before the next claim.
 #[derive(Debug, Default)]
 struct Pacing {
     empty_claims: u32,
@@ -260,9 +260,8 @@ impl<P: Publisher> Relay<P> {
     /// `relay.shutdown_grace`), records its outcomes and returns.
     ///
     /// After a batch N that leaves rows waiting ([`Found::Backlog`]), batch N+1 is claimed
-    /// while N is published; N-1's
-    /// outcomes are always written meanwhile: the database and the broker work at the same
-    /// time. Batch N+1 leaves out the rows of N and N-1, and it is published only after N is
+    /// while N is published; N-1's outcomes are always written meanwhile: the database and
+    /// the broker work at the same time. Batch N+1 leaves out the rows of N and N-1, and it is published only after N is
     /// done: a key with a row of N that was not published (failed, or cut short) loses its
     /// chain from N+1, because that row has to go first; those rows stay committed and come
     /// back in order with a later claim.
@@ -293,7 +292,7 @@ impl<P: Publisher> Relay<P> {
                 std::mem::take(&mut next)
             };
             let claimed: usize = chains.iter().map(Vec::len).sum();
-            let found = Found::of(&chains, batch_size);
+            let found = Found::of(&chains, claimed, batch_size);
             if claimed > 0 {
                 let mut in_hand: Vec<i64> = chains.iter().flatten().map(|m| m.id.0).collect();
                 if let Some(r) = &recording {
@@ -809,10 +808,10 @@ mod tests {
             (0..n).map(|i| msg(i, "d", Some(key))).collect()
         };
         let few = vec![chain("a", 3), chain("b", 2)];
-        assert_eq!(Found::of(&few, 500), Found::CaughtUp);
-        assert_eq!(Found::of(&few, 5), Found::Backlog);
+        assert_eq!(Found::of(&few, 5, 500), Found::CaughtUp);
+        assert_eq!(Found::of(&few, 5, 5), Found::Backlog);
         let cut = vec![chain("hot", KEY_SHARE as i64), chain("b", 1)];
-        assert_eq!(Found::of(&cut, 500), Found::Backlog);
+        assert_eq!(Found::of(&cut, KEY_SHARE + 1, 500), Found::Backlog);
     }
 
     #[test]
