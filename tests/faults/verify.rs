@@ -36,6 +36,8 @@ struct Inner {
     seen: HashSet<Uuid>,
     /// RabbitMQ re-deliveries to the verifier itself (after a broker restart): not the relay's.
     consumer_redeliveries: u64,
+    /// RabbitMQ consumer sessions that ended (each is followed by a new one).
+    sessions_ended: u64,
 }
 
 impl Deliveries {
@@ -59,6 +61,10 @@ impl Deliveries {
 
     pub fn distinct(&self) -> HashSet<Uuid> {
         self.inner.lock().expect("deliveries").seen.clone()
+    }
+
+    pub fn sessions_ended(&self) -> u64 {
+        self.inner.lock().expect("deliveries").sessions_ended
     }
 
     pub fn snapshot(&self) -> (Vec<Delivery>, u64) {
@@ -132,18 +138,33 @@ async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
     else {
         return;
     };
-    while let Some(Ok(d)) = consumer.next().await {
-        let Some(id) = d
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|m| m.as_str().parse::<Uuid>().ok())
-        else {
-            continue;
-        };
-        into.record(id, key_of(&d.data), d.redelivered);
-        let _ = d.acker.ack(BasicAckOptions::default()).await;
+    let deliveries = async {
+        while let Some(Ok(d)) = consumer.next().await {
+            let Some(id) = d
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|m| m.as_str().parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            into.record(id, key_of(&d.data), d.redelivered);
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+    };
+    // The consumer stream is not relied on to end when the broker goes away (a restart can
+    // leave it open and silent): a session whose connection or channel is no longer up ends,
+    // and the caller opens a new one.
+    let watchdog = async {
+        while conn.status().connected() && channel.status().connected() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = deliveries => {}
+        _ = watchdog => {}
     }
+    into.inner.lock().expect("deliveries").sessions_ended += 1;
 }
 
 /// Reads every partition of `topic` from the beginning through `bootstrap`.
