@@ -23,6 +23,10 @@ use crate::lease::{Held, Lease};
 use crate::publish::{FailureReason, Publisher};
 use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
+mod keys;
+
+use keys::{Admitted, ChainEnd, Key, KeyGate};
+
 /// Messages of one key per batch while other keys' rows may be waiting behind them.
 const KEY_SHARE: usize = 32;
 /// How many pending rows past a batch dominated by few keys are searched for other keys.
@@ -256,114 +260,178 @@ impl<P: Publisher> Relay<P> {
         }
     }
 
-    /// Runs until `shutdown` is cancelled, then finishes the batch in flight (within
-    /// `relay.shutdown_grace`), records its outcomes and returns.
+    /// Runs until `shutdown` is cancelled, then lets the chains in flight finish (within
+    /// `relay.shutdown_grace`), records their outcomes and returns.
     ///
-    /// After a batch N that leaves rows waiting ([`Found::Backlog`]), batch N+1 is claimed
-    /// while N is published; N-1's outcomes are always written meanwhile: the database and
-    /// the broker work at the same time. Batch N+1 leaves out the rows of N and N-1, and it is published only after N is
-    /// done: a key with a row of N that was not published (failed, or cut short) loses its
-    /// chain from N+1, because that row has to go first; those rows stay committed and come
-    /// back in order with a later claim.
+    /// A continuous pipeline: claims, publishes and outcome updates run at the same time. A
+    /// claim starts whenever less than half a batch of claimed rows is still unpublished (at
+    /// once while the outbox has a backlog, after the [`Pacing`] wait otherwise) and leaves out
+    /// every row in hand. Each claimed chain starts as soon as nothing of its key is in flight
+    /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim. One outcome
+    /// update runs at a time and takes everything answered since the last one.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut fence = FenceTracker::default();
+        let this = &self;
+        let shutdown = &shutdown;
+        let batch_size = self.config.batch_size.get() as usize;
+        let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
+        let mut fence = Some(FenceTracker::default());
         let mut pacing = Pacing::default();
         let mut trouble = 0u32;
-        let batch_size = self.config.batch_size.get() as usize;
-        // At most one outcome update is outstanding.
+        let mut gate: KeyGate<Queued> = KeyGate::default();
+        let mut batches = Batches::default();
+        // Every claimed row until its outcome is written or it goes back unpublished: the
+        // claims leave these out.
+        let mut in_hand: HashSet<i64> = HashSet::new();
+        let mut unrecorded: Vec<Recordable> = Vec::new();
+        let mut failed_keys: Vec<Key> = Vec::new();
         let mut recording: Option<Pending<'_>> = None;
-        let mut next: Vec<Vec<OutboxMessage>> = Vec::new();
-        while !shutdown.is_cancelled() {
-            let chains = if next.is_empty() {
-                let exclude: Vec<i64> = recording
-                    .as_ref()
-                    .map(|r| r.ids.clone())
-                    .unwrap_or_default();
-                let (claimed, ()) =
-                    tokio::join!(self.claim(&mut fence, &exclude), finish(recording.take()));
-                match claimed {
-                    Ok(chains) => chains,
-                    Err(e) => {
-                        self.troubled(&mut fence, &mut trouble, &e, &shutdown).await;
-                        continue;
-                    }
-                }
-            } else {
-                std::mem::take(&mut next)
-            };
-            let claimed: usize = chains.iter().map(Vec::len).sum();
-            let found = Found::of(&chains, claimed, batch_size);
-            if claimed > 0 {
-                let mut in_hand: Vec<i64> = chains.iter().flatten().map(|m| m.id.0).collect();
-                if let Some(r) = &recording {
-                    in_hand.extend_from_slice(&r.ids);
-                }
-                let claim_next = async {
-                    if found == Found::Backlog {
-                        self.claim(&mut fence, &in_hand).await
-                    } else {
-                        Ok(Vec::new())
-                    }
-                };
-                let (published, prefetched, ()) = tokio::join!(
-                    self.publish(chains, &shutdown),
-                    claim_next,
-                    finish(recording.take()),
-                );
-                let (confirmed, unfinished) = published;
-                if !confirmed.is_empty() {
-                    recording = Some(Pending {
-                        ids: confirmed.iter().map(|(id, _, _)| id.0).collect(),
-                        done: Box::pin(self.record(confirmed, &shutdown)),
-                    });
-                }
-                match prefetched {
-                    Ok(chains) => {
-                        trouble = 0;
-                        next = self.still_publishable(chains, &unfinished);
-                    }
-                    Err(e) => {
-                        tokio::join!(
-                            self.troubled(&mut fence, &mut trouble, &e, &shutdown),
-                            finish(recording.take()),
-                        );
-                        continue;
-                    }
-                }
-                if !next.is_empty() {
-                    continue;
-                }
-            } else {
-                trouble = 0;
+        let mut claiming: Option<Claiming<'_>> = None;
+        let mut chains = FuturesUnordered::new();
+        let mut claim_at = tokio::time::Instant::now();
+        loop {
+            let stopping = shutdown.is_cancelled();
+            let answered = unrecorded.len() + recording.as_ref().map_or(0, |r| r.ids.len());
+            let unpublished = in_hand.len().saturating_sub(answered);
+            // Backpressure: claim only while the publishers are short of work, and stop while
+            // the outcome updates fall behind.
+            let room = unpublished < batch_size.div_ceil(2) && in_hand.len() < 4 * batch_size;
+            if claiming.is_none() && !stopping && room && tokio::time::Instant::now() >= claim_at {
+                let number = gate.claim_started();
+                let exclude: Vec<i64> = in_hand.iter().copied().collect();
+                let mut tracker = fence.take().expect("one claim at a time");
+                claiming = Some(Claiming {
+                    number,
+                    done: Box::pin(async move {
+                        let claimed = this.claim(&mut tracker, &exclude).await;
+                        (tracker, claimed)
+                    }),
+                });
             }
-            if let Some(wait) = pacing.next_wait(
-                claimed,
-                found,
-                self.config.poll_interval,
-                fence.is_pending(),
-            ) {
-                let idle = sleep_or_shutdown(wait, &shutdown);
-                tokio::join!(idle, finish(recording.take()));
+            if recording.is_none() && !unrecorded.is_empty() {
+                let outcomes = std::mem::take(&mut unrecorded);
+                recording = Some(Pending {
+                    ids: outcomes.iter().map(|(id, _, _)| id.0).collect(),
+                    failed_keys: std::mem::take(&mut failed_keys),
+                    done: Box::pin(this.record(outcomes, shutdown)),
+                });
+            }
+            if stopping && chains.is_empty() && claiming.is_none() && recording.is_none() {
+                break;
+            }
+            let waiting_to_claim = claiming.is_none() && !stopping && room;
+            let event = tokio::select! {
+                Some(ended) = chains.next(), if !chains.is_empty() => Event::Chain(ended),
+                (tracker, claimed) = in_progress(claiming.as_mut().map(|c| &mut c.done)) => {
+                    Event::Claimed(tracker, claimed)
+                }
+                () = in_progress(recording.as_mut().map(|r| &mut r.done)) => Event::Recorded,
+                () = tokio::time::sleep_until(claim_at), if waiting_to_claim => Event::Wake,
+                () = shutdown.cancelled(), if !stopping => Event::Wake,
+                () = this.grace_over(shutdown), if stopping && !chains.is_empty() => {
+                    Event::GraceOver
+                }
+            };
+            match event {
+                Event::Chain(ended) => {
+                    let Ended {
+                        batch,
+                        key,
+                        end,
+                        outcomes,
+                        unattempted,
+                    } = ended;
+                    for id in unattempted {
+                        in_hand.remove(&id);
+                    }
+                    unrecorded.extend(outcomes);
+                    batches.chain_done(batch);
+                    let (next, dropped) = gate.ended(key.as_ref(), end);
+                    if let (ChainEnd::Failed, Some(key)) = (end, key) {
+                        failed_keys.push(key);
+                    }
+                    for queued in dropped {
+                        release(queued, &mut in_hand, &mut batches);
+                    }
+                    if let Some(queued) = next {
+                        chains.push(this.publish_chain(queued, &semaphore, shutdown));
+                    }
+                }
+                Event::Claimed(tracker, claimed) => {
+                    let number = claiming.take().expect("a claim was running").number;
+                    fence = Some(tracker);
+                    gate.claim_done(number);
+                    match claimed {
+                        Ok(claimed) if stopping => {
+                            drop(claimed);
+                        }
+                        Ok(claimed) => {
+                            trouble = 0;
+                            let count: usize = claimed.iter().map(Vec::len).sum();
+                            let found = Found::of(&claimed, count, batch_size);
+                            let fence_pending = fence.as_ref().is_some_and(|f| f.is_pending());
+                            let wait = pacing.next_wait(
+                                count,
+                                found,
+                                self.config.poll_interval,
+                                fence_pending,
+                            );
+                            claim_at = tokio::time::Instant::now() + wait.unwrap_or_default();
+                            if count > 0 {
+                                metrics::histogram!(instruments::BATCH_MESSAGES)
+                                    .record(count as f64);
+                            }
+                            let batch = batches.open();
+                            // A destination may have timed out since the claim began.
+                            let held_back = self.slow.held_back();
+                            for chain in claimed {
+                                if held_back.contains(&chain[0].destination) {
+                                    continue;
+                                }
+                                in_hand.extend(chain.iter().map(|m| m.id.0));
+                                batches.chain_admitted(batch);
+                                let key = key_of(&chain[0]);
+                                match gate.admit(key.as_ref(), Queued { batch, chain }) {
+                                    Admitted::Start(queued) => chains
+                                        .push(this.publish_chain(queued, &semaphore, shutdown)),
+                                    Admitted::Queued => {}
+                                    Admitted::Dropped(queued) => {
+                                        release(queued, &mut in_hand, &mut batches)
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(f) = fence.as_mut() {
+                                f.forget_floor();
+                            }
+                            trouble = trouble.saturating_add(1);
+                            let delay = self.backoff().delay(trouble);
+                            tracing::warn!(error = %e, retry_in = ?delay, "relay cycle failed");
+                            claim_at = tokio::time::Instant::now() + delay;
+                        }
+                    }
+                }
+                Event::Recorded => {
+                    let done = recording.take().expect("an update was running");
+                    for id in &done.ids {
+                        in_hand.remove(id);
+                    }
+                    for key in &done.failed_keys {
+                        gate.failure_recorded(key);
+                    }
+                }
+                Event::GraceOver => {
+                    tracing::warn!(
+                        grace = ?self.config.shutdown_grace,
+                        "shutdown grace elapsed before every confirm arrived; unconfirmed messages stay committed and will be sent again"
+                    );
+                    chains.clear();
+                }
+                Event::Wake => {}
             }
         }
-        finish(recording.take()).await;
         self.publisher.close().await;
         tracing::info!("relay stopped");
-    }
-
-    /// After a failed claim: waits a backoff that grows with each failure in a row.
-    async fn troubled(
-        &self,
-        fence: &mut FenceTracker,
-        trouble: &mut u32,
-        error: &CycleError,
-        shutdown: &CancellationToken,
-    ) {
-        fence.forget_floor();
-        *trouble = trouble.saturating_add(1);
-        let delay = self.backoff().delay(*trouble);
-        tracing::warn!(error = %error, retry_in = ?delay, "relay cycle failed");
-        sleep_or_shutdown(delay, shutdown).await;
     }
 
     /// Claims the next batch as chains, leaving out the rows in `exclude` (being published or
@@ -407,61 +475,6 @@ impl<P: Publisher> Relay<P> {
             return Ok(Vec::new());
         }
         self.share_with_other_keys(into_chains(batch), &args).await
-    }
-
-    /// Drops from a batch claimed while the previous one was published the chains that may
-    /// not go now: keys of `unfinished` (an earlier row of theirs was not published) and
-    /// destinations held back since the claim.
-    fn still_publishable(
-        &self,
-        mut chains: Vec<Vec<OutboxMessage>>,
-        unfinished: &HashSet<(String, String)>,
-    ) -> Vec<Vec<OutboxMessage>> {
-        let held_back = self.slow.held_back();
-        if unfinished.is_empty() && held_back.is_empty() {
-            return chains;
-        }
-        chains.retain(|chain| {
-            let head = &chain[0];
-            let unfinished_key = head
-                .message_key
-                .as_ref()
-                .is_some_and(|key| unfinished.contains(&(head.destination.clone(), key.clone())));
-            !unfinished_key && !held_back.contains(&head.destination)
-        });
-        chains
-    }
-
-    /// Publishes a batch and records its failures (their backoff is what holds the rest of
-    /// their key back in the next claims). Returns the confirmed rows, whose outcome the
-    /// caller still has to record, and the keys with a row that was not published.
-    async fn publish(
-        &self,
-        chains: Vec<Vec<OutboxMessage>>,
-        shutdown: &CancellationToken,
-    ) -> (Vec<Recordable>, HashSet<(String, String)>) {
-        let messages: usize = chains.iter().map(Vec::len).sum();
-        metrics::histogram!(instruments::BATCH_MESSAGES).record(messages as f64);
-        let mut unfinished: HashSet<(String, String)> = chains
-            .iter()
-            .filter_map(|c| {
-                let head = &c[0];
-                Some((head.destination.clone(), head.message_key.clone()?))
-            })
-            .collect();
-        let started = std::time::Instant::now();
-        let (outcomes, finished) = self.publish_batch(chains, shutdown).await;
-        metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-        for key in &finished {
-            unfinished.remove(key);
-        }
-        let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
-            .into_iter()
-            .partition(|(_, outcome, _)| matches!(outcome, Outcome::Published));
-        if !failed.is_empty() {
-            self.record(failed, shutdown).await;
-        }
-        (confirmed, unfinished)
     }
 
     /// A batch lasts as long as its longest chain, one broker round trip per message. Chains
@@ -516,107 +529,83 @@ impl<P: Publisher> Relay<P> {
         Ok(chains)
     }
 
-    /// Publishes every chain; returns the outcomes and the keys whose chain was published to
-    /// its end.
-    async fn publish_batch(
-        &self,
-        chains: Vec<Vec<OutboxMessage>>,
-        shutdown: &CancellationToken,
-    ) -> (Vec<Recordable>, Vec<(String, String)>) {
-        let results = Mutex::new(Vec::with_capacity(chains.iter().map(Vec::len).sum()));
-        let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
-        let mut finished = Vec::new();
-        let mut chains: FuturesUnordered<_> = chains
-            .into_iter()
-            .map(|chain| self.publish_chain(chain, &semaphore, &results, shutdown))
-            .collect();
-        let all_done = async {
-            while let Some(key) = chains.next().await {
-                finished.extend(key);
-            }
-        };
-        tokio::select! {
-            _ = all_done => {}
-            _ = self.grace_over(shutdown) => {
-                tracing::warn!(
-                    grace = ?self.config.shutdown_grace,
-                    "shutdown grace elapsed before every confirm arrived; unconfirmed messages stay committed and will be sent again"
-                );
-            }
-        }
-        drop(chains);
-        (
-            results.into_inner().unwrap_or_else(|p| p.into_inner()),
-            finished,
-        )
-    }
-
+    /// Publishes a chain one message at a time, each after the previous one was confirmed, and
+    /// stops at the first failure: later messages of the key must wait for it.
     async fn publish_chain(
         &self,
-        chain: Vec<OutboxMessage>,
+        queued: Queued,
         semaphore: &Semaphore,
-        results: &Mutex<Vec<Recordable>>,
         shutdown: &CancellationToken,
-    ) -> Option<(String, String)> {
-        let key = chain[0]
-            .message_key
-            .clone()
-            .map(|k| (chain[0].destination.clone(), k));
-        for message in chain {
-            if shutdown.is_cancelled() {
-                // Draining: wait for what is in flight, start nothing new.
-                return None;
+    ) -> Ended {
+        let Queued { batch, chain } = queued;
+        let key = key_of(&chain[0]);
+        let mut outcomes = Vec::with_capacity(chain.len());
+        let mut unattempted = Vec::new();
+        let mut rest = chain.into_iter();
+        let end = loop {
+            let Some(message) = rest.next() else {
+                break ChainEnd::Finished;
+            };
+            // Draining: start nothing new. Or the lease ran out (paused, cut off): another
+            // replica may own the outbox now.
+            if shutdown.is_cancelled() || self.lease.current().is_none() {
+                unattempted.push(message.id.0);
+                break ChainEnd::Stopped;
             }
-            // The lease ran out (paused, cut off): another replica may own the outbox now.
-            self.lease.current()?;
             let outcome = {
                 let _permit = semaphore
                     .acquire()
                     .await
                     .expect("semaphore is never closed");
-                match self.publisher.publish(&message).await {
-                    Ok(()) => {
-                        self.slow.confirmed(&message.destination);
-                        Outcome::Published
-                    }
-                    Err(e) => {
-                        if e.reason == FailureReason::Timeout {
-                            self.slow.timed_out(&message.destination, &self.backoff());
-                        }
-                        metrics::counter!(
-                            instruments::PUBLISH_FAILURES,
-                            "destination" => message.destination.clone(),
-                            "reason" => e.reason.as_str()
-                        )
-                        .increment(1);
-                        let failures = u32::try_from(message.attempts).unwrap_or(0) + 1;
-                        tracing::warn!(
-                            message_id = %message.message_id,
-                            destination = %message.destination,
-                            attempt = failures,
-                            error = %e,
-                            "publish failed"
-                        );
-                        Outcome::Failed {
-                            error: e.to_string(),
-                            permanent: e.is_permanent(),
-                            backoff: self.backoff().delay(failures),
-                        }
-                    }
-                }
+                self.publish_one(&message).await
             };
             let failed = matches!(outcome, Outcome::Failed { .. });
-            results.lock().unwrap_or_else(|p| p.into_inner()).push((
-                message.id,
-                outcome,
-                Logged::of(&message),
-            ));
+            outcomes.push((message.id, outcome, Logged::of(&message)));
             if failed {
-                // Later messages of this key must wait for this one.
-                return None;
+                break ChainEnd::Failed;
+            }
+        };
+        unattempted.extend(rest.map(|m| m.id.0));
+        Ended {
+            batch,
+            key,
+            end,
+            outcomes,
+            unattempted,
+        }
+    }
+
+    async fn publish_one(&self, message: &OutboxMessage) -> Outcome {
+        match self.publisher.publish(message).await {
+            Ok(()) => {
+                self.slow.confirmed(&message.destination);
+                Outcome::Published
+            }
+            Err(e) => {
+                if e.reason == FailureReason::Timeout {
+                    self.slow.timed_out(&message.destination, &self.backoff());
+                }
+                metrics::counter!(
+                    instruments::PUBLISH_FAILURES,
+                    "destination" => message.destination.clone(),
+                    "reason" => e.reason.as_str()
+                )
+                .increment(1);
+                let failures = u32::try_from(message.attempts).unwrap_or(0) + 1;
+                tracing::warn!(
+                    message_id = %message.message_id,
+                    destination = %message.destination,
+                    attempt = failures,
+                    error = %e,
+                    "publish failed"
+                );
+                Outcome::Failed {
+                    error: e.to_string(),
+                    permanent: e.is_permanent(),
+                    backoff: self.backoff().delay(failures),
+                }
             }
         }
-        key
     }
 
     /// Writes outcomes, retrying while the database is unreachable. If it stays unreachable
@@ -670,7 +659,97 @@ type Recordable = (RowId, Outcome, Logged);
 /// An outcome update running alongside the next cycle, and the rows it covers.
 struct Pending<'a> {
     ids: Vec<i64>,
-    done: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+    /// Keys stopped by a failure in this update: free again once it is written.
+    failed_keys: Vec<Key>,
+    done: BoxFuture<'a, ()>,
+}
+
+/// The claim running alongside the publishes, numbered for the [`KeyGate`].
+struct Claiming<'a> {
+    number: u64,
+    done: BoxFuture<'a, (FenceTracker, Result<Vec<Vec<OutboxMessage>>, CycleError>)>,
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A claimed chain and the claim it came from.
+struct Queued {
+    batch: u64,
+    chain: Vec<OutboxMessage>,
+}
+
+/// A chain that was published as far as it went.
+struct Ended {
+    batch: u64,
+    key: Option<Key>,
+    end: ChainEnd,
+    outcomes: Vec<Recordable>,
+    /// Rows not attempted: they go back to the database as they were.
+    unattempted: Vec<i64>,
+}
+
+/// What woke the relay loop.
+enum Event {
+    Chain(Ended),
+    Claimed(FenceTracker, Result<Vec<Vec<OutboxMessage>>, CycleError>),
+    Recorded,
+    GraceOver,
+    Wake,
+}
+
+/// Claims whose chains are not all answered yet, for the batch duration histogram.
+#[derive(Debug, Default)]
+struct Batches {
+    next: u64,
+    open: HashMap<u64, (std::time::Instant, usize)>,
+}
+
+impl Batches {
+    fn open(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn chain_admitted(&mut self, batch: u64) {
+        self.open
+            .entry(batch)
+            .or_insert_with(|| (std::time::Instant::now(), 0))
+            .1 += 1;
+    }
+
+    fn chain_done(&mut self, batch: u64) {
+        let Some((started, chains)) = self.open.get_mut(&batch) else {
+            return;
+        };
+        *chains -= 1;
+        if *chains == 0 {
+            metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+            self.open.remove(&batch);
+        }
+    }
+}
+
+/// Gives a chain's rows back unpublished: they stay committed for a later claim.
+fn release(queued: Queued, in_hand: &mut HashSet<i64>, batches: &mut Batches) {
+    for m in &queued.chain {
+        in_hand.remove(&m.id.0);
+    }
+    batches.chain_done(queued.batch);
+}
+
+/// The ordering key of a chain; `None` for a keyless row.
+fn key_of(head: &OutboxMessage) -> Option<Key> {
+    head.message_key
+        .clone()
+        .map(|k| (head.destination.clone(), k))
+}
+
+/// Awaits a future that may not exist; without one it never resolves.
+async fn in_progress<F: std::future::Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What logs and metrics about a message carry: never its payload.
@@ -747,20 +826,6 @@ fn into_chains(batch: Vec<OutboxMessage>) -> Vec<Vec<OutboxMessage>> {
         }
     }
     chains
-}
-
-/// Waits for an outcome update, if one is running.
-async fn finish(recording: Option<Pending<'_>>) {
-    if let Some(r) = recording {
-        r.done.await;
-    }
-}
-
-async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = shutdown.cancelled() => {}
-    }
 }
 
 #[cfg(test)]
