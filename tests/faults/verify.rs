@@ -114,32 +114,37 @@ pub fn consume_rabbit(amqp_url: String, queue: String, into: Deliveries) -> Cons
 }
 
 async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
-    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
-        return;
-    };
-    let Ok(channel) = conn.create_channel().await else {
-        return;
-    };
-    if channel
-        .basic_qos(500, BasicQosOptions::default())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let Ok(mut consumer) = channel
-        .basic_consume(
-            queue.into(),
-            "faults-verifier".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+    // Every step is bounded: a connection opened while the broker stops or starts can stay
+    // silent for good, and the verifier would wait on it forever.
+    let step = Duration::from_secs(5);
+    let Ok(Ok(conn)) = tokio::time::timeout(
+        step,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
     else {
         return;
     };
+    let Ok(Ok(channel)) = tokio::time::timeout(step, conn.create_channel()).await else {
+        return;
+    };
+    let qos = channel.basic_qos(500, BasicQosOptions::default());
+    let Ok(Ok(())) = tokio::time::timeout(step, qos).await else {
+        return;
+    };
+    let consume = channel.basic_consume(
+        queue.into(),
+        "faults-verifier".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let Ok(Ok(mut consumer)) = tokio::time::timeout(step, consume).await else {
+        return;
+    };
+    let last_delivery = Mutex::new(Instant::now());
     let deliveries = async {
         while let Some(Ok(d)) = consumer.next().await {
+            *last_delivery.lock().expect("last delivery") = Instant::now();
             let Some(id) = d
                 .properties
                 .message_id()
@@ -152,12 +157,17 @@ async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
             let _ = d.acker.ack(BasicAckOptions::default()).await;
         }
     };
-    // The consumer stream is not relied on to end when the broker goes away (a restart can
-    // leave it open and silent): a session whose connection or channel is no longer up ends,
-    // and the caller opens a new one.
+    // Nor is the consumer stream relied on to end when the broker goes away: a session whose
+    // connection or channel is down, or that received nothing for a while (the load never
+    // pauses that long), ends and the caller opens a new one. Unacked deliveries come back
+    // marked redelivered, which the verifier tells apart.
     let watchdog = async {
-        while conn.status().connected() && channel.status().connected() {
+        loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let quiet = last_delivery.lock().expect("last delivery").elapsed();
+            if !conn.status().connected() || !channel.status().connected() || quiet > step {
+                return;
+            }
         }
     };
     tokio::select! {
