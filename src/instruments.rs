@@ -62,7 +62,7 @@ fn describe() {
     describe_histogram!(
         BATCH_SECONDS,
         Unit::Seconds,
-        "Time to publish one claimed batch."
+        "Time from a claim's return until every chain it claimed is answered."
     );
     describe_histogram!(BATCH_MESSAGES, "Messages per claimed batch.");
     describe_counter!(

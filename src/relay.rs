@@ -44,11 +44,10 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
     /// A full batch, or a key cut to its share (`share_with_other_keys`): more rows are
-    /// waiting, so the next batch is claimed while this one is published, and at once.
+    /// waiting, so the next claim runs as soon as the pipeline has room for it.
     Backlog,
-    /// Fewer rows than a batch: the outbox is caught up. Claiming during the publish would
-    /// find only the rows committed since, and the rows committed while the batch is published
-    /// would wait a whole extra batch.
+    /// Fewer rows than a batch: the outbox is caught up, and the next claim waits for
+    /// [`Pacing`].
     CaughtUp,
 }
 
