@@ -270,6 +270,10 @@ impl RelayProcess {
         }
     }
 
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
     /// Peak resident set size so far, in MiB (VmHWM).
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -347,20 +351,63 @@ fn machine_jiffies() -> (f64, f64) {
     (total - idle, total)
 }
 
+/// The local TCP ports of `pid`'s sockets: its connections' client ports.
+fn tcp_ports_of(pid: u32) -> std::collections::HashSet<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| {
+                    let t = target.to_string_lossy().into_owned();
+                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f.get(1)?.rsplit_once(':')?.1;
+            inodes
+                .contains(*f.get(9)?)
+                .then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+/// The client port of a Postgres backend, from its process title `postgres: user db
+/// 127.0.0.1(port) ...`.
+fn backend_client_port(pid: u32) -> Option<u16> {
+    let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+    let (_, rest) = title.split_once("127.0.0.1(")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
 /// Since the snapshots: the share of all cores that was busy (%), and the CPU seconds of the
 /// six busiest commands. Differences are taken per pid (kernel workers rename themselves as they go), then summed by
-/// command name.
+/// command name. Postgres backends serving `relay`'s connections count apart from the rest
+/// of Postgres (the writers, the consumer's bookkeeping, background work).
 fn cpu_since(
     before: &HashMap<u32, (String, f64)>,
     jiffies_before: (f64, f64),
+    relay: Option<u32>,
 ) -> (f64, Vec<(String, f64)>) {
     let jiffies_after = machine_jiffies();
+    let relay_ports = relay.map(tcp_ports_of).unwrap_or_default();
     let mut by_command: HashMap<String, f64> = HashMap::new();
     for (pid, (comm, after)) in cpu_by_process() {
         let was = before.get(&pid).map_or(0.0, |(_, secs)| *secs);
         // Kernel workers by kind, not by instance.
         let name = match comm.split_once('/') {
             Some((kind, _)) if comm.starts_with("kworker") => kind.to_string(),
+            _ if comm == "postgres"
+                && backend_client_port(pid).is_some_and(|p| relay_ports.contains(&p)) =>
+            {
+                "postgres (the relay's sessions)".to_string()
+            }
             _ => comm,
         };
         *by_command.entry(name).or_insert(0.0) += after - was;
@@ -388,7 +435,7 @@ async fn drain(
     let relay = RelayProcess::spawn(db_url, broker, label);
     wait_drained(pool).await;
     let rate = rows as f64 / started.elapsed().as_secs_f64();
-    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before);
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, relay.pid());
     DrainFigures {
         rate,
         cpu_by_command,
@@ -815,7 +862,7 @@ async fn latency(admin_url: &str, broker: Broker, rate: u32, secs: u64) -> Laten
         sent += n;
     }
     let _ = in_flight.acquire_many(64).await.unwrap();
-    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before);
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, relay.pid());
     expected.store(sent as usize, Ordering::Release);
     let receipts = consumer.await.unwrap();
     relay.stop();
