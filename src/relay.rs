@@ -666,8 +666,11 @@ struct Pending<'a> {
 /// The claim running alongside the publishes, numbered for the [`KeyGate`].
 struct Claiming<'a> {
     number: u64,
-    done: BoxFuture<'a, (FenceTracker, Result<Vec<Vec<OutboxMessage>>, CycleError>)>,
+    done: BoxFuture<'a, (FenceTracker, Claimed)>,
 }
+
+/// A claim's chains, or why it failed.
+type Claimed = Result<Vec<Vec<OutboxMessage>>, CycleError>;
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
