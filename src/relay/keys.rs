@@ -2,7 +2,7 @@
 //!
 //! Claims run while earlier chains are still being published, so a claim can return rows of a
 //! key that is still in flight, or of a key whose earlier row has just failed. A chain of a key
-//! in flight waits behind it; a chain of a key that stopped short (failure, lost lease,
+//! in flight waits behind it (one at most: a further one goes back); a chain of a key that stopped short (failure, lost lease,
 //! shutdown) is dropped, and so is every chain of that key from claims that may not have seen
 //! the stop, until a claim started after the key's rows were back in the database. Dropped
 //! rows stay `committed` and come back, in order, with a later claim.
@@ -30,7 +30,8 @@ pub enum Admitted<C> {
     Start(C),
     /// Waits behind the chain of its key in flight.
     Queued,
-    /// The key stopped short since the claim began: the rows go back.
+    /// The key stopped short since the claim began, or a chain of it is waiting already: the
+    /// rows go back.
     Dropped(C),
 }
 
@@ -78,6 +79,10 @@ impl<C> KeyGate<C> {
             return Admitted::Dropped(chain);
         }
         match self.busy.get_mut(key) {
+            // One chain waits per key at most: with a backlog of one key, every claim brings
+            // another share of it, and queueing them all would fill the pipeline with that key
+            // and stop the claims that bring the other keys' rows.
+            Some(waiting) if !waiting.is_empty() => Admitted::Dropped(chain),
             Some(waiting) => {
                 waiting.push_back(chain);
                 Admitted::Queued
@@ -157,6 +162,28 @@ mod tests {
         let c3 = gate.claim_started();
         gate.claim_done(c3);
         assert_eq!(gate.admit(Some(&k("a")), 5), Admitted::Start(5));
+    }
+
+    #[test]
+    fn one_chain_waits_per_key_and_later_ones_go_back() {
+        let mut gate = KeyGate::default();
+        let c1 = gate.claim_started();
+        gate.claim_done(c1);
+        assert_eq!(gate.admit(Some(&k("hot")), 1), Admitted::Start(1));
+        let c2 = gate.claim_started();
+        gate.claim_done(c2);
+        assert_eq!(gate.admit(Some(&k("hot")), 2), Admitted::Queued);
+        let c3 = gate.claim_started();
+        gate.claim_done(c3);
+        assert_eq!(gate.admit(Some(&k("hot")), 3), Admitted::Dropped(3));
+        assert_eq!(gate.admit(Some(&k("cold")), 4), Admitted::Start(4));
+        assert_eq!(
+            gate.ended(Some(&k("hot")), ChainEnd::Finished),
+            (Some(2), vec![])
+        );
+        let c4 = gate.claim_started();
+        gate.claim_done(c4);
+        assert_eq!(gate.admit(Some(&k("hot")), 5), Admitted::Queued);
     }
 
     #[test]
