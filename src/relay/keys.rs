@@ -140,14 +140,18 @@ mod tests {
         ("d".into(), name.into())
     }
 
+    /// A claim that starts and returns with nothing happening meanwhile.
+    fn claim(gate: &mut KeyGate<i32>) {
+        let number = gate.claim_started();
+        gate.claim_done(number);
+    }
+
     #[test]
     fn a_chain_of_a_key_in_flight_waits_and_starts_when_it_finishes() {
-        let mut gate = KeyGate::default();
-        let c1 = gate.claim_started();
-        gate.claim_done(c1);
+        let mut gate: KeyGate<i32> = KeyGate::default();
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 1), Admitted::Start(1));
-        let c2 = gate.claim_started();
-        gate.claim_done(c2);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 2), Admitted::Queued);
         assert_eq!(gate.admit(Some(&k("b")), 3), Admitted::Start(3));
         assert_eq!(gate.admit(None, 4), Admitted::Start(4));
@@ -159,41 +163,34 @@ mod tests {
             gate.ended(Some(&k("a")), ChainEnd::Finished),
             (None, vec![])
         );
-        let c3 = gate.claim_started();
-        gate.claim_done(c3);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 5), Admitted::Start(5));
     }
 
     #[test]
     fn one_chain_waits_per_key_and_later_ones_go_back() {
-        let mut gate = KeyGate::default();
-        let c1 = gate.claim_started();
-        gate.claim_done(c1);
+        let mut gate: KeyGate<i32> = KeyGate::default();
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("hot")), 1), Admitted::Start(1));
-        let c2 = gate.claim_started();
-        gate.claim_done(c2);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("hot")), 2), Admitted::Queued);
-        let c3 = gate.claim_started();
-        gate.claim_done(c3);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("hot")), 3), Admitted::Dropped(3));
         assert_eq!(gate.admit(Some(&k("cold")), 4), Admitted::Start(4));
         assert_eq!(
             gate.ended(Some(&k("hot")), ChainEnd::Finished),
             (Some(2), vec![])
         );
-        let c4 = gate.claim_started();
-        gate.claim_done(c4);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("hot")), 5), Admitted::Queued);
     }
 
     #[test]
     fn after_a_failure_the_key_waits_for_a_claim_that_started_after_it_was_recorded() {
-        let mut gate = KeyGate::default();
-        let c1 = gate.claim_started();
-        gate.claim_done(c1);
+        let mut gate: KeyGate<i32> = KeyGate::default();
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 1), Admitted::Start(1));
-        let c2 = gate.claim_started();
-        gate.claim_done(c2);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 2), Admitted::Queued);
         // Claim 3 runs while chain 1 fails.
         let c3 = gate.claim_started();
@@ -206,37 +203,32 @@ mod tests {
         gate.claim_done(c4);
         assert_eq!(gate.admit(Some(&k("a")), 4), Admitted::Dropped(4));
         assert_eq!(gate.admit(Some(&k("b")), 5), Admitted::Start(5));
-        let c5 = gate.claim_started();
-        gate.claim_done(c5);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 6), Admitted::Start(6));
         assert_eq!(gate.stopped_keys(), 0);
     }
 
     #[test]
     fn a_stopped_key_is_free_for_the_first_claim_started_after_the_stop() {
-        let mut gate = KeyGate::default();
-        let c1 = gate.claim_started();
-        gate.claim_done(c1);
+        let mut gate: KeyGate<i32> = KeyGate::default();
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 1), Admitted::Start(1));
         let c2 = gate.claim_started();
         assert_eq!(gate.ended(Some(&k("a")), ChainEnd::Stopped), (None, vec![]));
         gate.claim_done(c2);
         assert_eq!(gate.admit(Some(&k("a")), 2), Admitted::Dropped(2));
-        let c3 = gate.claim_started();
-        gate.claim_done(c3);
+        claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 3), Admitted::Start(3));
     }
 
     #[test]
     fn a_failure_never_recorded_keeps_the_key_back() {
-        let mut gate = KeyGate::default();
-        let c1 = gate.claim_started();
-        gate.claim_done(c1);
+        let mut gate: KeyGate<i32> = KeyGate::default();
+        claim(&mut gate);
         gate.admit(Some(&k("a")), 1);
         gate.ended(Some(&k("a")), ChainEnd::Failed);
         for _ in 0..3 {
-            let c = gate.claim_started();
-            gate.claim_done(c);
+            claim(&mut gate);
             assert_eq!(gate.admit(Some(&k("a")), 2), Admitted::Dropped(2));
         }
     }
