@@ -655,7 +655,7 @@ fn cut_chains(chains: &mut [Vec<OutboxMessage>], share: usize) {
 /// A publish outcome waiting to be written, with what logs and metrics need.
 type Recordable = (RowId, Outcome, Logged);
 
-/// An outcome update running alongside the next cycle, and the rows it covers.
+/// The outcome update running alongside claims and publishes, and the rows it covers.
 struct Pending<'a> {
     ids: Vec<i64>,
     /// Keys stopped by a failure in this update: free again once it is written.

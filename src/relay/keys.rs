@@ -7,7 +7,7 @@
 //! the stop, until a claim started after the key's rows were back in the database. Dropped
 //! rows stay `committed` and come back, in order, with a later claim.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 /// A `(destination, message_key)` pair: the unit of ordering.
 pub type Key = (String, String);
@@ -37,8 +37,8 @@ pub enum Admitted<C> {
 
 #[derive(Debug)]
 pub struct KeyGate<C> {
-    /// Keys with a chain in flight, and the chains waiting behind it in commit order.
-    busy: HashMap<Key, VecDeque<C>>,
+    /// Keys with a chain in flight, and the one chain that may wait behind it.
+    busy: HashMap<Key, Option<C>>,
     /// Keys that stopped short. `None` while the failure is not recorded yet; `Some(n)` once
     /// it is, or once the rows were given back: claims numbered above `n` started afterwards
     /// and saw it.
@@ -82,13 +82,13 @@ impl<C> KeyGate<C> {
             // One chain waits per key at most: with a backlog of one key, every claim brings
             // another share of it, and queueing them all would fill the pipeline with that key
             // and stop the claims that bring the other keys' rows.
-            Some(waiting) if !waiting.is_empty() => Admitted::Dropped(chain),
+            Some(Some(_)) => Admitted::Dropped(chain),
             Some(waiting) => {
-                waiting.push_back(chain);
+                *waiting = Some(chain);
                 Admitted::Queued
             }
             None => {
-                self.busy.insert(key.clone(), VecDeque::new());
+                self.busy.insert(key.clone(), None);
                 Admitted::Start(chain)
             }
         }
@@ -101,15 +101,13 @@ impl<C> KeyGate<C> {
             return (None, Vec::new());
         };
         if end == ChainEnd::Finished {
-            if let Some(waiting) = self.busy.get_mut(key) {
-                if let Some(next) = waiting.pop_front() {
-                    return (Some(next), Vec::new());
-                }
+            if let Some(next) = self.busy.get_mut(key).and_then(Option::take) {
+                return (Some(next), Vec::new());
             }
             self.busy.remove(key);
             return (None, Vec::new());
         }
-        let dropped = self.busy.remove(key).map(Vec::from).unwrap_or_default();
+        let dropped = self.busy.remove(key).flatten().into_iter().collect();
         let seen_after = match end {
             ChainEnd::Failed => None,
             _ => Some(self.claims_started),
