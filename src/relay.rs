@@ -21,7 +21,7 @@ use crate::health::Health;
 use crate::instruments;
 use crate::lease::{Held, Lease};
 use crate::publish::{FailureReason, Publisher};
-use crate::store::{self, Fence, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
+use crate::store::{self, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
 mod keys;
 
@@ -166,61 +166,32 @@ pub struct Relay<P> {
     stopping_since: OnceLock<tokio::time::Instant>,
 }
 
-/// Tracks the highest `commit_seq` below which no row can still become visible.
+/// Where the next claim may look, kept between claims: the commit fence and the pending floor
+/// ([`store::ClaimWindow`], advanced by `outbox.claim_window`).
 ///
 /// A transaction making a row committed holds a shared advisory lock from before it draws its
 /// `commit_seq` until it ends. Reading the last drawn value and then the lock holders gives a
 /// fence: once those holders are gone, every row at or below it is either visible or never
 /// will be. Publishing beyond the fence could let a key overtake a row whose transaction
-/// commits late.
-///
-/// It also keeps the pending floor ([`store::pending_floor`]): the claims look only at
-/// `commit_seq` from the floor up to the fence.
+/// commits late. The claims look only at `commit_seq` from the floor up to the fence.
 #[derive(Debug, Default)]
-struct FenceTracker {
-    safe: i64,
-    pending: Option<Fence>,
-    floor: i64,
-}
+struct FenceTracker(store::ClaimWindow);
 
 impl FenceTracker {
-    async fn advance(&mut self, pool: &PgPool) -> Result<i64, StoreError> {
-        if let Some(pending) = &self.pending {
-            if !store::fence_writers_running(pool, &pending.writers).await? {
-                self.safe = self.safe.max(pending.fence_seq);
-                self.pending = None;
-            }
-        }
-        if self.pending.is_none() {
-            let fence = store::commit_fence(pool).await?;
-            if fence.writers.is_empty() {
-                self.safe = self.safe.max(fence.fence_seq);
-            } else if fence.fence_seq > self.safe {
-                self.pending = Some(fence);
-            }
-        }
-        Ok(self.safe)
+    /// Brings the window up to date; returns the fence and the floor.
+    async fn advance(&mut self, pool: &PgPool) -> Result<(i64, i64), StoreError> {
+        self.0 = store::claim_window(pool, &self.0).await?;
+        Ok((self.0.safe, self.0.floor))
     }
 
     fn is_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// Raises the pending floor to what the database says now. Once every row up to the fence
-    /// is finished (floor above the fence), it cannot move until the fence does.
-    async fn raise_floor(&mut self, pool: &PgPool) -> Result<i64, StoreError> {
-        if self.floor <= self.safe {
-            self.floor = self
-                .floor
-                .max(store::pending_floor(pool, self.floor, self.safe).await?);
-        }
-        Ok(self.floor)
+        self.0.waiting.is_some()
     }
 
     /// After a database error: the floor is only an optimisation, and 0 is always right (the
     /// database may have been restored to an earlier point).
     fn forget_floor(&mut self) {
-        self.floor = 0;
+        self.0.floor = 0;
     }
 }
 
@@ -458,8 +429,7 @@ impl<P: Publisher> Relay<P> {
         held: Held,
         exclude: &[i64],
     ) -> Result<Vec<Vec<OutboxMessage>>, StoreError> {
-        let safe = fence.advance(&self.pool).await?;
-        let floor = fence.raise_floor(&self.pool).await?;
+        let (safe, floor) = fence.advance(&self.pool).await?;
         let held_back = self.slow.held_back();
         let args = store::ClaimArgs {
             fence_seq: safe,

@@ -202,13 +202,43 @@ pub async fn commit_fence(pool: &PgPool) -> Result<Fence, StoreError> {
     Ok(Fence { fence_seq, writers })
 }
 
-pub async fn fence_writers_running(pool: &PgPool, writers: &[String]) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT outbox.fence_writers_running($1)")
-            .bind(writers)
-            .fetch_one(pool)
-            .await?,
-    )
+/// What the relay knows between claims about where it may claim: the commit fence, a newer
+/// fence still waiting for its writers, and the pending floor. `Default` (all 0, nothing
+/// waiting) is always right, only slower.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimWindow {
+    /// Every committed row at or below it is visible or never will be.
+    pub safe: i64,
+    /// A fence read earlier, safe once none of its writers is running.
+    pub waiting: Option<Fence>,
+    /// No pending row at or below `safe` has a lower `commit_seq` (see [`pending_floor`]).
+    pub floor: i64,
+}
+
+/// Advances the window in one statement (`outbox.claim_window`): the waiting fence's writers
+/// checked, a new fence read, the floor raised. A claim sent after it sees every row up to
+/// the returned `safe`.
+pub async fn claim_window(pool: &PgPool, before: &ClaimWindow) -> Result<ClaimWindow, StoreError> {
+    let (safe, waiting_seq, waiting_writers, floor): (i64, Option<i64>, Option<Vec<String>>, i64) =
+        sqlx::query_as(
+            "SELECT safe_seq, waiting_seq, waiting_writers, floor_seq
+               FROM outbox.claim_window($1, $2, $3, $4)",
+        )
+        .bind(before.safe)
+        .bind(before.waiting.as_ref().map(|f| f.fence_seq))
+        .bind(before.waiting.as_ref().map(|f| f.writers.as_slice()))
+        .bind(before.floor)
+        .fetch_one(pool)
+        .await?;
+    let waiting = waiting_seq.map(|fence_seq| Fence {
+        fence_seq,
+        writers: waiting_writers.unwrap_or_default(),
+    });
+    Ok(ClaimWindow {
+        safe,
+        waiting,
+        floor,
+    })
 }
 
 /// The lease a claim runs under.
@@ -257,7 +287,7 @@ impl<'a> ClaimArgs<'a> {
 /// start their index scans there instead of walking entries of rows published since the last
 /// vacuum, which an open snapshot anywhere in the cluster keeps alive.
 pub async fn pending_floor(pool: &PgPool, from: i64, fence_seq: i64) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(include_str!("store/pending_floor.sql"))
+    Ok(sqlx::query_scalar("SELECT outbox.pending_floor($1, $2)")
         .bind(from)
         .bind(fence_seq)
         .fetch_one(pool)

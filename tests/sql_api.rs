@@ -463,23 +463,50 @@ async fn commit_fence_waits_for_open_writers() {
             .await
             .unwrap();
 
-    let fence = store::commit_fence(&db.pool).await.unwrap();
+    // The relay's window: the fence waits while the open writer runs, whatever else commits.
+    let waiting = store::claim_window(&db.pool, &store::ClaimWindow::default())
+        .await
+        .unwrap();
+    let fence = waiting
+        .waiting
+        .clone()
+        .expect("a fence waits for the open writer");
     assert_eq!(fence.fence_seq, late_seq);
     assert_eq!(
         fence.writers.len(),
         1,
         "the open transaction is a writer: {fence:?}"
     );
-    assert!(store::fence_writers_running(&db.pool, &fence.writers)
-        .await
-        .unwrap());
+    assert!(waiting.safe < late_seq, "{waiting:?}");
+    db.enqueue("d", Some("k"), json!({})).await;
+    let still = store::claim_window(&db.pool, &waiting).await.unwrap();
+    assert_eq!(still, waiting, "nothing moves while the writer runs");
+
+    // What relays of earlier versions call instead, kept by migration 0005.
+    let running = |writers: Vec<String>| {
+        sqlx::query_scalar::<_, bool>("SELECT outbox.fence_writers_running($1)")
+            .bind(writers)
+            .fetch_one(&db.pool)
+    };
+    assert!(running(fence.writers.clone()).await.unwrap());
+    assert_eq!(
+        store::commit_fence(&db.pool).await.unwrap().writers,
+        fence.writers
+    );
 
     open.commit().await.unwrap();
-    assert!(!store::fence_writers_running(&db.pool, &fence.writers)
+    assert!(!running(fence.writers.clone()).await.unwrap());
+    let after = store::claim_window(&db.pool, &still).await.unwrap();
+    assert_eq!(after.waiting, None);
+    assert!(
+        after.safe > late_seq,
+        "no writer left: the fence is the last value: {after:?}"
+    );
+    let first_seq: i64 = sqlx::query_scalar("SELECT min(commit_seq) FROM outbox.messages")
+        .fetch_one(&db.pool)
         .await
-        .unwrap());
-    let after = store::commit_fence(&db.pool).await.unwrap();
-    assert!(after.writers.is_empty());
+        .unwrap();
+    assert_eq!(after.floor, first_seq, "nothing is finished yet");
     // With the fence below the late row, the claim stops before it.
     let token = take_lease(&db).await;
     let claimed = store::claim(&db.pool, &claim_args(late_seq - 1, 100, token))
@@ -700,6 +727,40 @@ async fn explain(
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// A fence waits only for the writers that were running when it was read: once they end it
+/// holds, even while newer writers run, and the next fence waits for those.
+#[tokio::test]
+async fn a_waiting_fence_holds_once_its_own_writers_end() {
+    use outbox_relay::store;
+    let db = TestDb::new().await;
+    let mut old_writer = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT outbox.enqueue('d', '{}', message_key => 'k')")
+        .execute(&mut *old_writer)
+        .await
+        .unwrap();
+    db.enqueue("d", Some("k"), json!({})).await;
+    let first = store::claim_window(&db.pool, &store::ClaimWindow::default())
+        .await
+        .unwrap();
+    let waiting = first.waiting.clone().expect("waits for the old writer");
+
+    let mut new_writer = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT outbox.enqueue('d', '{}', message_key => 'k')")
+        .execute(&mut *new_writer)
+        .await
+        .unwrap();
+    old_writer.commit().await.unwrap();
+    let next = store::claim_window(&db.pool, &first).await.unwrap();
+    assert_eq!(next.safe, waiting.fence_seq, "{next:?}");
+    let newer = next.waiting.clone().expect("waits for the new writer");
+    assert_eq!(newer.fence_seq, waiting.fence_seq + 1);
+    assert_ne!(newer.writers, waiting.writers);
+
+    new_writer.rollback().await.unwrap();
+    let last = store::claim_window(&db.pool, &next).await.unwrap();
+    assert_eq!((last.safe, last.waiting), (newer.fence_seq, None));
 }
 
 /// The pending floor is the oldest pending row at or below the fence: it stays on a row that

@@ -3,7 +3,7 @@
 -- $2: batch size
 -- $6: ids already published whose outcome is still being recorded (never sent twice).
 -- $7: destinations held back after a publish timeout (see `SlowDestinations` in relay.rs).
--- $8: the pending floor (pending_floor.sql): no pending row has a lower commit_seq, so both
+-- $8: the pending floor (outbox.pending_floor, migration 0005): no pending row has a lower commit_seq, so both
 -- scans start there.
 -- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
 -- claims nothing, even if it has not noticed yet.
