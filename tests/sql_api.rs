@@ -703,6 +703,11 @@ async fn relay_sessions_run_without_jit() {
         .await
         .unwrap();
     assert_eq!(jit, "off");
+    let plans: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(plans, "force_generic_plan");
     let name: String = sqlx::query_scalar("SHOW application_name")
         .fetch_one(&pool)
         .await
