@@ -319,7 +319,7 @@ impl<P: Publisher> Relay<P> {
                     if let (ChainEnd::Failed, Some(key)) = (end, key) {
                         failed_keys.push(key);
                     }
-                    for queued in dropped {
+                    if let Some(queued) = dropped {
                         release(queued, &mut in_hand, &mut batches);
                     }
                     if let Some(queued) = next {
@@ -663,7 +663,7 @@ struct Ended {
 /// What woke the relay loop.
 enum Event {
     Chain(Ended),
-    Claimed(FenceTracker, Result<Vec<Vec<OutboxMessage>>, CycleError>),
+    Claimed(FenceTracker, Claimed),
     Recorded,
     GraceOver,
     Wake,

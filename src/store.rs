@@ -198,6 +198,8 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
     }
 }
 
+/// A fresh fence on its own. The relay advances its fence through [`claim_window`]; this reads
+/// the same rule alone, for inspection and tests.
 pub async fn commit_fence(pool: &PgPool) -> Result<Fence, StoreError> {
     let (fence_seq, writers): (i64, Vec<String>) =
         sqlx::query_as("SELECT fence_seq, writers FROM outbox.commit_fence()")
@@ -289,7 +291,8 @@ impl<'a> ClaimArgs<'a> {
 /// The lowest `commit_seq` of any pending row at or below `fence_seq` (`fence_seq + 1` if
 /// none), searched from `from`, an earlier floor or 0. It never decreases, so the claims can
 /// start their index scans there instead of walking entries of rows published since the last
-/// vacuum, which an open snapshot anywhere in the cluster keeps alive.
+/// vacuum, which an open snapshot anywhere in the cluster keeps alive. The relay raises its
+/// floor through [`claim_window`]; this asks for it alone, for inspection and tests.
 pub async fn pending_floor(pool: &PgPool, from: i64, fence_seq: i64) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT outbox.pending_floor($1, $2)")
         .bind(from)

@@ -94,20 +94,20 @@ impl<C> KeyGate<C> {
         }
     }
 
-    /// A chain ended. Returns the chain of the same key to start next, if any, and the chains
-    /// that were waiting behind one that stopped short.
-    pub fn ended(&mut self, key: Option<&Key>, end: ChainEnd) -> (Option<C>, Vec<C>) {
+    /// A chain ended. Returns the chain of the same key to start next, if any, and the chain
+    /// that was waiting behind one that stopped short, to give back.
+    pub fn ended(&mut self, key: Option<&Key>, end: ChainEnd) -> (Option<C>, Option<C>) {
         let Some(key) = key else {
-            return (None, Vec::new());
+            return (None, None);
         };
         if end == ChainEnd::Finished {
             if let Some(next) = self.busy.get_mut(key).and_then(Option::take) {
-                return (Some(next), Vec::new());
+                return (Some(next), None);
             }
             self.busy.remove(key);
-            return (None, Vec::new());
+            return (None, None);
         }
-        let dropped = self.busy.remove(key).flatten().into_iter().collect();
+        let dropped = self.busy.remove(key).flatten();
         let seen_after = match end {
             ChainEnd::Failed => None,
             _ => Some(self.claims_started),
@@ -155,12 +155,9 @@ mod tests {
         assert_eq!(gate.admit(None, 4), Admitted::Start(4));
         assert_eq!(
             gate.ended(Some(&k("a")), ChainEnd::Finished),
-            (Some(2), vec![])
+            (Some(2), None)
         );
-        assert_eq!(
-            gate.ended(Some(&k("a")), ChainEnd::Finished),
-            (None, vec![])
-        );
+        assert_eq!(gate.ended(Some(&k("a")), ChainEnd::Finished), (None, None));
         claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 5), Admitted::Start(5));
     }
@@ -177,7 +174,7 @@ mod tests {
         assert_eq!(gate.admit(Some(&k("cold")), 4), Admitted::Start(4));
         assert_eq!(
             gate.ended(Some(&k("hot")), ChainEnd::Finished),
-            (Some(2), vec![])
+            (Some(2), None)
         );
         claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("hot")), 5), Admitted::Queued);
@@ -192,7 +189,7 @@ mod tests {
         assert_eq!(gate.admit(Some(&k("a")), 2), Admitted::Queued);
         // Claim 3 runs while chain 1 fails.
         let c3 = gate.claim_started();
-        assert_eq!(gate.ended(Some(&k("a")), ChainEnd::Failed), (None, vec![2]));
+        assert_eq!(gate.ended(Some(&k("a")), ChainEnd::Failed), (None, Some(2)));
         gate.claim_done(c3);
         assert_eq!(gate.admit(Some(&k("a")), 3), Admitted::Dropped(3));
         // Claim 4 started before the failure was recorded: it may carry later rows.
@@ -212,7 +209,7 @@ mod tests {
         claim(&mut gate);
         assert_eq!(gate.admit(Some(&k("a")), 1), Admitted::Start(1));
         let c2 = gate.claim_started();
-        assert_eq!(gate.ended(Some(&k("a")), ChainEnd::Stopped), (None, vec![]));
+        assert_eq!(gate.ended(Some(&k("a")), ChainEnd::Stopped), (None, None));
         gate.claim_done(c2);
         assert_eq!(gate.admit(Some(&k("a")), 2), Admitted::Dropped(2));
         claim(&mut gate);
