@@ -295,6 +295,55 @@ async fn claims_are_index_scans_over_pending_rows_only() {
     }
 }
 
+/// The claims leave out every row in hand (up to a few thousand ids). The relay's sessions use
+/// generic plans, where `id <> ALL ($6)` walks the whole array for every row the scan passes:
+/// that cost about 15 ms per claim of 500 rows with 2,000 rows in hand, and a third of
+/// Postgres' CPU in the Kafka drain (docs/performance.md). A hashed subplan looks each row up
+/// once.
+#[tokio::test]
+async fn claims_look_up_the_rows_in_hand_by_hash_under_the_relays_plans() {
+    let db = TestDb::new().await;
+    let options = outbox_relay::store::connect_options(&db.relay_url).unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let in_hand = "'{1,2,3,4,5,6,7,8,9,10,11,12}'::bigint[]";
+    let statements = [
+        (
+            "claim",
+            include_str!("../src/store/claim.sql"),
+            format!("1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5"),
+        ),
+        (
+            "claim_other_keys",
+            include_str!("../src/store/claim_other_keys.sql"),
+            format!(
+                "1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5, 10, '{{d}}'::text[], '{{k1}}'::text[], 20000"
+            ),
+        ),
+    ];
+    for (name, sql, args) in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let text = plan.to_string();
+        assert!(
+            text.contains("hashed SubPlan") && !text.contains("id <> ALL"),
+            "{name} must look the rows in hand up by hash: {text}"
+        );
+    }
+}
+
 /// A row that was never delayed is due from its commit on. Were it judged by the clock alone, a
 /// database clock that stepped back behind its committed_at would leave it unclaimed while the
 /// per-key check (which only sees delayed rows) let its key's later rows go ahead. A retry's

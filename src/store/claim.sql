@@ -1,7 +1,10 @@
 -- Committed rows that may be published now, in commit order.
 -- $1: the commit fence (highest commit_seq known to have no invisible predecessor)
 -- $2: batch size
--- $6: ids already published whose outcome is still being recorded (never sent twice).
+-- $6: ids in hand: being published, or published and their outcome still being recorded (never
+-- sent twice). Up to a few thousand: NOT IN over a subquery is one hash lookup per row, where
+-- `<> ALL ($6)` would walk the array for every row scanned (the relay's sessions use generic
+-- plans, and Postgres hashes `<> ALL` only for a constant array).
 -- $7: destinations held back after a publish timeout (see `SlowDestinations` in relay.rs).
 -- $8: the pending floor (outbox.pending_floor, migration 0005): no pending row has a lower commit_seq, so both
 -- scans start there.
@@ -29,7 +32,7 @@ SELECT m.id,
    AND m.commit_seq >= $8
    AND m.commit_seq <= $1
    AND (m.available_at <= now() OR m.available_at <= m.committed_at)
-   AND m.id <> ALL ($6)
+   AND m.id NOT IN (SELECT unnest($6::bigint[]))
    AND m.destination <> ALL ($7)
    AND (m.message_key IS NULL OR NOT EXISTS (
         SELECT 1

@@ -2,7 +2,7 @@
 -- otherwise fill: without this, a backlog of thousands of rows of one key (published one at a
 -- time) would hold back every row committed after it.
 -- $1 to $8 as in claim.sql: the commit fence, batch size, lease name, holder and token, ids
--- whose outcome is still being recorded, destinations held back after a publish timeout, the
+-- in hand (a hash lookup, see claim.sql), destinations held back after a publish timeout, the
 -- pending floor.
 -- $9: the highest commit_seq of the batch already claimed
 -- $10, $11: destinations and keys already claimed (skipped here; their rows come in order later)
@@ -32,7 +32,7 @@ SELECT m.id,
          ORDER BY c.commit_seq
          LIMIT $12) m
  WHERE (m.available_at <= now() OR m.available_at <= m.committed_at)
-   AND m.id <> ALL ($6)
+   AND m.id NOT IN (SELECT unnest($6::bigint[]))
    AND m.destination <> ALL ($7)
    AND (m.message_key IS NULL OR (m.destination, m.message_key) NOT IN (
         SELECT d, k FROM unnest($10::text[], $11::text[]) AS claimed(d, k)))
@@ -46,7 +46,7 @@ SELECT m.id,
            AND e.commit_seq >= $8
            AND e.commit_seq < m.commit_seq
            AND ((e.available_at > now() AND e.available_at > e.committed_at)
-                OR (e.commit_seq <= $9 AND e.id <> ALL ($6)))))
+                OR (e.commit_seq <= $9 AND e.id NOT IN (SELECT unnest($6::bigint[]))))))
    AND EXISTS (
         SELECT 1
           FROM outbox.relay_leases l
