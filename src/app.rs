@@ -139,6 +139,7 @@ pub async fn run_with<P: Publisher>(
         publisher,
         config.relay.clone(),
         config.retry.clone(),
+        config.sweeper.on_published(),
         lease.clone(),
         health.clone(),
     );

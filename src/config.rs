@@ -210,6 +210,18 @@ pub struct SweeperConfig {
     pub dead_retention: Duration,
 }
 
+impl SweeperConfig {
+    /// A retention of zero keeps no published history: the relay deletes each row as soon as
+    /// the broker confirmed it, which costs the database far less than marking it.
+    pub fn on_published(&self) -> crate::store::OnPublished {
+        if self.published_retention.is_zero() {
+            crate::store::OnPublished::Delete
+        } else {
+            crate::store::OnPublished::Mark
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

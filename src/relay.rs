@@ -159,6 +159,7 @@ pub struct Relay<P> {
     publisher: Arc<P>,
     config: RelayConfig,
     retry: RetryConfig,
+    on_published: store::OnPublished,
     lease: Arc<Lease>,
     health: Arc<Health>,
     slow: SlowDestinations,
@@ -201,6 +202,7 @@ impl<P: Publisher> Relay<P> {
         publisher: Arc<P>,
         config: RelayConfig,
         retry: RetryConfig,
+        on_published: store::OnPublished,
         lease: Arc<Lease>,
         health: Arc<Health>,
     ) -> Self {
@@ -209,6 +211,7 @@ impl<P: Publisher> Relay<P> {
             publisher,
             config,
             retry,
+            on_published,
             lease,
             health,
             slow: SlowDestinations::default(),
@@ -587,7 +590,12 @@ impl<P: Publisher> Relay<P> {
         tokio::pin!(deadline);
         let mut failures = 0u32;
         loop {
-            let attempt = store::record_outcomes(&self.pool, &rows, self.retry.max_attempts.get());
+            let attempt = store::record_outcomes(
+                &self.pool,
+                &rows,
+                self.retry.max_attempts.get(),
+                self.on_published,
+            );
             match attempt.await {
                 Ok(recorded) => {
                     for r in &recorded {

@@ -496,8 +496,69 @@ pub async fn discard_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, S
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// What becomes of a row once the broker confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPublished {
+    /// Marked `published`; the sweeper deletes it after `sweeper.published_retention`.
+    Mark,
+    /// Deleted at once (`sweeper.published_retention = "0s"`).
+    Delete,
+}
+
+/// Writes a batch of publish outcomes: confirmed rows as `on_published` says, failures as
+/// retries or `dead`. Returns each row's new status; rows no longer committed are left out.
 pub async fn record_outcomes(
     pool: &PgPool,
+    outcomes: &[(RowId, Outcome)],
+    max_attempts: u32,
+    on_published: OnPublished,
+) -> Result<Vec<Recorded>, StoreError> {
+    if on_published == OnPublished::Mark {
+        return update_outcomes(pool, outcomes, max_attempts).await;
+    }
+    let confirmed: Vec<i64> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Published))
+        .map(|(id, _)| id.0)
+        .collect();
+    let failed: Vec<(RowId, Outcome)> = outcomes
+        .iter()
+        .filter(|(_, o)| !matches!(o, Outcome::Published))
+        .cloned()
+        .collect();
+    if failed.is_empty() {
+        return delete_published(pool, &confirmed).await;
+    }
+    if confirmed.is_empty() {
+        return update_outcomes(pool, &failed, max_attempts).await;
+    }
+    // Both kinds, rarely: one transaction, so that a retry after an error repeats neither half.
+    let mut tx = pool.begin().await?;
+    let mut recorded = delete_published(&mut *tx, &confirmed).await?;
+    recorded.extend(update_outcomes(&mut *tx, &failed, max_attempts).await?);
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+async fn delete_published<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    ids: &[i64],
+) -> Result<Vec<Recorded>, StoreError> {
+    let rows: Vec<i64> = sqlx::query_scalar(include_str!("store/delete_published.sql"))
+        .bind(ids)
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|id| Recorded {
+            id: RowId(id),
+            status: MessageStatus::Published,
+        })
+        .collect())
+}
+
+async fn update_outcomes<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     outcomes: &[(RowId, Outcome)],
     max_attempts: u32,
 ) -> Result<Vec<Recorded>, StoreError> {
@@ -530,7 +591,7 @@ pub async fn record_outcomes(
         .bind(&permanent)
         .bind(&backoff_ms)
         .bind(i64::from(max_attempts))
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?;
     rows.into_iter()
         .map(|(id, status)| {

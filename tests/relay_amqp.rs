@@ -444,3 +444,78 @@ async fn message_over_the_broker_size_limit_goes_dead_at_once_and_others_flow() 
     );
     relay.stop().await;
 }
+
+/// With `sweeper.published_retention = "0s"` the relay deletes each row once the broker
+/// confirmed it, and nothing else: a row the broker refused stays, committed, for its retry,
+/// and is deleted only after its own confirm.
+#[tokio::test]
+async fn delete_on_publish_removes_confirmed_rows_only() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    rabbit.declare_exchange(&exchange).await;
+    let queue = rabbit.bound_queue(&exchange, "k").await;
+    let mut config = test_config(&db);
+    config.sweeper.published_retention = Duration::ZERO;
+    config.retry.max_attempts = 1000.try_into().unwrap();
+    let relay = start_relay(config);
+
+    let refused = db.enqueue(&exchange, Some("nobody"), json!({})).await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(db.enqueue(&exchange, Some("k"), json!({ "n": n })).await);
+    }
+    let got = rabbit.collect(&queue, 3, WAIT).await;
+    assert_eq!(
+        got.iter().map(|m| m.message_id()).collect::<Vec<_>>(),
+        sent,
+        "delivered once each, in commit order"
+    );
+    wait_for("the confirmed rows deleted", WAIT, || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1)")
+                .bind(&sent)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    wait_for("two returned attempts", WAIT, || async {
+        let attempts: i32 =
+            sqlx::query_scalar("SELECT attempts FROM outbox.messages WHERE message_id = $1")
+                .bind(refused)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (attempts >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(db.status(refused).await, "committed");
+
+    let nobody = rabbit.bound_queue(&exchange, "nobody").await;
+    wait_for(
+        "the retried row deleted after its confirm",
+        WAIT,
+        || async {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE message_id = $1")
+                    .bind(refused)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    let got = rabbit.drain(&nobody).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id(), refused);
+    let published: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status = 'published'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(published, 0, "nothing is kept as published");
+    relay.stop().await;
+}

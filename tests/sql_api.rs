@@ -405,9 +405,14 @@ async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
         permanent: false,
         backoff: Duration::from_secs(1),
     };
-    store::record_outcomes(&db.pool, &[(batch[0].id, failed)], 10)
-        .await
-        .unwrap();
+    store::record_outcomes(
+        &db.pool,
+        &[(batch[0].id, failed)],
+        10,
+        store::OnPublished::Mark,
+    )
+    .await
+    .unwrap();
     let batch = store::claim(&db.pool, &claim_args(i64::MAX, 10, token))
         .await
         .unwrap();
