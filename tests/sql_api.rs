@@ -422,6 +422,70 @@ async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
     );
 }
 
+/// Delete on publish: confirmed rows are deleted, failures recorded as retries or dead in the
+/// same call, and a row an operator changed meanwhile (no longer committed) is left alone.
+#[tokio::test]
+async fn delete_on_publish_deletes_confirmed_rows_and_records_failures() {
+    use outbox_relay::store::{self, MessageStatus, OnPublished, Outcome};
+    let db = TestDb::new().await;
+    for n in 0..4 {
+        db.enqueue("d", Some("k"), json!({ "n": n })).await;
+    }
+    let token = take_lease(&db).await;
+    let batch = store::claim(&db.pool, &claim_args(i64::MAX, 10, token))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 4);
+    // An operator discards the last row while it is in flight.
+    sqlx::query("UPDATE outbox.messages SET status = 'dead' WHERE id = $1")
+        .bind(batch[3].id.0)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let failed = |permanent| Outcome::Failed {
+        error: "broker said no".into(),
+        permanent,
+        backoff: Duration::from_secs(1),
+    };
+    let recorded = store::record_outcomes(
+        &db.pool,
+        &[
+            (batch[0].id, Outcome::Published),
+            (batch[1].id, failed(false)),
+            (batch[2].id, failed(true)),
+            (batch[3].id, Outcome::Published),
+        ],
+        10,
+        OnPublished::Delete,
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<_> = recorded.iter().map(|r| (r.id, r.status)).collect();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        got,
+        [
+            (batch[0].id, MessageStatus::Published),
+            (batch[1].id, MessageStatus::Committed),
+            (batch[2].id, MessageStatus::Dead),
+        ]
+    );
+    let left: Vec<(i64, String, i32)> =
+        sqlx::query_as("SELECT id, status::text, attempts FROM outbox.messages ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        [
+            (batch[1].id.0, "committed".to_string(), 1),
+            (batch[2].id.0, "dead".to_string(), 1),
+            (batch[3].id.0, "dead".to_string(), 0),
+        ],
+        "the confirmed row is gone, the others are as recorded or as the operator left them"
+    );
+}
+
 /// `claim_other_keys` runs after `claim`: a row that was not due for `claim` may be due by
 /// then, and its key's later rows must still wait for it.
 #[tokio::test]
