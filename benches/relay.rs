@@ -45,7 +45,14 @@ use tokio_util::sync::CancellationToken;
 
 const KEYS: i64 = 1000;
 const PAYLOAD_BYTES: usize = 256;
-const IN_FLIGHT: usize = 256;
+/// The relay's `relay.max_in_flight` (as overridden with BENCH_RELAY__RELAY__MAX_IN_FLIGHT),
+/// so that the broker ceilings keep as many messages unconfirmed as the relay may.
+fn in_flight() -> usize {
+    std::env::var("BENCH_RELAY__RELAY__MAX_IN_FLIGHT")
+        .ok()
+        .map(|v| v.parse().expect("BENCH_RELAY__RELAY__MAX_IN_FLIGHT"))
+        .unwrap_or_else(|| Config::default().relay.max_in_flight.get() as usize)
+}
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -526,7 +533,7 @@ async fn amqp_exchange(url: &str, name: &str) -> Connection {
     conn
 }
 
-/// RabbitMQ alone: confirms, persistent, mandatory, IN_FLIGHT unconfirmed at most.
+/// RabbitMQ alone: confirms, persistent, mandatory, the relay's in-flight limit.
 async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
@@ -536,6 +543,7 @@ async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
         .await
         .unwrap();
     let body = payload();
+    let window = in_flight();
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::new();
     for i in 0..n {
@@ -557,7 +565,7 @@ async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
             .await
             .unwrap();
         pending.push_back(confirm);
-        if pending.len() >= IN_FLIGHT {
+        if pending.len() >= window {
             pending.pop_front().unwrap().await.unwrap();
         }
     }
@@ -584,7 +592,7 @@ async fn kafka_topic(bootstrap: &str, topic: &str) {
     }
 }
 
-/// Kafka alone: the relay's producer settings, IN_FLIGHT outstanding at most.
+/// Kafka alone: the relay's producer settings and in-flight limit.
 async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let config = KafkaConfig {
         bootstrap_servers: bootstrap.to_string(),
@@ -594,6 +602,7 @@ async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
         .create()
         .unwrap();
     let body = payload();
+    let window = in_flight();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..n {
@@ -607,7 +616,7 @@ async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
             )
             .await
         });
-        if pending.len() >= IN_FLIGHT {
+        if pending.len() >= window {
             pending.next().await.unwrap().map_err(|(e, _)| e).unwrap();
         }
     }
@@ -1177,22 +1186,6 @@ async fn main() {
                     rate / own.min(database_ceiling),
                     "x",
                 );
-                // Each ceiling is measured with the machine to itself. When both keep the
-                // cores busy, the drain needs the CPU of both per message, which bounds it
-                // at 1 / (1/broker + 1/database) (docs/performance.md).
-                if database_ceiling < f64::MAX {
-                    let shared = 1.0 / (1.0 / own + 1.0 / database_ceiling);
-                    f.add(
-                        format!("drain to {name}: both ceilings sharing the cores"),
-                        shared,
-                        "msg/s",
-                    );
-                    f.add(
-                        format!("drain to {name} / both ceilings sharing the cores"),
-                        rate / shared,
-                        "x",
-                    );
-                }
             }
             f.add(
                 format!("drain to {name}: relay peak RSS"),
