@@ -95,28 +95,34 @@ impl KafkaPublisher {
     }
 
     /// An idempotent producer that hit a fatal error (for example an out-of-order sequence)
-    /// refuses all further sends; only a new producer can continue.
+    /// refuses all further sends; only a new producer can continue. Every publish in flight on
+    /// the fatal producer fails at once, and only the first replaces it: a new producer per
+    /// failure would start dozens at once, each fetching a producer id before it can send.
     async fn replace_if_fatal(&self, producer: &FutureProducer) {
-        let Some((code, reason)) = producer.client().fatal_error() else {
+        if producer.client().fatal_error().is_none() {
             return;
-        };
-        tracing::error!(
-            ?code,
-            reason,
-            "Kafka producer hit a fatal error; creating a new one"
-        );
-        match create(&self.client_config) {
-            Ok(fresh) => {
-                let old = self
-                    .producer
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(fresh);
-                // Destroying a producer blocks while librdkafka tears down its threads.
-                let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer"),
         }
+        let old = {
+            let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
+            let Some((code, reason)) = slot.as_ref().and_then(|c| c.client().fatal_error()) else {
+                // Replaced by another failed publish already, or closed.
+                return;
+            };
+            tracing::error!(
+                ?code,
+                reason,
+                "Kafka producer hit a fatal error; creating a new one"
+            );
+            match create(&self.client_config) {
+                Ok(fresh) => slot.replace(fresh),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot recreate the Kafka producer");
+                    return;
+                }
+            }
+        };
+        // Destroying a producer blocks while librdkafka tears down its threads.
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
     }
 }
 

@@ -372,9 +372,11 @@ async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
                 "OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT".into(),
                 "2s".into(),
             ));
-            // The default publish timeout, longer than any stall injected here: a message
-            // timeout also makes librdkafka bump the producer's epoch (see Fault::runs_on).
-            relay_env.push(("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT".into(), "30s".into()));
+            // Longer than any stall injected here (6 s at most): a message timeout also makes
+            // librdkafka bump the producer's epoch (see Fault::runs_on). Shorter than the
+            // recovery bound: a message librdkafka still holds when its topic is deleted and
+            // recreated gets no delivery report until it times out, and is then sent again.
+            relay_env.push(("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT".into(), "20s".into()));
             create_topic(&bootstrap, &destination).await;
             let consumer = verify::consume_kafka(
                 &bootstrap,
