@@ -102,23 +102,34 @@ impl KafkaPublisher {
         if producer.client().fatal_error().is_none() {
             return;
         }
+        let fatal = |slot: &Option<FutureProducer>| {
+            slot.as_ref()
+                .and_then(|current| current.client().fatal_error())
+        };
+        // The current one may be healthy: replaced by another failed publish already.
+        let Some((code, reason)) = fatal(&self.producer.read().unwrap_or_else(|p| p.into_inner()))
+        else {
+            return;
+        };
+        tracing::error!(
+            ?code,
+            reason,
+            "Kafka producer hit a fatal error; creating a new one"
+        );
+        let fresh = match create(&self.client_config) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot recreate the Kafka producer");
+                return;
+            }
+        };
         let old = {
             let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
-            let Some((code, reason)) = slot.as_ref().and_then(|c| c.client().fatal_error()) else {
-                // Replaced by another failed publish already, or closed.
-                return;
-            };
-            tracing::error!(
-                ?code,
-                reason,
-                "Kafka producer hit a fatal error; creating a new one"
-            );
-            match create(&self.client_config) {
-                Ok(fresh) => slot.replace(fresh),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot recreate the Kafka producer");
-                    return;
-                }
+            if fatal(&slot).is_some() {
+                slot.replace(fresh)
+            } else {
+                // Another publish got there first (or the publisher closed): keep theirs.
+                Some(fresh)
             }
         };
         // Destroying a producer blocks while librdkafka tears down its threads.
