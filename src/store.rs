@@ -516,16 +516,11 @@ pub async fn record_outcomes(
     if on_published == OnPublished::Mark {
         return update_outcomes(pool, outcomes, max_attempts).await;
     }
-    let confirmed: Vec<i64> = outcomes
+    let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
         .iter()
-        .filter(|(_, o)| matches!(o, Outcome::Published))
-        .map(|(id, _)| id.0)
-        .collect();
-    let failed: Vec<(RowId, Outcome)> = outcomes
-        .iter()
-        .filter(|(_, o)| !matches!(o, Outcome::Published))
         .cloned()
-        .collect();
+        .partition(|(_, o)| matches!(o, Outcome::Published));
+    let confirmed: Vec<i64> = confirmed.iter().map(|(id, _)| id.0).collect();
     if failed.is_empty() {
         return delete_published(pool, &confirmed).await;
     }

@@ -472,13 +472,7 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
         "delivered once each, in commit order"
     );
     wait_for("the confirmed rows deleted", WAIT, || async {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1)")
-                .bind(&sent)
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        (left == 0).then_some(())
+        (rows_left(&db, &sent).await == 0).then_some(())
     })
     .await;
     wait_for("two returned attempts", WAIT, || async {
@@ -497,15 +491,7 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
     wait_for(
         "the retried row deleted after its confirm",
         WAIT,
-        || async {
-            let left: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE message_id = $1")
-                    .bind(refused)
-                    .fetch_one(&db.pool)
-                    .await
-                    .unwrap();
-            (left == 0).then_some(())
-        },
+        || async { (rows_left(&db, &[refused]).await == 0).then_some(()) },
     )
     .await;
     let got = rabbit.drain(&nobody).await;
@@ -518,4 +504,13 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
             .unwrap();
     assert_eq!(published, 0, "nothing is kept as published");
     relay.stop().await;
+}
+
+/// How many of these messages still have a row.
+async fn rows_left(db: &TestDb, ids: &[Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1)")
+        .bind(ids)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }

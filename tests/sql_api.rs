@@ -303,12 +303,7 @@ async fn claims_are_index_scans_over_pending_rows_only() {
 #[tokio::test]
 async fn claims_look_up_the_rows_in_hand_by_hash_under_the_relays_plans() {
     let db = TestDb::new().await;
-    let options = outbox_relay::store::connect_options(&db.relay_url).unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let pool = relay_session(&db).await;
     let mut conn = pool.acquire().await.unwrap();
     let in_hand = "'{1,2,3,4,5,6,7,8,9,10,11,12}'::bigint[]";
     let statements = [
@@ -810,12 +805,7 @@ async fn commit_rollback_and_requeue_change_nothing_they_do_not_own() {
 #[tokio::test]
 async fn relay_sessions_run_without_jit() {
     let db = TestDb::new().await;
-    let options = outbox_relay::store::connect_options(&db.relay_url).unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let pool = relay_session(&db).await;
     let jit: String = sqlx::query_scalar("SHOW jit")
         .fetch_one(&pool)
         .await
@@ -831,6 +821,16 @@ async fn relay_sessions_run_without_jit() {
         .await
         .unwrap();
     assert_eq!(name, "outbox-relay");
+}
+
+/// One connection with the relay's own session settings (`store::connect_options`).
+async fn relay_session(db: &TestDb) -> sqlx::PgPool {
+    let options = outbox_relay::store::connect_options(&db.relay_url).unwrap();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap()
 }
 
 /// `EXPLAIN (options)` of a statement of the store, with literal arguments for its `$n`.

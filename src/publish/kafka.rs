@@ -98,15 +98,13 @@ impl KafkaPublisher {
     /// refuses all further sends; only a new producer can continue. Every publish in flight on
     /// the fatal producer fails at once, and only the first replaces it: a new producer per
     /// failure would start dozens at once, each fetching a producer id before it can send.
-    async fn replace_if_fatal(&self, producer: &FutureProducer) {
-        if producer.client().fatal_error().is_none() {
-            return;
-        }
+    async fn replace_if_fatal(&self) {
         let fatal = |slot: &Option<FutureProducer>| {
             slot.as_ref()
                 .and_then(|current| current.client().fatal_error())
         };
-        // The current one may be healthy: replaced by another failed publish already.
+        // The current one may be healthy: the failed publish ran on an older one, replaced by
+        // another failed publish already.
         let Some((code, reason)) = fatal(&self.producer.read().unwrap_or_else(|p| p.into_inner()))
         else {
             return;
@@ -253,7 +251,7 @@ impl Publisher for KafkaPublisher {
                 if !classified.is_permanent() {
                     self.healthy.store(false, Ordering::Relaxed);
                 }
-                self.replace_if_fatal(&producer).await;
+                self.replace_if_fatal().await;
                 Err(classified)
             }
         }
