@@ -1059,3 +1059,82 @@ fn claim_args(fence_seq: i64, limit: u32, token: i64) -> outbox_relay::store::Cl
         floor: 0,
     }
 }
+
+/// Writers commit while a relay-like loop advances the window and finishes every row up to the
+/// fence, as the relay does once it has published them. The fence must never be ahead of the
+/// values drawn so far (a fence ahead would cover rows drawn after it by writers it never saw),
+/// and when the writers are done, no committed row may be left below the pending floor, where
+/// no claim would look for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_never_passes_rows_of_writers_it_has_not_seen() {
+    use outbox_relay::store;
+    let db = TestDb::new().await;
+    let relay = db.relay_pool().await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                for i in 0..250i64 {
+                    sqlx::query(
+                        "SELECT outbox.enqueue('d', '{}', message_key => 'k' || ($1 + g))
+                           FROM generate_series(1, $2) g",
+                    )
+                    .bind(w * 1000 + i)
+                    .bind(i % 10 + 1)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let drawn = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(pg_sequence_last_value('outbox.commit_seq'), 0)",
+        )
+        .fetch_one(&db.pool)
+    };
+    let finish_up_to_fence = |window: store::ClaimWindow| {
+        sqlx::query(
+            "UPDATE outbox.messages SET status = 'published'
+              WHERE status = 'committed' AND commit_seq BETWEEN $1 AND $2",
+        )
+        .bind(window.floor)
+        .bind(window.safe)
+        .execute(&db.pool)
+    };
+    let mut window = store::ClaimWindow::default();
+    let mut rounds = 0u64;
+    while writers.iter().any(|w| !w.is_finished()) {
+        window = store::claim_window(&relay, &window).await.unwrap();
+        let now = drawn().await.unwrap();
+        assert!(
+            window.safe <= now,
+            "the fence {} is ahead of the last value drawn, {now}",
+            window.safe
+        );
+        finish_up_to_fence(window.clone()).await.unwrap();
+        rounds += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    // No writer left: two windows settle the fence and the floor.
+    for _ in 0..3 {
+        window = store::claim_window(&relay, &window).await.unwrap();
+        finish_up_to_fence(window.clone()).await.unwrap();
+    }
+    let total = drawn().await.unwrap();
+    assert_eq!(window.safe, total, "after {rounds} rounds");
+    let stranded: Vec<i64> = sqlx::query_scalar(
+        "SELECT commit_seq FROM outbox.messages WHERE status = 'committed' ORDER BY commit_seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        stranded.is_empty(),
+        "rows left below the floor {}: {stranded:?}",
+        window.floor
+    );
+}
