@@ -32,6 +32,10 @@ const KEY_SHARE: usize = 32;
 /// How many pending rows past a batch dominated by few keys are searched for other keys.
 const LOOKAHEAD: u32 = 20_000;
 
+/// How long a confirmed outcome may wait to be written with later ones: under a steady load,
+/// one outcome update per few milliseconds instead of one per answer costs Postgres far less
+/// per row. Half a batch answered is written at once.
+const RECORD_DELAY: Duration = Duration::from_millis(10);
 /// How soon to look again while the fence waits for writers that are still running.
 const FENCE_RECHECK: Duration = Duration::from_millis(1);
 
@@ -241,7 +245,8 @@ impl<P: Publisher> Relay<P> {
     /// once while the outbox has a backlog, after the [`Pacing`] wait otherwise) and leaves out
     /// every row in hand. Each claimed chain starts as soon as nothing of its key is in flight
     /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim. One outcome
-    /// update runs at a time and takes everything answered since the last one.
+    /// update runs at a time and takes everything answered since the last one, once half a
+    /// batch is answered or the oldest answer has waited [`RECORD_DELAY`].
     pub async fn run(self, shutdown: CancellationToken) {
         let this = &self;
         let shutdown = &shutdown;
@@ -261,6 +266,8 @@ impl<P: Publisher> Relay<P> {
         let mut claiming: Option<Claiming<'_>> = None;
         let mut chains = FuturesUnordered::new();
         let mut claim_at = tokio::time::Instant::now();
+        // When the oldest outcome not yet handed to an update was answered.
+        let mut first_answered: Option<tokio::time::Instant> = None;
         loop {
             let stopping = shutdown.is_cancelled();
             let answered = unrecorded.len() + recording.as_ref().map_or(0, |r| r.ids.len());
@@ -280,7 +287,19 @@ impl<P: Publisher> Relay<P> {
                     }),
                 });
             }
-            if recording.is_none() && !unrecorded.is_empty() {
+            if !unrecorded.is_empty() && first_answered.is_none() {
+                first_answered = Some(tokio::time::Instant::now());
+            }
+            let record_at = first_answered.map(|at| at + RECORD_DELAY);
+            let due = record_due(
+                unrecorded.len(),
+                batch_size,
+                record_at,
+                tokio::time::Instant::now(),
+                stopping,
+            );
+            if recording.is_none() && due {
+                first_answered = None;
                 let outcomes = std::mem::take(&mut unrecorded);
                 recording = Some(Pending {
                     ids: outcomes.iter().map(|(id, _, _)| id.0).collect(),
@@ -299,6 +318,7 @@ impl<P: Publisher> Relay<P> {
                 }
                 () = in_progress(recording.as_mut().map(|r| &mut r.done)) => Event::Recorded,
                 () = tokio::time::sleep_until(claim_at), if waiting_to_claim => Event::Wake,
+                () = sleep_until_some(record_at), if recording.is_none() => Event::Wake,
                 () = shutdown.cancelled(), if !stopping => Event::Wake,
                 () = this.grace_over(shutdown), if stopping && !chains.is_empty() => {
                     Event::GraceOver
@@ -668,6 +688,27 @@ struct Ended {
     unattempted: Vec<i64>,
 }
 
+/// Whether to write the `answered` outcomes now: half a batch of them, the oldest waiting
+/// since `record_at`, or shutdown.
+fn record_due(
+    answered: usize,
+    batch_size: usize,
+    record_at: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    stopping: bool,
+) -> bool {
+    answered > 0
+        && (stopping || answered >= batch_size.div_ceil(2) || record_at.is_some_and(|at| now >= at))
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What woke the relay loop.
 enum Event {
     Chain(Ended),
@@ -845,6 +886,21 @@ mod tests {
         assert_eq!(idle[7], Some(poll));
         assert_eq!(p.next_wait(0, caught_up, poll, true), Some(FENCE_RECHECK));
         assert_eq!(p.next_wait(1, caught_up, poll, false), Some(BUSY_POLL));
+    }
+
+    #[test]
+    fn outcomes_are_written_at_half_a_batch_after_the_delay_or_at_shutdown() {
+        let now = tokio::time::Instant::now();
+        let later = Some(now + RECORD_DELAY);
+        assert!(!record_due(0, 500, None, now, true), "nothing to write");
+        assert!(!record_due(1, 500, later, now, false), "waits for more");
+        assert!(!record_due(249, 500, later, now, false), "waits for more");
+        assert!(record_due(250, 500, later, now, false), "half a batch");
+        assert!(
+            record_due(1, 500, later, now + RECORD_DELAY, false),
+            "waited long enough"
+        );
+        assert!(record_due(1, 500, later, now, true), "shutting down");
     }
 
     #[test]
