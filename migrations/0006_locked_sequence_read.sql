@@ -8,8 +8,10 @@
 -- drawn yet; no writer holding it is in the lock list read next, so the fence can move past
 -- rows whose transactions start and commit after it. Their rows could then be published behind
 -- later rows of their key, and the pending floor could pass them while they were not visible,
--- leaving them unclaimed until the relay restarts. pg_sequence_last_value() is what the
--- pg_sequences view uses; it needs SELECT or USAGE on the sequence, which the relay has.
+-- leaving them unclaimed until the relay restarts. That was seen once, in a bench run (28
+-- rows behind the floor); the read itself is rare enough that a stress test did not catch it.
+-- pg_sequence_last_value() is what the pg_sequences view uses; it needs SELECT or USAGE on
+-- the sequence, which the relay has.
 -- NULL before the first nextval(), like is_called = false before.
 
 -- plpgsql for the reason given in 0005: a sql function called from plpgsql is planned again
