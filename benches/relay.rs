@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -437,6 +437,31 @@ fn cpu_since(
 /// Share of all cores busy between two readings of [`machine_jiffies`], in percent.
 fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
     (after.0 - before.0) / (after.1 - before.1) * 100.0
+}
+
+/// The relay's own claim and outcome path on a fresh outbox of `rows`, with a publisher that
+/// confirms at once; `published_retention` zero means delete on publish.
+async fn database_ceiling_of(
+    f: &mut Figures,
+    admin_url: &str,
+    exchange: &str,
+    rows: i64,
+    name: &str,
+    published_retention: Duration,
+) -> f64 {
+    let (pool, url) = fresh_db(admin_url).await;
+    fill(&pool, exchange, rows).await;
+    let mut config = Config::default();
+    config.database.url = SecretUrl::new(url);
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.log.format = LogFormat::Text;
+    config.sweeper.published_retention = published_retention;
+    ceiling(
+        f,
+        name,
+        drain_in_process(&pool, config, InstantPublisher, rows),
+    )
+    .await
 }
 
 /// Runs `measure` (a ceiling) and records its rate and how busy the machine was meanwhile:
@@ -1061,20 +1086,21 @@ async fn main() {
     let mut broker_ceiling: HashMap<&'static str, f64> = HashMap::new();
     let mut database_ceiling = f64::MAX;
     if wanted("ceilings") {
-        let amqp = ceiling(
-            &mut f,
-            "ceiling: RabbitMQ alone",
-            amqp_ceiling(&amqp_url, &exchange, rows as usize),
-        )
-        .await;
-        broker_ceiling.insert(Broker::Amqp.name(), amqp);
-        let kafka = ceiling(
-            &mut f,
-            "ceiling: Kafka alone",
-            kafka_ceiling(&bootstrap, &topic, rows as usize),
-        )
-        .await;
-        broker_ceiling.insert(Broker::Kafka.name(), kafka);
+        let measures = [
+            (
+                Broker::Amqp,
+                amqp_ceiling(&amqp_url, &exchange, rows as usize).boxed(),
+            ),
+            (
+                Broker::Kafka,
+                kafka_ceiling(&bootstrap, &topic, rows as usize).boxed(),
+            ),
+        ];
+        for (broker, measure) in measures {
+            let name = broker.name();
+            let rate = ceiling(&mut f, &format!("ceiling: {name} alone"), measure).await;
+            broker_ceiling.insert(name, rate);
+        }
         let config = Config::default();
         let mut amqp_config = config.broker.amqp.clone();
         amqp_config.url = SecretUrl::new(amqp_url.clone());
@@ -1115,16 +1141,13 @@ async fn main() {
             f.add(format!("one at a time: Kafka {name}"), v, "ms");
         }
 
-        let (pool, url) = fresh_db(&admin_url).await;
-        fill(&pool, &exchange, rows).await;
-        let mut config = Config::default();
-        config.database.url = SecretUrl::new(url);
-        config.http.listen = "127.0.0.1:0".parse().unwrap();
-        config.log.format = LogFormat::Text;
-        database_ceiling = ceiling(
+        database_ceiling = database_ceiling_of(
             &mut f,
+            &admin_url,
+            &exchange,
+            rows,
             "ceiling: database (claim and mark, instant publisher)",
-            drain_in_process(&pool, config, InstantPublisher, rows),
+            Config::default().sweeper.published_retention,
         )
         .await;
     }
@@ -1132,17 +1155,13 @@ async fn main() {
     // The database ceiling with delete on publish, for the drains in that mode.
     let mut deleting_ceiling = f64::MAX;
     if wanted("delete") {
-        let (pool, url) = fresh_db(&admin_url).await;
-        fill(&pool, &exchange, rows).await;
-        let mut config = Config::default();
-        config.database.url = SecretUrl::new(url);
-        config.http.listen = "127.0.0.1:0".parse().unwrap();
-        config.log.format = LogFormat::Text;
-        config.sweeper.published_retention = Duration::ZERO;
-        deleting_ceiling = ceiling(
+        deleting_ceiling = database_ceiling_of(
             &mut f,
+            &admin_url,
+            &exchange,
+            rows,
             "ceiling: database (claim and delete on publish, instant publisher)",
-            drain_in_process(&pool, config, InstantPublisher, rows),
+            Duration::ZERO,
         )
         .await;
     }

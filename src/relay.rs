@@ -266,16 +266,17 @@ impl<P: Publisher> Relay<P> {
         let mut claiming: Option<Claiming<'_>> = None;
         let mut chains = FuturesUnordered::new();
         let mut claim_at = tokio::time::Instant::now();
-        // When the oldest outcome not yet handed to an update was answered.
-        let mut first_answered: Option<tokio::time::Instant> = None;
+        // When the oldest outcome not yet handed to an update has waited long enough.
+        let mut record_at: Option<tokio::time::Instant> = None;
         loop {
             let stopping = shutdown.is_cancelled();
+            let now = tokio::time::Instant::now();
             let answered = unrecorded.len() + recording.as_ref().map_or(0, |r| r.ids.len());
             let unpublished = in_hand.len().saturating_sub(answered);
             // Backpressure: claim only while the publishers are short of work, and stop while
             // the outcome updates fall behind.
             let room = unpublished < batch_size.div_ceil(2) && in_hand.len() < 4 * batch_size;
-            if claiming.is_none() && !stopping && room && tokio::time::Instant::now() >= claim_at {
+            if claiming.is_none() && !stopping && room && now >= claim_at {
                 let number = gate.claim_started();
                 let exclude: Vec<i64> = in_hand.iter().copied().collect();
                 let mut tracker = fence.take().expect("one claim at a time");
@@ -287,19 +288,13 @@ impl<P: Publisher> Relay<P> {
                     }),
                 });
             }
-            if !unrecorded.is_empty() && first_answered.is_none() {
-                first_answered = Some(tokio::time::Instant::now());
+            if !unrecorded.is_empty() {
+                record_at.get_or_insert(now + RECORD_DELAY);
             }
-            let record_at = first_answered.map(|at| at + RECORD_DELAY);
-            let due = record_due(
-                unrecorded.len(),
-                batch_size,
-                record_at,
-                tokio::time::Instant::now(),
-                stopping,
-            );
-            if recording.is_none() && due {
-                first_answered = None;
+            if recording.is_none()
+                && record_due(unrecorded.len(), batch_size, record_at, now, stopping)
+            {
+                record_at = None;
                 let outcomes = std::mem::take(&mut unrecorded);
                 recording = Some(Pending {
                     ids: outcomes.iter().map(|(id, _, _)| id.0).collect(),

@@ -476,13 +476,7 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
     })
     .await;
     wait_for("two returned attempts", WAIT, || async {
-        let attempts: i32 =
-            sqlx::query_scalar("SELECT attempts FROM outbox.messages WHERE message_id = $1")
-                .bind(refused)
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        (attempts >= 2).then_some(())
+        (db.attempts(refused).await >= 2).then_some(())
     })
     .await;
     assert_eq!(db.status(refused).await, "committed");
@@ -497,12 +491,11 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
     let got = rabbit.drain(&nobody).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message_id(), refused);
-    let published: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status = 'published'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(published, 0, "nothing is kept as published");
+    assert_eq!(
+        db.count("published").await,
+        0,
+        "nothing is kept as published"
+    );
     relay.stop().await;
 }
 

@@ -1069,7 +1069,7 @@ fn claim_args(fence_seq: i64, limit: u32, token: i64) -> outbox_relay::store::Cl
 async fn the_window_never_passes_rows_of_writers_it_has_not_seen() {
     use outbox_relay::store;
     let db = TestDb::new().await;
-    let relay = db.relay_pool().await;
+    let relay = relay_session(&db).await;
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let pool = db.pool.clone();
@@ -1119,7 +1119,8 @@ async fn the_window_never_passes_rows_of_writers_it_has_not_seen() {
     for w in writers {
         w.await.unwrap();
     }
-    // No writer left: two windows settle the fence and the floor.
+    // No writer left: the next window settles the fence, the ones after it move the floor
+    // past the rows just finished.
     for _ in 0..3 {
         window = store::claim_window(&relay, &window).await.unwrap();
         finish_up_to_fence(window.clone()).await.unwrap();
