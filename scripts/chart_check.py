@@ -126,7 +126,12 @@ def ha_monitoring():
     assert find(docs, "ServiceMonitor")["spec"]["endpoints"][0]["path"] == "/metrics"
     rules = find(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
     names = {r["alert"] for r in rules}
-    assert names == {"OutboxRelayBacklogTooOld", "OutboxRelayDeadMessages", "OutboxRelayNoLeader"}, names
+    assert names == {
+        "OutboxRelayBacklogTooOld",
+        "OutboxRelayDeadMessages",
+        "OutboxRelayNoLeader",
+        "OutboxRelayPassedRowsFound",
+    }, names
     config = tomllib.loads(find(docs, "ConfigMap")["data"]["config.toml"])
     assert config["broker"]["kind"] == "kafka"
     assert config["broker"]["kafka"]["properties"]["compression.type"] == "zstd"

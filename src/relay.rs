@@ -179,24 +179,55 @@ pub struct Relay<P> {
 /// fence: once those holders are gone, every row at or below it is either visible or never
 /// will be. Publishing beyond the fence could let a key overtake a row whose transaction
 /// commits late. The claims look only at `commit_seq` from the floor up to the fence.
-#[derive(Debug, Default)]
-struct FenceTracker(store::ClaimWindow);
+///
+/// The floor only rises, so a row it ever passed would wait for a restart. Every
+/// `rescan_interval` it is searched again from 0: a safety net against a wrong fence, which
+/// once left committed rows behind it (migration 0006).
+#[derive(Debug)]
+struct FenceTracker {
+    window: store::ClaimWindow,
+    rescan_interval: Duration,
+    rescan_at: tokio::time::Instant,
+}
 
 impl FenceTracker {
+    fn new(rescan_interval: Duration) -> Self {
+        Self {
+            window: store::ClaimWindow::default(),
+            rescan_interval,
+            rescan_at: tokio::time::Instant::now() + rescan_interval,
+        }
+    }
+
     /// Brings the window up to date; returns the fence and the floor.
     async fn advance(&mut self, pool: &PgPool) -> Result<(i64, i64), StoreError> {
-        self.0 = store::claim_window(pool, &self.0).await?;
-        Ok((self.0.safe, self.0.floor))
+        let now = tokio::time::Instant::now();
+        let kept = self.window.floor;
+        let rescan = now >= self.rescan_at;
+        if rescan {
+            self.rescan_at = now + self.rescan_interval;
+            self.window.floor = 0;
+        }
+        self.window = store::claim_window(pool, &self.window).await?;
+        if rescan && self.window.floor < kept {
+            metrics::counter!(instruments::RESCAN_FINDS).increment(1);
+            tracing::warn!(
+                floor = kept,
+                found = self.window.floor,
+                "committed rows were found behind the point the claims had passed; they are published now, possibly after later rows of their key"
+            );
+        }
+        Ok((self.window.safe, self.window.floor))
     }
 
     fn is_pending(&self) -> bool {
-        self.0.waiting.is_some()
+        self.window.waiting.is_some()
     }
 
     /// After a database error: the floor is only an optimisation, and 0 is always right (the
     /// database may have been restored to an earlier point).
     fn forget_floor(&mut self) {
-        self.0.floor = 0;
+        self.window.floor = 0;
     }
 }
 
@@ -252,7 +283,7 @@ impl<P: Publisher> Relay<P> {
         let shutdown = &shutdown;
         let batch_size = self.config.batch_size.get() as usize;
         let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
-        let mut fence = Some(FenceTracker::default());
+        let mut fence = Some(FenceTracker::new(self.config.rescan_interval));
         let mut pacing = Pacing::default();
         let mut trouble = 0u32;
         let mut gate: KeyGate<Queued> = KeyGate::default();

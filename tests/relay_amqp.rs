@@ -499,6 +499,43 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
     relay.stop().await;
 }
 
+/// The claims look only past the pending floor, which only rises. Should a committed row ever
+/// end up below it (a wrong commit fence did that once), the periodic rescan still publishes it.
+#[tokio::test]
+async fn a_committed_row_the_claims_passed_is_published_by_the_rescan() {
+    let db = TestDb::new().await;
+    let rabbit = Rabbit::connect().await;
+    let (exchange, queue) = rabbit.fanout_with_queue().await;
+    let mut config = test_config(&db);
+    config.relay.rescan_interval = Duration::from_millis(300);
+    let relay = start_relay(config);
+
+    // Once a claim has seen this row, the floor is at least its commit_seq, 1 or more.
+    let first = db.enqueue(&exchange, Some("first"), json!({})).await;
+    assert_eq!(rabbit.collect(&queue, 1, WAIT).await[0].message_id(), first);
+
+    // A row committed with a commit_seq below the floor, as a fence that moved too early would
+    // leave it: the update does not touch status, so the trigger keeps out of it.
+    let mut tx = db.pool.begin().await.unwrap();
+    let passed: Uuid =
+        sqlx::query_scalar("SELECT outbox.enqueue($1, '{}', message_key => 'passed')")
+            .bind(&exchange)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE outbox.messages SET commit_seq = 0 WHERE message_id = $1")
+        .bind(passed)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let got = rabbit.collect(&queue, 1, WAIT).await;
+    assert_eq!(got[0].message_id(), passed);
+    db.wait_status(passed, "published").await;
+    relay.stop().await;
+}
+
 /// How many of these messages still have a row.
 async fn rows_left(db: &TestDb, ids: &[Uuid]) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1)")
