@@ -24,11 +24,11 @@ pub async fn status(pool: &PgPool) -> Result<Status, StoreError> {
         .into_iter()
         .map(|(s, n)| (s.to_string(), n))
         .collect();
-    let (pending, oldest) = store::backlog(pool).await?;
+    let backlog = store::backlog(pool).await?;
     Ok(Status {
         counts,
-        pending,
-        oldest_pending_age_seconds: oldest,
+        pending: backlog.pending,
+        oldest_pending_age_seconds: backlog.oldest_age_secs,
         dead_by_destination: store::dead_by_destination(pool).await?,
         leases: store::leases(pool).await?,
     })

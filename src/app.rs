@@ -19,7 +19,7 @@ use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
 use crate::publish::Publisher;
-use crate::relay::Relay;
+use crate::relay::{PassedFloor, Relay};
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
 
@@ -143,6 +143,7 @@ pub async fn run_with<P: Publisher>(
         lease.clone(),
         health.clone(),
     );
+    let passed = relay.passed_floor();
     let sweeper = Arc::new(Sweeper::new(
         pool.clone(),
         config.sweeper.clone(),
@@ -168,7 +169,7 @@ pub async fn run_with<P: Publisher>(
     let (p, h, token) = (pool.clone(), health.clone(), shutdown.clone());
     let every = config.metrics.backlog_interval;
     spawn_named(&tracker, &shutdown, &failure, "backlog", async move {
-        watch_backlog(p, h, every, token).await
+        watch_backlog(p, h, passed, every, token).await
     });
     let s = sweeper.clone();
     let token = shutdown.clone();
@@ -194,19 +195,23 @@ pub async fn run_with<P: Publisher>(
     }
 }
 
-/// Keeps the backlog gauges and the database readiness current.
+/// Keeps the backlog gauges and the database readiness current, and checks that the claims
+/// passed no committed row.
 async fn watch_backlog(
     pool: PgPool,
     health: Arc<Health>,
+    passed: Arc<PassedFloor>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
+        let floor = passed.current();
         match store::backlog(&pool).await {
-            Ok((pending, oldest)) => {
+            Ok(backlog) => {
                 health.set_database_up(true);
-                metrics::gauge!(instruments::PENDING).set(pending as f64);
-                metrics::gauge!(instruments::OLDEST_PENDING_AGE).set(oldest);
+                metrics::gauge!(instruments::PENDING).set(backlog.pending as f64);
+                metrics::gauge!(instruments::OLDEST_PENDING_AGE).set(backlog.oldest_age_secs);
+                passed.check(floor, backlog.lowest_seq);
             }
             Err(e) => {
                 health.set_database_up(false);

@@ -184,8 +184,6 @@ pub struct RelayConfig {
     pub publish_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    #[serde(with = "humantime_serde")]
-    pub rescan_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -327,7 +325,6 @@ impl Default for Config {
                 max_in_flight: nz(256),
                 publish_timeout: Duration::from_secs(30),
                 shutdown_grace: Duration::from_secs(10),
-                rescan_interval: Duration::from_secs(30),
             },
             retry: RetryConfig {
                 max_attempts: nz(10),
@@ -512,7 +509,6 @@ impl Config {
                 max_in_flight: r.read("relay.max_in_flight", d.relay.max_in_flight),
                 publish_timeout: r.duration("relay.publish_timeout", d.relay.publish_timeout),
                 shutdown_grace: r.duration("relay.shutdown_grace", d.relay.shutdown_grace),
-                rescan_interval: r.duration("relay.rescan_interval", d.relay.rescan_interval),
             },
             retry: RetryConfig {
                 max_attempts: r.read("retry.max_attempts", d.retry.max_attempts),
@@ -582,7 +578,6 @@ pub const KEYS: &[&str] = &[
     "relay.max_in_flight",
     "relay.publish_timeout",
     "relay.shutdown_grace",
-    "relay.rescan_interval",
     "retry.max_attempts",
     "retry.initial_backoff",
     "retry.max_backoff",
@@ -836,7 +831,6 @@ impl Reader<'_> {
         for (key, value) in [
             ("relay.poll_interval", c.relay.poll_interval),
             ("relay.publish_timeout", c.relay.publish_timeout),
-            ("relay.rescan_interval", c.relay.rescan_interval),
             ("sweeper.interval", c.sweeper.interval),
             ("sweeper.purge_interval", c.sweeper.purge_interval),
             ("database.connect_timeout", c.database.connect_timeout),
@@ -868,7 +862,6 @@ impl Reader<'_> {
             ("relay.poll_interval", c.relay.poll_interval, DAY),
             ("relay.publish_timeout", c.relay.publish_timeout, DAY),
             ("relay.shutdown_grace", c.relay.shutdown_grace, DAY),
-            ("relay.rescan_interval", c.relay.rescan_interval, DAY),
             ("retry.initial_backoff", c.retry.initial_backoff, 30 * DAY),
             ("retry.max_backoff", c.retry.max_backoff, 30 * DAY),
             ("sweeper.interval", c.sweeper.interval, DAY),

@@ -14,7 +14,7 @@ pub const BATCH_SECONDS: &str = "outbox_relay_publish_batch_seconds";
 pub const BATCH_MESSAGES: &str = "outbox_relay_batch_messages";
 pub const EXPIRED: &str = "outbox_relay_prepared_expired_total";
 pub const PURGED: &str = "outbox_relay_purged_total";
-pub const RESCAN_FINDS: &str = "outbox_relay_rescan_finds_total";
+pub const PASSED_ROWS_FOUND: &str = "outbox_relay_passed_rows_found_total";
 pub const LEADER: &str = "outbox_relay_leader";
 pub const UP: &str = "outbox_relay_up";
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
@@ -75,8 +75,8 @@ fn describe() {
         "Finished messages deleted after their retention, by status."
     );
     describe_counter!(
-        RESCAN_FINDS,
-        "Rescans that found committed messages the claims had passed (should stay 0)."
+        PASSED_ROWS_FOUND,
+        "Backlog checks that found committed messages below the point the claims had passed (should stay 0)."
     );
     describe_gauge!(
         LEADER,

@@ -24,8 +24,11 @@ use crate::publish::{FailureReason, Publisher};
 use crate::store::{self, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
 
 mod keys;
+mod window;
 
 use keys::{Admitted, ChainEnd, Key, KeyGate};
+use window::FenceTracker;
+pub use window::PassedFloor;
 
 /// Messages of one key per batch while other keys' rows may be waiting behind them.
 const KEY_SHARE: usize = 32;
@@ -167,68 +170,9 @@ pub struct Relay<P> {
     lease: Arc<Lease>,
     health: Arc<Health>,
     slow: SlowDestinations,
+    passed: Arc<PassedFloor>,
     /// When shutdown was first noticed: one grace period covers draining and recording.
     stopping_since: OnceLock<tokio::time::Instant>,
-}
-
-/// Where the next claim may look, kept between claims: the commit fence and the pending floor
-/// ([`store::ClaimWindow`], advanced by `outbox.claim_window`).
-///
-/// A transaction making a row committed holds a shared advisory lock from before it draws its
-/// `commit_seq` until it ends. Reading the last drawn value and then the lock holders gives a
-/// fence: once those holders are gone, every row at or below it is either visible or never
-/// will be. Publishing beyond the fence could let a key overtake a row whose transaction
-/// commits late. The claims look only at `commit_seq` from the floor up to the fence.
-///
-/// The floor only rises, so a row it ever passed would wait for a restart. Every
-/// `rescan_interval` it is searched again from 0: a safety net against a wrong fence, which
-/// once left committed rows behind it (migration 0006).
-#[derive(Debug)]
-struct FenceTracker {
-    window: store::ClaimWindow,
-    rescan_interval: Duration,
-    rescan_at: tokio::time::Instant,
-}
-
-impl FenceTracker {
-    fn new(rescan_interval: Duration) -> Self {
-        Self {
-            window: store::ClaimWindow::default(),
-            rescan_interval,
-            rescan_at: tokio::time::Instant::now() + rescan_interval,
-        }
-    }
-
-    /// Brings the window up to date; returns the fence and the floor.
-    async fn advance(&mut self, pool: &PgPool) -> Result<(i64, i64), StoreError> {
-        let now = tokio::time::Instant::now();
-        let kept = self.window.floor;
-        let rescan = now >= self.rescan_at;
-        if rescan {
-            self.rescan_at = now + self.rescan_interval;
-            self.window.floor = 0;
-        }
-        self.window = store::claim_window(pool, &self.window).await?;
-        if rescan && self.window.floor < kept {
-            metrics::counter!(instruments::RESCAN_FINDS).increment(1);
-            tracing::warn!(
-                floor = kept,
-                found = self.window.floor,
-                "committed rows were found behind the point the claims had passed; they are published now, possibly after later rows of their key"
-            );
-        }
-        Ok((self.window.safe, self.window.floor))
-    }
-
-    fn is_pending(&self) -> bool {
-        self.window.waiting.is_some()
-    }
-
-    /// After a database error: the floor is only an optimisation, and 0 is always right (the
-    /// database may have been restored to an earlier point).
-    fn forget_floor(&mut self) {
-        self.window.floor = 0;
-    }
 }
 
 impl<P: Publisher> Relay<P> {
@@ -250,8 +194,14 @@ impl<P: Publisher> Relay<P> {
             lease,
             health,
             slow: SlowDestinations::default(),
+            passed: Arc::default(),
             stopping_since: OnceLock::new(),
         }
+    }
+
+    /// For the backlog check, which finds committed rows the claims passed (see [`PassedFloor`]).
+    pub fn passed_floor(&self) -> Arc<PassedFloor> {
+        self.passed.clone()
     }
 
     /// Resolves once `relay.shutdown_grace` has passed since shutdown began.
@@ -283,7 +233,7 @@ impl<P: Publisher> Relay<P> {
         let shutdown = &shutdown;
         let batch_size = self.config.batch_size.get() as usize;
         let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
-        let mut fence = Some(FenceTracker::new(self.config.rescan_interval));
+        let mut fence = Some(FenceTracker::new(self.passed.clone()));
         let mut pacing = Pacing::default();
         let mut trouble = 0u32;
         let mut gate: KeyGate<Queued> = KeyGate::default();

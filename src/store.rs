@@ -384,9 +384,21 @@ pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseInfo>, StoreError> {
 }
 
 /// Committed rows not yet published, and the age in seconds of the oldest (0 when none).
-pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), StoreError> {
+/// The committed rows not yet published, in one scan of the pending index.
+#[derive(Debug, FromRow)]
+pub struct Backlog {
+    pub pending: i64,
+    /// Age of the oldest (0 when none).
+    pub oldest_age_secs: f64,
+    /// The lowest `commit_seq` among them, for the check that the claims passed none.
+    pub lowest_seq: Option<i64>,
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(committed_at)), 0)::float8
+        "SELECT count(*) AS pending,
+                coalesce(extract(epoch FROM now() - min(committed_at)), 0)::float8 AS oldest_age_secs,
+                min(commit_seq) AS lowest_seq
            FROM outbox.messages WHERE status = 'committed'",
     )
     .fetch_one(pool)

@@ -500,15 +500,14 @@ async fn delete_on_publish_removes_confirmed_rows_only() {
 }
 
 /// The claims look only past the pending floor, which only rises. Should a committed row ever
-/// end up below it (a wrong commit fence did that once), the periodic rescan still publishes it.
+/// end up below it (a wrong commit fence did that once), the backlog check finds it and the
+/// next claim searches from the start (`metrics.backlog_interval` is 200 ms in tests).
 #[tokio::test]
-async fn a_committed_row_the_claims_passed_is_published_by_the_rescan() {
+async fn a_committed_row_the_claims_passed_is_found_and_published() {
     let db = TestDb::new().await;
     let rabbit = Rabbit::connect().await;
     let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let mut config = test_config(&db);
-    config.relay.rescan_interval = Duration::from_millis(300);
-    let relay = start_relay(config);
+    let relay = start_relay(test_config(&db));
 
     // Once a claim has seen this row, the floor is at least its commit_seq, 1 or more.
     let first = db.enqueue(&exchange, Some("first"), json!({})).await;
