@@ -383,8 +383,7 @@ pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseInfo>, StoreError> {
     .await?)
 }
 
-/// Committed rows not yet published, and the age in seconds of the oldest (0 when none).
-/// The committed rows not yet published, in one scan of the pending index.
+/// The committed rows not yet published.
 #[derive(Debug, FromRow)]
 pub struct Backlog {
     pub pending: i64,
@@ -394,6 +393,7 @@ pub struct Backlog {
     pub lowest_seq: Option<i64>,
 }
 
+/// One query for the gauges, `outbox-relay status` and the passed-row check.
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
     Ok(sqlx::query_as(
         "SELECT count(*) AS pending,

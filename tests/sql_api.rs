@@ -1088,6 +1088,8 @@ async fn the_window_never_passes_rows_of_writers_it_has_not_seen() {
             })
         })
         .collect();
+    // Read here rather than through outbox.drawn_commit_seq(): a wrong read there would move
+    // the fence and this figure alike.
     let drawn = || {
         sqlx::query_scalar::<_, i64>(
             "SELECT coalesce(pg_sequence_last_value('outbox.commit_seq'), 0)",
