@@ -6,13 +6,12 @@
 //! message at a time, in `commit_seq` order; a failure stops the rest of its chain for this
 //! batch, and the claim query keeps later rows back until the failed one is due again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -224,15 +223,21 @@ impl<P: Publisher> Relay<P> {
     /// A continuous pipeline: claims, publishes and outcome updates run at the same time. A
     /// claim starts whenever less than half a batch of claimed rows is still unpublished (at
     /// once while the outbox has a backlog, after the [`Pacing`] wait otherwise) and leaves out
-    /// every row in hand. Each claimed chain starts as soon as nothing of its key is in flight
-    /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim. One outcome
+    /// every row in hand. Each claimed chain may start as soon as nothing of its key is in flight
+    /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim; it starts when
+    /// fewer than `relay.max_in_flight` chains run, in claim order. One outcome
     /// update runs at a time and takes everything answered since the last one, once half a
     /// batch is answered or the oldest answer has waited [`RECORD_DELAY`].
     pub async fn run(self, shutdown: CancellationToken) {
         let this = &self;
         let shutdown = &shutdown;
         let batch_size = self.config.batch_size.get() as usize;
-        let semaphore = Semaphore::new(self.config.max_in_flight.get() as usize);
+        let max_in_flight = self.config.max_in_flight.get() as usize;
+        // Admitted chains waiting for a slot, in claim order. A chain holds its slot from its
+        // first publish to its last instead of taking a permit per message: a chain future
+        // waiting for a permit has to be polled and woken through the semaphore, which measured
+        // slower (docs/performance.md), and the window is the same, one message per chain.
+        let mut ready: VecDeque<Queued> = VecDeque::new();
         let mut fence = Some(FenceTracker::new(self.passed.clone()));
         let mut pacing = Pacing::default();
         let mut trouble = 0u32;
@@ -283,6 +288,14 @@ impl<P: Publisher> Relay<P> {
                     done: Box::pin(this.record(outcomes, shutdown)),
                 });
             }
+            // Each chain publishes one message at a time, so running chains are publishes in
+            // flight. Draining, the rest start too: they stop before their first publish.
+            while chains.len() < max_in_flight || stopping {
+                let Some(queued) = ready.pop_front() else {
+                    break;
+                };
+                chains.push(this.publish_chain(queued, shutdown));
+            }
             if stopping && chains.is_empty() && claiming.is_none() && recording.is_none() {
                 break;
             }
@@ -322,7 +335,7 @@ impl<P: Publisher> Relay<P> {
                         release(queued, &mut in_hand, &mut batches);
                     }
                     if let Some(queued) = next {
-                        chains.push(this.publish_chain(queued, &semaphore, shutdown));
+                        ready.push_back(queued);
                     }
                 }
                 Event::Claimed(tracker, claimed) => {
@@ -360,8 +373,7 @@ impl<P: Publisher> Relay<P> {
                                 batches.chain_admitted(batch);
                                 let key = key_of(&chain[0]);
                                 match gate.admit(key.as_ref(), Queued { batch, chain }) {
-                                    Admitted::Start(queued) => chains
-                                        .push(this.publish_chain(queued, &semaphore, shutdown)),
+                                    Admitted::Start(queued) => ready.push_back(queued),
                                     Admitted::Queued => {}
                                     Admitted::Dropped(queued) => {
                                         release(queued, &mut in_hand, &mut batches)
@@ -395,6 +407,7 @@ impl<P: Publisher> Relay<P> {
                         "shutdown grace elapsed before every confirm arrived; unconfirmed messages stay committed and will be sent again"
                     );
                     chains.clear();
+                    ready.clear();
                 }
                 Event::Wake => {}
             }
@@ -499,12 +512,7 @@ impl<P: Publisher> Relay<P> {
 
     /// Publishes a chain one message at a time, each after the previous one was confirmed, and
     /// stops at the first failure: later messages of the key must wait for it.
-    async fn publish_chain(
-        &self,
-        queued: Queued,
-        semaphore: &Semaphore,
-        shutdown: &CancellationToken,
-    ) -> Ended {
+    async fn publish_chain(&self, queued: Queued, shutdown: &CancellationToken) -> Ended {
         let Queued { batch, chain } = queued;
         let key = key_of(&chain[0]);
         let mut outcomes = Vec::with_capacity(chain.len());
@@ -520,13 +528,7 @@ impl<P: Publisher> Relay<P> {
                 unattempted.push(message.id.0);
                 break ChainEnd::Stopped;
             }
-            let outcome = {
-                let _permit = semaphore
-                    .acquire()
-                    .await
-                    .expect("semaphore is never closed");
-                self.publish_one(&message).await
-            };
+            let outcome = self.publish_one(&message).await;
             let failed = matches!(outcome, Outcome::Failed { .. });
             outcomes.push((message.id, outcome, Logged::of(&message)));
             if failed {
