@@ -244,12 +244,18 @@ struct RelayProcess {
     child: std::process::Child,
 }
 
+/// `target/` of the repository, where the relay logs and `bench.json` go; created if the build
+/// went to another `CARGO_TARGET_DIR`.
+fn out_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).expect("target directory");
+    dir
+}
+
 impl RelayProcess {
     /// `settings`: OUTBOX_RELAY__* variables for this run, such as delete on publish.
     fn spawn(db_url: &str, broker: Broker, label: &str, settings: &[(&str, &str)]) -> Self {
-        let log = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join(format!("bench-relay-{label}.log"));
+        let log = out_dir().join(format!("bench-relay-{label}.log"));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
         cmd.arg("run")
             .env_remove("OUTBOX_RELAY_CONFIG")
@@ -1337,9 +1343,7 @@ async fn main() {
             "figure": name, "value": (v * 100.0).round() / 100.0, "unit": unit,
         })).collect::<Vec<_>>(),
     });
-    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench.json");
+    let out = out_dir().join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     println!("figures written to {}", out.display());
     let admin = admin_pool(&admin_url).await;
