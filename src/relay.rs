@@ -224,19 +224,20 @@ impl<P: Publisher> Relay<P> {
     /// claim starts whenever less than half a batch of claimed rows is still unpublished (at
     /// once while the outbox has a backlog, after the [`Pacing`] wait otherwise) and leaves out
     /// every row in hand. Each claimed chain may start as soon as nothing of its key is in flight
-    /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim; it starts when
-    /// fewer than `relay.max_in_flight` chains run, in claim order. One outcome
-    /// update runs at a time and takes everything answered since the last one, once half a
-    /// batch is answered or the oldest answer has waited [`RECORD_DELAY`].
+    /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim; it starts, in
+    /// claim order, once fewer than `relay.max_in_flight` chains run. One outcome update runs at
+    /// a time and takes everything answered since the last one, once half a batch is answered
+    /// or the oldest answer has waited [`RECORD_DELAY`].
     pub async fn run(self, shutdown: CancellationToken) {
         let this = &self;
         let shutdown = &shutdown;
         let batch_size = self.config.batch_size.get() as usize;
         let max_in_flight = self.config.max_in_flight.get() as usize;
-        // Admitted chains waiting for a slot, in claim order. A chain holds its slot from its
-        // first publish to its last instead of taking a permit per message: a chain future
-        // waiting for a permit has to be polled and woken through the semaphore, which measured
-        // slower (docs/performance.md), and the window is the same, one message per chain.
+        // Admitted chains waiting for a slot, in claim order; bounded, as their rows are in hand
+        // (claims stop at four batches, see `room`). A chain holds its slot from its first
+        // publish to its last instead of taking a permit per message: a chain future waiting
+        // for a permit has to be polled and woken through the semaphore, which measured slower
+        // (docs/performance.md), and the window is the same, one message per chain.
         let mut ready: VecDeque<Queued> = VecDeque::new();
         let mut fence = Some(FenceTracker::new(self.passed.clone()));
         let mut pacing = Pacing::default();
