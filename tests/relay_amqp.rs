@@ -7,17 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    assert_first_deliveries_in_order, start_relay, test_config, unique, wait_for, Rabbit,
-    RunningRelay, TestDb,
+    assert_first_deliveries_in_order, start_relay, start_relay_with, test_config, unique, wait_for,
+    Rabbit, RunningRelay, TestDb,
 };
 use lapin::types::AMQPValue;
-use outbox_relay::app;
-use outbox_relay::health::Health;
 use outbox_relay::publish::amqp::AmqpPublisher;
 use outbox_relay::publish::{PublishError, Publisher};
 use outbox_relay::store::OutboxMessage;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -582,25 +579,13 @@ async fn publishes_awaiting_a_confirm_never_exceed_max_in_flight() {
         awaiting: AtomicUsize::new(0),
         peak: AtomicUsize::new(0),
     });
-    let token = CancellationToken::new();
-    let relay = tokio::spawn(app::run_with(
-        db.relay_pool().await,
-        publisher.clone(),
-        config,
-        Arc::new(Health::new()),
-        token.clone(),
-    ));
+    let relay = start_relay_with(&db, config, publisher.clone()).await;
 
     assert_eq!(
         rabbit.collect(&queue, ids.len(), WAIT).await.len(),
         ids.len()
     );
-    wait_for("every row published", WAIT, || async {
-        (db.count("published").await == ids.len() as i64).then_some(())
-    })
-    .await;
-    token.cancel();
-    relay.await.expect("relay task").expect("relay result");
+    relay.stop().await;
     // The first claim alone brings 100 chains, so the window fills at once.
     assert_eq!(publisher.peak.load(Ordering::SeqCst), 8);
 }

@@ -6,6 +6,7 @@ pub mod kafka;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -17,6 +18,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox_relay::app::{self, AppError};
 use outbox_relay::config::{Config, LogFormat, SecretUrl};
+use outbox_relay::health::Health;
+use outbox_relay::publish::Publisher;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -255,6 +258,23 @@ pub struct RunningRelay {
 pub fn start_relay(config: Config) -> RunningRelay {
     let token = CancellationToken::new();
     let handle = tokio::spawn(app::run(config, None, token.clone()));
+    RunningRelay { token, handle }
+}
+
+/// The relay with a publisher of the test's own (for example one that observes the real one).
+pub async fn start_relay_with<P: Publisher>(
+    db: &TestDb,
+    config: Config,
+    publisher: Arc<P>,
+) -> RunningRelay {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app::run_with(
+        db.relay_pool().await,
+        publisher,
+        config,
+        Arc::new(Health::new()),
+        token.clone(),
+    ));
     RunningRelay { token, handle }
 }
 
