@@ -6,10 +6,12 @@
 //! the relay binary's peak RSS and CPU, its idle CPU, the drain with a REPEATABLE READ snapshot
 //! held open, the naive one-at-a-time baseline, commit-to-receive latency at fixed rates, and
 //! the database ceiling and both drains again with delete on publish
-//! (`sweeper.published_retention = "0s"`).
+//! (`sweeper.published_retention = "0s"`); and whether the machine carries both halves of a
+//! drain to Kafka (the database path and the Kafka traffic) at the target rate at once.
 //! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
-//! parts (ceilings, drain-rabbitmq, drain-kafka, delete, vacuum, naive, latency-rabbitmq,
-//! latency-kafka, latency-rabbitmq-delete); BENCH_RELAY__SECTION__KEY overrides a relay setting.
+//! parts (ceilings, beside-kafka, drain-rabbitmq, drain-kafka, delete, vacuum, naive,
+//! latency-rabbitmq, latency-kafka, latency-rabbitmq-delete); BENCH_RELAY__SECTION__KEY
+//! overrides a relay setting.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -72,6 +74,37 @@ impl Publisher for InstantPublisher {
         Ok(())
     }
     async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+        Ok(())
+    }
+    async fn close(&self) {}
+}
+
+/// The database path held to `rate`: every publish succeeds, at its slot in an even schedule
+/// from the first one.
+struct PacedPublisher {
+    rate: f64,
+    first: std::sync::OnceLock<tokio::time::Instant>,
+    issued: AtomicUsize,
+}
+
+impl PacedPublisher {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            first: std::sync::OnceLock::new(),
+            issued: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Publisher for PacedPublisher {
+    async fn ready(&self) -> Result<(), PublishError> {
+        Ok(())
+    }
+    async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+        let first = *self.first.get_or_init(tokio::time::Instant::now);
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep_until(first + Duration::from_secs_f64(n as f64 / self.rate)).await;
         Ok(())
     }
     async fn close(&self) {}
@@ -445,16 +478,26 @@ fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
     (after.0 - before.0) / (after.1 - before.1) * 100.0
 }
 
-/// The relay's own claim and outcome path on a fresh outbox of `rows`, with a publisher that
-/// confirms at once; `published_retention` zero means delete on publish.
-async fn database_ceiling_of(
+/// The relay's own claim and outcome path on a fresh outbox of `rows`, with `publisher` (one
+/// that confirms at once, or at a fixed rate); `published_retention` zero means delete on
+/// publish.
+///
+/// With `beside`, Kafka traffic of its own runs for as long as the drain does, and its
+/// confirmed rate is recorded: whether the machine carries the database path and what a drain
+/// to Kafka needs from the broker and its client, both at once.
+async fn database_ceiling_of<P: Publisher>(
     f: &mut Figures,
-    admin_url: &str,
-    exchange: &str,
-    rows: i64,
+    outbox: Outbox<'_>,
     name: &str,
     published_retention: Duration,
-) -> f64 {
+    publisher: P,
+    beside: Option<KafkaAlongside<'_>>,
+) -> (f64, Option<f64>) {
+    let Outbox {
+        admin_url,
+        exchange,
+        rows,
+    } = outbox;
     let (pool, url) = fresh_db(admin_url).await;
     fill(&pool, exchange, rows).await;
     let mut config = Config::default();
@@ -462,12 +505,49 @@ async fn database_ceiling_of(
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.log.format = LogFormat::Text;
     config.sweeper.published_retention = published_retention;
-    ceiling(
-        f,
-        name,
-        drain_in_process(&pool, config, InstantPublisher, rows),
-    )
-    .await
+    let stop = CancellationToken::new();
+    let mut traffic = None;
+    if let Some(b) = beside {
+        let producer = bench_producer(b.bootstrap);
+        // Connected before the clock starts, as the relay's producer is in a drain.
+        kafka_at_rate(
+            &producer,
+            b.topic,
+            f64::INFINITY,
+            &CancellationToken::new(),
+            1,
+        )
+        .await;
+        let (topic, rate, stop) = (b.topic.to_string(), b.rate, stop.clone());
+        traffic = Some(tokio::spawn(async move {
+            kafka_at_rate(&producer, &topic, rate, &stop, usize::MAX).await
+        }));
+    }
+    let rate = ceiling(f, name, drain_in_process(&pool, config, publisher, rows)).await;
+    stop.cancel();
+    let mut alongside = None;
+    if let Some(traffic) = traffic {
+        let achieved = traffic.await.unwrap();
+        alongside = Some(f.add(format!("{name}: Kafka alongside"), achieved, "msg/s"));
+    }
+    (rate, alongside)
+}
+
+/// A fresh outbox of `rows` committed rows for `exchange`, in a database of its own.
+#[derive(Clone, Copy)]
+struct Outbox<'a> {
+    admin_url: &'a str,
+    exchange: &'a str,
+    rows: i64,
+}
+
+/// Kafka traffic to run beside a database ceiling.
+#[derive(Clone, Copy)]
+struct KafkaAlongside<'a> {
+    bootstrap: &'a str,
+    topic: &'a str,
+    /// Messages a second; infinite for as many as the in-flight limit allows.
+    rate: f64,
 }
 
 /// Runs `measure` (a ceiling) and records its rate and how busy the machine was meanwhile:
@@ -623,38 +703,93 @@ async fn kafka_topic(bootstrap: &str, topic: &str) {
     }
 }
 
-/// Kafka alone: the relay's producer settings and in-flight limit.
-async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
+/// A producer with the relay's client settings.
+fn bench_producer(bootstrap: &str) -> FutureProducer {
     let config = KafkaConfig {
         bootstrap_servers: bootstrap.to_string(),
         ..Config::default().broker.kafka
     };
-    let producer: FutureProducer = client_config(&config, Duration::from_secs(30))
+    client_config(&config, Duration::from_secs(30))
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Kafka alone: the relay's producer settings and in-flight limit.
+async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let producer = bench_producer(bootstrap);
     let body = payload();
     let window = in_flight();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..n {
-        let key = format!("k{}", i as i64 % KEYS);
-        let p = producer.clone();
-        let body = body.clone();
-        pending.push(async move {
-            p.send(
-                FutureRecord::to(topic).key(&key).payload(&body),
-                Duration::from_secs(30),
-            )
-            .await
-        });
+        pending.push(produce(producer.clone(), topic, i, body.clone()));
         if pending.len() >= window {
-            pending.next().await.unwrap().map_err(|(e, _)| e).unwrap();
+            pending.next().await.unwrap().unwrap();
         }
     }
     while let Some(r) = pending.next().await {
-        r.map_err(|(e, _)| e).unwrap();
+        r.unwrap();
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Sends bench message `i` (key `k{i mod KEYS}`) and waits for its delivery report.
+async fn produce(
+    producer: FutureProducer,
+    topic: &str,
+    i: usize,
+    body: Vec<u8>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let key = format!("k{}", i as i64 % KEYS);
+    let record = FutureRecord::to(topic).key(&key).payload(&body);
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(_) => Ok(()),
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// Produces at `rate` messages a second, within the relay's in-flight limit, until `stop` or
+/// `n` messages; returns the rate confirmed. Falls behind, rather than bursting past the
+/// window, when confirms are slow.
+async fn kafka_at_rate(
+    producer: &FutureProducer,
+    topic: &str,
+    rate: f64,
+    stop: &CancellationToken,
+    n: usize,
+) -> f64 {
+    let body = payload();
+    let window = in_flight();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(r) = pending.next(), if !pending.is_empty() => {
+                let r: Result<(), rdkafka::error::KafkaError> = r;
+                r.unwrap();
+                continue;
+            }
+            () = stop.cancelled() => break,
+        }
+        if sent == n && pending.is_empty() {
+            break;
+        }
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(n);
+        while sent < due && pending.len() < window {
+            pending.push(produce(producer.clone(), topic, sent, body.clone()));
+            sent += 1;
+        }
+    }
+    let confirmed = sent - pending.len();
+    let elapsed = started.elapsed().as_secs_f64();
+    while let Some(r) = pending.next().await {
+        r.unwrap();
+    }
+    confirmed as f64 / elapsed
 }
 
 /// One message at a time through the relay's own publisher, with a consumer attached: the
@@ -1088,6 +1223,11 @@ async fn main() {
     let topic = format!("bench-{run}");
     kafka_topic(&bootstrap, &topic).await;
 
+    let outbox = Outbox {
+        admin_url: &admin_url,
+        exchange: &exchange,
+        rows,
+    };
     // Per broker, the drain is compared with the lower of its own ceiling and the database's.
     let mut broker_ceiling: HashMap<&'static str, f64> = HashMap::new();
     let mut database_ceiling = f64::MAX;
@@ -1149,13 +1289,14 @@ async fn main() {
 
         database_ceiling = database_ceiling_of(
             &mut f,
-            &admin_url,
-            &exchange,
-            rows,
+            outbox,
             "ceiling: database (claim and mark, instant publisher)",
             Config::default().sweeper.published_retention,
+            InstantPublisher,
+            None,
         )
-        .await;
+        .await
+        .0;
     }
 
     // The database ceiling with delete on publish, for the drains in that mode.
@@ -1163,13 +1304,83 @@ async fn main() {
     if wanted("delete") {
         deleting_ceiling = database_ceiling_of(
             &mut f,
-            &admin_url,
-            &exchange,
-            rows,
+            outbox,
             "ceiling: database (claim and delete on publish, instant publisher)",
             Duration::ZERO,
+            InstantPublisher,
+            None,
         )
-        .await;
+        .await
+        .0;
+    }
+
+    // Whether the machine carries both halves of a drain to Kafka at the target rate (0.8 x
+    // the lower ceiling) at once: marking, where the database ceiling is the lower one, the
+    // database path flat out beside Kafka traffic at that rate; with delete on publish, where
+    // Kafka's is, Kafka flat out beside the database path held to that rate. If the flat-out
+    // side falls below the target, no relay whose work costs the same could drain to Kafka at
+    // the target rate on this machine (docs/performance.md).
+    if wanted("beside-kafka") {
+        let kafka = broker_ceiling.get("Kafka").copied();
+        let modes = [
+            (
+                "claim and mark",
+                database_ceiling,
+                Config::default().sweeper.published_retention,
+            ),
+            (
+                "claim and delete on publish",
+                deleting_ceiling,
+                Duration::ZERO,
+            ),
+        ];
+        for (mode, alone, retention) in modes {
+            let Some(kafka) = kafka.filter(|_| alone != f64::MAX) else {
+                continue;
+            };
+            let target = 0.8 * kafka.min(alone);
+            let name = format!("both halves of a drain to Kafka ({mode})");
+            f.add(format!("{name}: target rate"), target, "msg/s");
+            let beside = |rate| {
+                Some(KafkaAlongside {
+                    bootstrap: &bootstrap,
+                    topic: &topic,
+                    rate,
+                })
+            };
+            let flat_out = if alone < kafka {
+                let name = format!("{name}: database path flat out, Kafka at the target rate");
+                let publisher = InstantPublisher;
+                let (database, _) = database_ceiling_of(
+                    &mut f,
+                    outbox,
+                    &name,
+                    retention,
+                    publisher,
+                    beside(target),
+                )
+                .await;
+                database
+            } else {
+                let name = format!("{name}: database path at the target rate, Kafka flat out");
+                let publisher = PacedPublisher::new(target);
+                let (_, kafka) = database_ceiling_of(
+                    &mut f,
+                    outbox,
+                    &name,
+                    retention,
+                    publisher,
+                    beside(f64::INFINITY),
+                )
+                .await;
+                kafka.expect("Kafka ran alongside")
+            };
+            f.add(
+                format!("{name}: flat-out side / target"),
+                flat_out / target,
+                "x",
+            );
+        }
     }
 
     let mut drain_amqp = None;
