@@ -1315,11 +1315,10 @@ async fn main() {
     }
 
     // Whether the machine carries both halves of a drain to Kafka at the target rate (0.8 x
-    // the lower ceiling) at once: marking, where the database ceiling is the lower one, the
-    // database path flat out beside Kafka traffic at that rate; with delete on publish, where
-    // Kafka's is, Kafka flat out beside the database path held to that rate. If the flat-out
-    // side falls below the target, no relay whose work costs the same could drain to Kafka at
-    // the target rate on this machine (docs/performance.md).
+    // the lower ceiling) at once, each way round: the database path flat out beside Kafka
+    // traffic at that rate, and Kafka flat out beside the database path held to that rate. If
+    // either flat-out side falls below the target, no relay whose work costs the same could
+    // drain to Kafka at the target rate on this machine (docs/performance.md).
     if wanted("beside-kafka") {
         let kafka = broker_ceiling.get("Kafka").copied();
         let modes = [
@@ -1348,36 +1347,35 @@ async fn main() {
                     rate,
                 })
             };
-            let flat_out = if alone < kafka {
-                let name = format!("{name}: database path flat out, Kafka at the target rate");
-                let publisher = InstantPublisher;
-                let (database, _) = database_ceiling_of(
-                    &mut f,
-                    outbox,
-                    &name,
-                    retention,
-                    publisher,
-                    beside(target),
-                )
-                .await;
-                database
-            } else {
-                let name = format!("{name}: database path at the target rate, Kafka flat out");
-                let publisher = PacedPublisher::new(target);
-                let (_, kafka) = database_ceiling_of(
-                    &mut f,
-                    outbox,
-                    &name,
-                    retention,
-                    publisher,
-                    beside(f64::INFINITY),
-                )
-                .await;
-                kafka.expect("Kafka ran alongside")
-            };
+            let way = format!("{name}: database path flat out, Kafka at the target rate");
+            let (database, _) = database_ceiling_of(
+                &mut f,
+                outbox,
+                &way,
+                retention,
+                InstantPublisher,
+                beside(target),
+            )
+            .await;
             f.add(
-                format!("{name}: flat-out side / target"),
-                flat_out / target,
+                format!("{way}: flat-out side / target"),
+                database / target,
+                "x",
+            );
+            let way = format!("{name}: database path at the target rate, Kafka flat out");
+            let (_, kafka) = database_ceiling_of(
+                &mut f,
+                outbox,
+                &way,
+                retention,
+                PacedPublisher::new(target),
+                beside(f64::INFINITY),
+            )
+            .await;
+            let kafka = kafka.expect("Kafka ran alongside");
+            f.add(
+                format!("{way}: flat-out side / target"),
+                kafka / target,
                 "x",
             );
         }
