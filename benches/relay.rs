@@ -1328,7 +1328,7 @@ async fn main() {
     // costs the same could drain to Kafka at the target rate on this machine
     // (docs/performance.md).
     if wanted("beside-kafka") {
-        let kafka_ceiling = broker_ceiling.get("Kafka").copied();
+        let kafka_alone = broker_ceiling.get("Kafka").copied();
         let modes = [
             (
                 "claim and mark",
@@ -1342,11 +1342,11 @@ async fn main() {
             ),
         ];
         for (mode, alone, retention) in modes {
-            let Some(kafka_ceiling) = kafka_ceiling.filter(|_| alone != f64::MAX) else {
+            let Some(kafka_alone) = kafka_alone.filter(|_| alone != f64::MAX) else {
                 println!("  beside-kafka ({mode}): skipped; needs its ceilings in the same run");
                 continue;
             };
-            let target = 0.8 * kafka_ceiling.min(alone);
+            let target = 0.8 * kafka_alone.min(alone);
             let name = format!("both halves of a drain to Kafka ({mode})");
             f.add(format!("{name}: target rate"), target, "msg/s");
             let beside = |rate| {
