@@ -191,7 +191,8 @@ async fn fill(pool: &PgPool, destination: &str, rows: i64) {
 
 /// Runs the relay in-process until `rows` rows are published; returns messages per second.
 /// Only for the database ceiling, whose publisher cannot be configured in the product.
-/// `drained` is cancelled the moment the last row is published, before the relay stops.
+/// `drained` is cancelled once the drain is seen done (within [`wait_drained`]'s 50 ms), before
+/// the relay stops.
 async fn drain_in_process<P: Publisher>(
     pool: &PgPool,
     config: Config,
@@ -486,7 +487,7 @@ fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
 /// that confirms at once, or at a fixed rate); `published_retention` zero means delete on
 /// publish.
 ///
-/// With `beside`, Kafka traffic of its own runs until the last row is published, and its
+/// With `beside`, Kafka traffic of its own runs until the drain is seen done, and its
 /// confirmed rate is recorded: whether the machine carries the database path and what a drain
 /// to Kafka needs from the broker and its client, both at once.
 async fn database_ceiling_of<P: Publisher>(
