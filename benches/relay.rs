@@ -483,61 +483,78 @@ fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
     (after.0 - before.0) / (after.1 - before.1) * 100.0
 }
 
-/// The relay's own claim and outcome path on a fresh outbox of `rows`, with `publisher` (one
-/// that confirms at once, or at a fixed rate); `published_retention` zero means delete on
-/// publish.
-///
-/// With `beside`, Kafka traffic of its own runs until the drain is seen done, and its
-/// confirmed rate is recorded: whether the machine carries the database path and what a drain
-/// to Kafka needs from the broker and its client, both at once.
-async fn database_ceiling_of<P: Publisher>(
-    f: &mut Figures,
-    outbox: Outbox<'_>,
-    name: &str,
-    published_retention: Duration,
-    publisher: P,
-    beside: Option<KafkaAlongside<'_>>,
-) -> (f64, Option<f64>) {
-    let Outbox {
-        admin_url,
-        exchange,
-        rows,
-    } = outbox;
-    let (pool, url) = fresh_db(admin_url).await;
-    fill(&pool, exchange, rows).await;
+/// A fresh outbox and the configuration of a relay that drains it in-process;
+/// `published_retention` zero means delete on publish.
+async fn ceiling_outbox(outbox: Outbox<'_>, published_retention: Duration) -> (PgPool, Config) {
+    let (pool, url) = fresh_db(outbox.admin_url).await;
+    fill(&pool, outbox.exchange, outbox.rows).await;
     let mut config = Config::default();
     config.database.url = SecretUrl::new(url);
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.log.format = LogFormat::Text;
     config.sweeper.published_retention = published_retention;
-    // Kafka traffic alongside stops when the drain is done, so that it is measured only beside it.
+    (pool, config)
+}
+
+/// The relay's own claim and outcome path on a fresh outbox, with a publisher that confirms at
+/// once.
+async fn database_ceiling_of(
+    f: &mut Figures,
+    outbox: Outbox<'_>,
+    name: &str,
+    published_retention: Duration,
+) -> f64 {
+    let (pool, config) = ceiling_outbox(outbox, published_retention).await;
+    let drained = CancellationToken::new();
+    let drain = drain_in_process(&pool, config, InstantPublisher, outbox.rows, &drained);
+    ceiling(f, name, drain).await
+}
+
+/// One way round of both halves of a drain to Kafka: the database path on a fresh outbox with
+/// `publisher`, beside Kafka traffic of its own until the drain is seen done. Records both
+/// rates and each side against `target`; the flat-out side is the one not held to a rate
+/// (Kafka when `kafka.rate` is infinite, the database path otherwise).
+async fn both_halves_way<P: Publisher>(
+    f: &mut Figures,
+    outbox: Outbox<'_>,
+    name: &str,
+    published_retention: Duration,
+    publisher: P,
+    kafka: KafkaAlongside<'_>,
+    target: f64,
+) {
+    let (pool, config) = ceiling_outbox(outbox, published_retention).await;
+    let producer = bench_producer(kafka.bootstrap);
+    // Connected before the clock starts: in a drain of one to three seconds, the connection
+    // set-up would otherwise be a good part of the Kafka side's time.
+    kafka_at_rate(
+        &producer,
+        kafka.topic,
+        f64::INFINITY,
+        &CancellationToken::new(),
+        1,
+    )
+    .await;
     let stop = CancellationToken::new();
-    let mut traffic = None;
-    if let Some(b) = beside {
-        let producer = bench_producer(b.bootstrap);
-        // Connected before the clock starts: in a drain of one to three seconds, the connection
-        // set-up would otherwise be a good part of the Kafka side's time.
-        kafka_at_rate(
-            &producer,
-            b.topic,
-            f64::INFINITY,
-            &CancellationToken::new(),
-            1,
-        )
-        .await;
-        let (topic, rate, stop) = (b.topic.to_string(), b.rate, stop.clone());
-        traffic = Some(tokio::spawn(async move {
-            kafka_at_rate(&producer, &topic, rate, &stop, usize::MAX).await
-        }));
-    }
-    let drain = drain_in_process(&pool, config, publisher, rows, &stop);
-    let rate = ceiling(f, name, drain).await;
-    let mut alongside = None;
-    if let Some(traffic) = traffic {
-        let achieved = traffic.await.unwrap();
-        alongside = Some(f.add(format!("{name}: Kafka alongside"), achieved, "msg/s"));
-    }
-    (rate, alongside)
+    let traffic = {
+        let (topic, rate, stop) = (kafka.topic.to_string(), kafka.rate, stop.clone());
+        tokio::spawn(async move { kafka_at_rate(&producer, &topic, rate, &stop, usize::MAX).await })
+    };
+    let drain = drain_in_process(&pool, config, publisher, outbox.rows, &stop);
+    let database = ceiling(f, name, drain).await;
+    let alongside = traffic.await.unwrap();
+    let alongside = f.add(format!("{name}: Kafka alongside"), alongside, "msg/s");
+    let (flat_out, paced) = if kafka.rate.is_finite() {
+        (database, alongside)
+    } else {
+        (alongside, database)
+    };
+    f.add(
+        format!("{name}: flat-out side / target"),
+        flat_out / target,
+        "x",
+    );
+    f.add(format!("{name}: paced side / target"), paced / target, "x");
 }
 
 /// A fresh outbox of `rows` committed rows for `exchange`, in a database of its own.
@@ -548,7 +565,7 @@ struct Outbox<'a> {
     rows: i64,
 }
 
-/// Kafka traffic to run beside a database ceiling.
+/// Kafka traffic to run beside the database path.
 #[derive(Clone, Copy)]
 struct KafkaAlongside<'a> {
     bootstrap: &'a str,
@@ -721,23 +738,18 @@ fn bench_producer(bootstrap: &str) -> FutureProducer {
         .unwrap()
 }
 
-/// Kafka alone: the relay's producer settings and in-flight limit.
+/// Kafka alone: the relay's producer settings and in-flight limit, the producer's start
+/// included as in a drain.
 async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let producer = bench_producer(bootstrap);
-    let body = payload();
-    let window = in_flight();
-    let started = Instant::now();
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for i in 0..n {
-        pending.push(produce(producer.clone(), topic, i, body.clone()));
-        if pending.len() >= window {
-            pending.next().await.unwrap().unwrap();
-        }
-    }
-    while let Some(r) = pending.next().await {
-        r.unwrap();
-    }
-    n as f64 / started.elapsed().as_secs_f64()
+    kafka_at_rate(
+        &producer,
+        topic,
+        f64::INFINITY,
+        &CancellationToken::new(),
+        n,
+    )
+    .await
 }
 
 /// Sends bench message `i` (key `k{i mod KEYS}`) and waits for its delivery report.
@@ -1300,11 +1312,8 @@ async fn main() {
             outbox,
             "ceiling: database (claim and mark, instant publisher)",
             Config::default().sweeper.published_retention,
-            InstantPublisher,
-            None,
         )
-        .await
-        .0;
+        .await;
     }
 
     // The database ceiling with delete on publish, for the drains in that mode.
@@ -1315,11 +1324,8 @@ async fn main() {
             outbox,
             "ceiling: database (claim and delete on publish, instant publisher)",
             Duration::ZERO,
-            InstantPublisher,
-            None,
         )
-        .await
-        .0;
+        .await;
     }
 
     // Whether the machine carries both halves of a drain to Kafka at the target rate (0.8 x
@@ -1350,51 +1356,31 @@ async fn main() {
             let target = 0.8 * kafka_alone.min(alone);
             let name = format!("both halves of a drain to Kafka ({mode})");
             f.add(format!("{name}: target rate"), target, "msg/s");
-            let beside = |rate| {
-                Some(KafkaAlongside {
-                    bootstrap: &bootstrap,
-                    topic: &topic,
-                    rate,
-                })
+            let beside = |rate| KafkaAlongside {
+                bootstrap: &bootstrap,
+                topic: &topic,
+                rate,
             };
-            let way = format!("{name}: database path flat out, Kafka at the target rate");
-            let (database, kafka) = database_ceiling_of(
+            both_halves_way(
                 &mut f,
                 outbox,
-                &way,
+                &format!("{name}: database path flat out, Kafka at the target rate"),
                 retention,
                 InstantPublisher,
                 beside(target),
+                target,
             )
             .await;
-            let kafka = kafka.expect("Kafka ran alongside");
-            f.add(
-                format!("{way}: flat-out side / target"),
-                database / target,
-                "x",
-            );
-            f.add(format!("{way}: paced side / target"), kafka / target, "x");
-            let way = format!("{name}: database path at the target rate, Kafka flat out");
-            let (database, kafka) = database_ceiling_of(
+            both_halves_way(
                 &mut f,
                 outbox,
-                &way,
+                &format!("{name}: database path at the target rate, Kafka flat out"),
                 retention,
                 PacedPublisher::new(target),
                 beside(f64::INFINITY),
+                target,
             )
             .await;
-            let kafka = kafka.expect("Kafka ran alongside");
-            f.add(
-                format!("{way}: flat-out side / target"),
-                kafka / target,
-                "x",
-            );
-            f.add(
-                format!("{way}: paced side / target"),
-                database / target,
-                "x",
-            );
         }
     }
 
