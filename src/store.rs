@@ -525,33 +525,36 @@ pub async fn record_outcomes(
     max_attempts: u32,
     on_published: OnPublished,
 ) -> Result<Vec<Recorded>, StoreError> {
-    if on_published == OnPublished::Mark {
-        return update_outcomes(pool, outcomes, max_attempts).await;
-    }
     let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
         .iter()
         .cloned()
         .partition(|(_, o)| matches!(o, Outcome::Published));
     let confirmed: Vec<i64> = confirmed.iter().map(|(id, _)| id.0).collect();
     if failed.is_empty() {
-        return delete_published(pool, &confirmed).await;
+        return finish_published(pool, &confirmed, on_published).await;
     }
     if confirmed.is_empty() {
         return update_outcomes(pool, &failed, max_attempts).await;
     }
     // Both kinds, rarely: one transaction, so that a retry after an error repeats neither half.
     let mut tx = pool.begin().await?;
-    let mut recorded = delete_published(&mut *tx, &confirmed).await?;
+    let mut recorded = finish_published(&mut *tx, &confirmed, on_published).await?;
     recorded.extend(update_outcomes(&mut *tx, &failed, max_attempts).await?);
     tx.commit().await?;
     Ok(recorded)
 }
 
-async fn delete_published<'e>(
+/// Marks or deletes the rows the broker confirmed.
+async fn finish_published<'e>(
     db: impl sqlx::PgExecutor<'e>,
     ids: &[i64],
+    on_published: OnPublished,
 ) -> Result<Vec<Recorded>, StoreError> {
-    let rows: Vec<i64> = sqlx::query_scalar(include_str!("store/delete_published.sql"))
+    let statement = match on_published {
+        OnPublished::Mark => include_str!("store/mark_published.sql"),
+        OnPublished::Delete => include_str!("store/delete_published.sql"),
+    };
+    let rows: Vec<i64> = sqlx::query_scalar(statement)
         .bind(ids)
         .fetch_all(db)
         .await?;

@@ -423,25 +423,7 @@ async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
 async fn delete_on_publish_deletes_confirmed_rows_and_records_failures() {
     use outbox_relay::store::{self, MessageStatus, OnPublished, Outcome};
     let db = TestDb::new().await;
-    for n in 0..4 {
-        db.enqueue("d", Some("k"), json!({ "n": n })).await;
-    }
-    let token = take_lease(&db).await;
-    let batch = store::claim(&db.pool, &claim_args(i64::MAX, 10, token))
-        .await
-        .unwrap();
-    assert_eq!(batch.len(), 4);
-    // An operator discards the last row while it is in flight.
-    sqlx::query("UPDATE outbox.messages SET status = 'dead' WHERE id = $1")
-        .bind(batch[3].id.0)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let failed = |permanent| Outcome::Failed {
-        error: "broker said no".into(),
-        permanent,
-        backoff: Duration::from_secs(1),
-    };
+    let batch = claimed_with_the_last_discarded(&db, 4).await;
     let recorded = store::record_outcomes(
         &db.pool,
         &[
@@ -478,6 +460,74 @@ async fn delete_on_publish_deletes_confirmed_rows_and_records_failures() {
             (batch[3].id.0, "dead".to_string(), 0),
         ],
         "the confirmed row is gone, the others are as recorded or as the operator left them"
+    );
+}
+
+/// Marking (the default): an update of confirms only and one that also carries failures both
+/// leave a confirmed row `published` with its attempt, publish and finish times, record the
+/// failures, and leave alone a row an operator changed meanwhile.
+#[tokio::test]
+async fn marking_records_confirmed_rows_alone_or_beside_failures() {
+    use outbox_relay::store::{self, MessageStatus, OnPublished, Outcome};
+    let db = TestDb::new().await;
+    let batch = claimed_with_the_last_discarded(&db, 5).await;
+    let record = |outcomes: Vec<(store::RowId, Outcome)>| {
+        let pool = db.pool.clone();
+        async move {
+            let recorded = store::record_outcomes(&pool, &outcomes, 10, OnPublished::Mark)
+                .await
+                .unwrap();
+            let mut got: Vec<_> = recorded.iter().map(|r| (r.id, r.status)).collect();
+            got.sort_by_key(|(id, _)| *id);
+            got
+        }
+    };
+    let confirms_only = record(vec![
+        (batch[0].id, Outcome::Published),
+        (batch[4].id, Outcome::Published),
+    ])
+    .await;
+    assert_eq!(confirms_only, [(batch[0].id, MessageStatus::Published)]);
+    let mixed = record(vec![
+        (batch[1].id, Outcome::Published),
+        (batch[2].id, failed(false)),
+        (batch[3].id, failed(true)),
+    ])
+    .await;
+    assert_eq!(
+        mixed,
+        [
+            (batch[1].id, MessageStatus::Published),
+            (batch[2].id, MessageStatus::Committed),
+            (batch[3].id, MessageStatus::Dead),
+        ]
+    );
+    let rows: Vec<(String, i32, bool, bool, Option<String>)> = sqlx::query_as(
+        "SELECT status::text, attempts, published_at IS NOT NULL, finished_at IS NOT NULL, last_error
+           FROM outbox.messages ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let row = |status: &str, attempts, published, finished, error: Option<&str>| {
+        (
+            status.to_string(),
+            attempts,
+            published,
+            finished,
+            error.map(str::to_string),
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row("published", 1, true, true, None),
+            row("published", 1, true, true, None),
+            row("committed", 1, false, false, Some("broker said no")),
+            row("dead", 1, false, true, Some("broker said no")),
+            row("dead", 0, false, true, None),
+        ],
+        "confirmed rows are published, failures recorded, the operator's row as it was left"
     );
 }
 
@@ -1037,6 +1087,36 @@ async fn claims_from_the_floor_skip_rows_published_under_an_open_snapshot() {
 }
 
 /// Takes the lease `l` as holder `me`, for tests that call the claim statements directly.
+/// `n` rows of one key claimed, and the last of them discarded by an operator while in flight.
+async fn claimed_with_the_last_discarded(
+    db: &TestDb,
+    n: usize,
+) -> Vec<outbox_relay::store::OutboxMessage> {
+    for i in 0..n {
+        db.enqueue("d", Some("k"), json!({ "n": i })).await;
+    }
+    let token = take_lease(db).await;
+    let batch = outbox_relay::store::claim(&db.pool, &claim_args(i64::MAX, 10, token))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), n);
+    sqlx::query("UPDATE outbox.messages SET status = 'dead' WHERE id = $1")
+        .bind(batch[n - 1].id.0)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    batch
+}
+
+/// A publish failure as the relay records it.
+fn failed(permanent: bool) -> outbox_relay::store::Outcome {
+    outbox_relay::store::Outcome::Failed {
+        error: "broker said no".into(),
+        permanent,
+        backoff: Duration::from_secs(1),
+    }
+}
+
 async fn take_lease(db: &TestDb) -> i64 {
     outbox_relay::store::acquire_lease(&db.pool, "l", "me", Duration::from_secs(10))
         .await
