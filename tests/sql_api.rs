@@ -1087,6 +1087,56 @@ async fn claims_from_the_floor_skip_rows_published_under_an_open_snapshot() {
 }
 
 /// Takes the lease `l` as holder `me`, for tests that call the claim statements directly.
+/// A message id the database generates is a version 7 UUID: it starts with the insert time in
+/// milliseconds, so ids of later rows sort after those of earlier milliseconds and the unique
+/// index is written at its right edge; an id given by the application is kept.
+#[tokio::test]
+async fn generated_message_ids_are_time_ordered_uuid_v7() {
+    let db = TestDb::new().await;
+    let millis = |id: Uuid| {
+        let b = id.as_bytes();
+        b[..6]
+            .iter()
+            .fold(0u64, |ms, byte| (ms << 8) | u64::from(*byte))
+    };
+    let before: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let first = db.enqueue("d", Some("k"), json!({})).await;
+    let prepared: Uuid = sqlx::query_scalar("SELECT outbox.prepare('d', '{}')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let after: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    for id in [first, prepared] {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        assert_eq!(id.as_bytes()[8] >> 6, 0b10, "RFC 9562 variant: {id}");
+        let ms = millis(id) as i64;
+        assert!(
+            (before..=after).contains(&ms),
+            "{id}: {ms} not in {before}..={after}"
+        );
+    }
+    assert!(millis(first) <= millis(prepared), "{first} then {prepared}");
+
+    let given = Uuid::new_v4();
+    let kept: Uuid = sqlx::query_scalar(
+        "INSERT INTO outbox.messages (message_id, destination, payload) VALUES ($1, 'd', '')
+         RETURNING message_id",
+    )
+    .bind(given)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, given);
+}
+
 /// `n` rows of one key claimed, and the last of them discarded by an operator while in flight.
 async fn claimed_with_the_last_discarded(
     db: &TestDb,
