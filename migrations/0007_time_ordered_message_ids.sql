@@ -4,7 +4,7 @@
 -- Every change of a row's status writes a new entry into the unique index on message_id (the
 -- update is never HOT, see docs/ARCHITECTURE.md). With random ids each entry lands on a random
 -- leaf page of that index, so marking a batch of rows published touched a page per row; with
--- ids that grow with time the entries of a batch share a few pages at the index's right edge.
+-- ids that grow with time the entries of rows inserted together share a few neighbouring pages.
 -- The outcome update then costs Postgres about a sixth less per row (docs/performance.md), and
 -- the writers' inserts gain the same locality. The first 48 bits are the Unix time in
 -- milliseconds and the rest is random as before (74 random bits), so ids stay unique and
@@ -27,3 +27,7 @@ CREATE FUNCTION outbox.uuid_v7() RETURNS uuid
 $$;
 
 ALTER TABLE outbox.messages ALTER COLUMN message_id SET DEFAULT outbox.uuid_v7();
+
+-- The writers' inserts call it (enqueue and prepare run with the caller's rights): executable
+-- by every role, as gen_random_uuid() was, also where PUBLIC's EXECUTE is revoked by default.
+GRANT EXECUTE ON FUNCTION outbox.uuid_v7() TO PUBLIC;

@@ -1086,10 +1086,10 @@ async fn claims_from_the_floor_skip_rows_published_under_an_open_snapshot() {
     snapshot.rollback().await.unwrap();
 }
 
-/// Takes the lease `l` as holder `me`, for tests that call the claim statements directly.
 /// A message id the database generates is a version 7 UUID: it starts with the insert time in
-/// milliseconds, so ids of later rows sort after those of earlier milliseconds and the unique
-/// index is written at its right edge; an id given by the application is kept.
+/// milliseconds, so ids of later rows sort after those of earlier milliseconds and the entries of
+/// rows written together share pages of the unique index; an id given by the application is
+/// kept.
 #[tokio::test]
 async fn generated_message_ids_are_time_ordered_uuid_v7() {
     let db = TestDb::new().await;
@@ -1167,6 +1167,7 @@ fn failed(permanent: bool) -> outbox_relay::store::Outcome {
     }
 }
 
+/// Takes the lease `l` as holder `me`, for tests that call the claim statements directly.
 async fn take_lease(db: &TestDb) -> i64 {
     outbox_relay::store::acquire_lease(&db.pool, "l", "me", Duration::from_secs(10))
         .await
