@@ -1,6 +1,6 @@
--- Records a batch of publish outcomes in one statement. The relay sends it the failures; an
--- update of confirms only goes to mark_published.sql or delete_published.sql, but a confirm here
--- is recorded the same way.
+-- Records a batch of publish outcomes in one statement. The relay sends it only the failures:
+-- confirms go to mark_published.sql or delete_published.sql (in the same transaction when an
+-- update holds both). A confirm given here is still recorded as mark_published.sql would.
 -- $1 ids, $2 error (NULL = confirmed by the broker), $3 permanent failure, $4 backoff in ms,
 -- $5 retry.max_attempts. Only rows still committed are touched: an operator may have changed
 -- a row while it was in flight.
