@@ -395,14 +395,9 @@ async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
 
     // A failed attempt backs off from committed_at at the earliest, so the row stays delayed
     // (and holds its key back) although the clock is behind it.
-    let failed = store::Outcome::Failed {
-        error: "broker said no".into(),
-        permanent: false,
-        backoff: Duration::from_secs(1),
-    };
     store::record_outcomes(
         &db.pool,
-        &[(batch[0].id, failed)],
+        &[(batch[0].id, failed(false))],
         10,
         store::OnPublished::Mark,
     )
