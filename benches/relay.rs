@@ -623,15 +623,21 @@ async fn idle_cpu_percent(relay: &RelayProcess, secs: u64) -> f64 {
     (relay.cpu_seconds() - before) / secs as f64 * 100.0
 }
 
+/// A fanout exchange `name` bound to a bounded queue `{name}.q`, both there as long as the
+/// returned connection is open.
 async fn amqp_exchange(url: &str, name: &str) -> Connection {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("RabbitMQ");
     let ch = conn.create_channel().await.unwrap();
+    // Gone with its queue's binding.
     ch.exchange_declare(
         name.into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await
@@ -646,10 +652,14 @@ async fn amqp_exchange(url: &str, name: &str) -> Connection {
         );
         t
     };
+    // Exclusive, so that RabbitMQ deletes it with this connection, the bench's end included:
+    // an auto-delete queue goes only after a consumer leaves, and the drains' queue never has
+    // one. Left behind, each run's queue kept up to 100,000 messages in RabbitMQ's memory,
+    // and RabbitMQ's work on them landed in later runs' figures (docs/performance.md).
     ch.queue_declare(
         queue.as_str().into(),
         QueueDeclareOptions {
-            auto_delete: true,
+            exclusive: true,
             ..Default::default()
         },
         args,
