@@ -227,6 +227,34 @@ async fn migrate_is_idempotent() {
     outbox_relay::store::check_schema(&db.pool).await.unwrap();
 }
 
+/// The README's upgrade rule, "migrate first": a relay does not start on a schema that lacks
+/// its latest migration (such as 0007's time-ordered ids), and says to run `migrate`.
+#[tokio::test]
+async fn check_schema_refuses_a_schema_without_the_latest_migration() {
+    use outbox_relay::store::{self, StoreError};
+    let db = TestDb::new().await;
+    let latest: i64 =
+        sqlx::query_scalar("SELECT max(version) FROM outbox._sqlx_migrations WHERE success")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    // As a database migrated by the relay before: the latest migration not applied.
+    sqlx::query("DELETE FROM outbox._sqlx_migrations WHERE version = $1")
+        .bind(latest)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let err = store::check_schema(&db.pool)
+        .await
+        .expect_err("older schema");
+    assert!(matches!(err, StoreError::SchemaMissing(_)), "{err:?}");
+    let shown = err.to_string();
+    assert!(
+        shown.contains("outbox-relay migrate") && shown.contains(&format!("needs {latest}")),
+        "{shown}"
+    );
+}
+
 #[tokio::test]
 async fn claims_are_index_scans_over_pending_rows_only() {
     let db = TestDb::new().await;
