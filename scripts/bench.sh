@@ -5,7 +5,9 @@
 # the relay (docs/performance.md). Then runs benches/relay.rs. Figures: target/bench.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/services.sh up)"
+# Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
+services_env=$(scripts/services.sh up)
+eval "$services_env"
 # Databases left by earlier test runs would cost Postgres autovacuum work during the bench.
 scripts/services.sh drop-scratch-dbs
 # The local Postgres offers TLS (for the TLS tests) and the driver's default sslmode=prefer would

@@ -5,7 +5,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-eval "$(scripts/services.sh up)"
+# Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
+services_env=$(scripts/services.sh up)
+eval "$services_env"
 cargo build --quiet --bin outbox-relay --example demo
 
 ADMIN_URL=$OUTBOX_TEST_DATABASE_URL

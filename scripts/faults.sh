@@ -12,7 +12,9 @@ export OUTBOX_PG_PORT=${FAULTS_PG_PORT:-54339}
 export OUTBOX_AMQP_PORT=${FAULTS_AMQP_PORT:-56739}
 export OUTBOX_KAFKA_PORT=${FAULTS_KAFKA_PORT:-59102}
 export OUTBOX_KAFKA_ADVERTISED_PORT=${FAULTS_KAFKA_PROXY_PORT:-59103}
-eval "$(scripts/services.sh up)"
+# Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
+services_env=$(scripts/services.sh up)
+eval "$services_env"
 # A fresh tansu for every run: a crashed one (see Fault::runs_on in tests/faults/main.rs) would
 # fail the next run for a reason that is not the relay's. Its SQLite data survives the restart.
 scripts/services.sh stop kafka

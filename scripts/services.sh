@@ -47,11 +47,12 @@ apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then
     log "apt-get update"
-    apt-get update -qq >/dev/null
+    # Another apt-get (unattended upgrades, a parallel install) may hold the lock: wait for it.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
     apt_updated=1
   fi
   log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >/dev/null
 }
 
 # The services run as the postgres and rabbitmq users, which must be able to reach their data.

@@ -3,6 +3,13 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-eval "$(scripts/services.sh up)"
+# The runner is not on a fresh machine; crates.io is the only place to get it from here.
+NEXTEST_VERSION=0.9.151
+if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then
+  cargo install --locked "cargo-nextest@$NEXTEST_VERSION"
+fi
+# Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
+services_env=$(scripts/services.sh up)
+eval "$services_env"
 scripts/services.sh drop-scratch-dbs t
 cargo nextest run --no-fail-fast "$@"
