@@ -206,7 +206,7 @@ async fn drain_in_process<P: Publisher>(
         pool.clone(),
         Arc::new(publisher),
         config,
-        Arc::new(Health::new()),
+        Arc::new(Health::new(std::time::Duration::from_secs(300))),
         token.clone(),
     ));
     wait_drained(pool).await;

@@ -3,23 +3,21 @@
 
 use std::sync::Arc;
 
-use std::time::Duration;
-
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::{BrokerKind, Config};
-use crate::health::Health;
+use crate::gauges::Gauges;
+use crate::health::{Health, Heartbeat};
 use crate::http;
 use crate::instruments;
 use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
 use crate::publish::Publisher;
-use crate::relay::{PassedFloor, Relay};
+use crate::relay::Relay;
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
 
@@ -39,10 +37,10 @@ pub enum AppError {
 /// `metrics` renders `/metrics` when the caller installed the Prometheus recorder.
 pub async fn run(
     config: Config,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<instruments::Exporter>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let health = Arc::new(Health::new());
+    let health = Arc::new(Health::new(config.http.livez_stall_timeout));
     let listener = http::bind(config.http.listen)
         .await
         .map_err(|e| AppError::Http(config.http.listen, e))?;
@@ -131,6 +129,12 @@ pub async fn run_with<P: Publisher>(
 ) -> Result<(), AppError> {
     let tracker = TaskTracker::new();
     let failure: Arc<std::sync::Mutex<Option<AppError>>> = Arc::default();
+    let tasks = Tasks {
+        tracker: &tracker,
+        shutdown: &shutdown,
+        failure: &failure,
+        health: &health,
+    };
 
     let lease = Arc::new(Lease::new(pool.clone(), config.ha.clone(), health.clone()));
     tracing::info!(replica = lease.holder(), lease = %config.ha.lease_name, "standing by for the lease");
@@ -154,35 +158,31 @@ pub async fn run_with<P: Publisher>(
     // otherwise a standby could take over while confirms are still being recorded.
     let relay_done = CancellationToken::new();
     let (l, token) = (lease.clone(), relay_done.clone());
-    spawn_named(&tracker, &shutdown, &failure, "lease", async move {
-        l.run(token).await
-    });
+    tasks.spawn("lease", |beat| async move { l.run(token, &beat).await });
     let (l, token) = (lease.clone(), shutdown.clone());
-    spawn_named(&tracker, &shutdown, &failure, "relay", async move {
+    tasks.spawn("relay", |beat| async move {
         // Stops the renewals on return and on panic alike.
         let stop_lease = relay_done.drop_guard();
-        relay.run(token).await;
+        relay.run(token, &beat).await;
         drop(stop_lease);
         // Only after the last outcome is recorded may a standby take over.
         l.release().await;
     });
-    let (p, h, token) = (pool.clone(), health.clone(), shutdown.clone());
-    let every = config.metrics.backlog_interval;
-    spawn_named(&tracker, &shutdown, &failure, "backlog", async move {
-        watch_backlog(p, h, passed, every, token).await
-    });
-    let s = sweeper.clone();
-    let token = shutdown.clone();
-    spawn_named(
-        &tracker,
-        &shutdown,
-        &failure,
-        "sweeper-expire",
-        async move { s.run_expiry(token).await },
+    let gauges = Gauges::new(
+        pool.clone(),
+        health.clone(),
+        passed,
+        config.metrics.backlog_interval,
     );
     let token = shutdown.clone();
-    spawn_named(&tracker, &shutdown, &failure, "sweeper-purge", async move {
-        sweeper.run_purge(token).await
+    tasks.spawn("backlog", |beat| gauges.run(beat, token));
+    let (s, token) = (sweeper.clone(), shutdown.clone());
+    tasks.spawn("sweeper-expire", |beat| async move {
+        s.run_expiry(token, &beat).await
+    });
+    let token = shutdown.clone();
+    tasks.spawn("sweeper-purge", |beat| async move {
+        sweeper.run_purge(token, &beat).await
     });
 
     tracker.close();
@@ -195,58 +195,38 @@ pub async fn run_with<P: Publisher>(
     }
 }
 
-/// Keeps the backlog gauges and the database readiness current, and checks that the claims
-/// passed no committed row.
-async fn watch_backlog(
-    pool: PgPool,
-    health: Arc<Health>,
-    passed: Arc<PassedFloor>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let floor = passed.current();
-        match store::backlog(&pool).await {
-            Ok(backlog) => {
-                health.set_database_up(true);
-                metrics::gauge!(instruments::PENDING).set(backlog.pending as f64);
-                metrics::gauge!(instruments::OLDEST_PENDING_AGE).set(backlog.oldest_age_secs);
-                passed.check(floor, backlog.lowest_seq);
-            }
-            Err(e) => {
-                health.set_database_up(false);
-                tracing::warn!(error = %e, "cannot read the backlog");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+/// Spawns the long-running tasks: each is watched by `/livez` through its heartbeat from its
+/// start until it returns, and a task that panics shuts everything down with the failure
+/// reported, instead of the process limping on without it.
+struct Tasks<'a> {
+    tracker: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+    failure: &'a Arc<std::sync::Mutex<Option<AppError>>>,
+    health: &'a Arc<Health>,
 }
 
-/// Spawns a task; if it panics, everything shuts down and the failure is reported, instead of
-/// the process limping on without it.
-fn spawn_named<F>(
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-    failure: &Arc<std::sync::Mutex<Option<AppError>>>,
-    name: &'static str,
-    task: F,
-) where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let handle = tokio::spawn(task);
-    let shutdown = shutdown.clone();
-    let failure = failure.clone();
-    tracker.spawn(async move {
-        if let Err(e) = handle.await {
-            tracing::error!(task = name, error = %e, "task died; shutting down");
-            failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(AppError::TaskFailed(name, e.to_string()));
-            shutdown.cancel();
-        }
-    });
+impl Tasks<'_> {
+    fn spawn<F, Fut>(&self, name: &'static str, task: F)
+    where
+        F: FnOnce(Arc<Heartbeat>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let beat = self.health.heartbeat(name);
+        let handle = tokio::spawn(task(beat.clone()));
+        let shutdown = self.shutdown.clone();
+        let failure = self.failure.clone();
+        self.tracker.spawn(async move {
+            match handle.await {
+                Ok(()) => beat.done(),
+                Err(e) => {
+                    tracing::error!(task = name, error = %e, "task died; shutting down");
+                    failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(AppError::TaskFailed(name, e.to_string()));
+                    shutdown.cancel();
+                }
+            }
+        });
+    }
 }

@@ -39,6 +39,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// Exit 0 when the relay at http.listen answers /livez with 200, else 1 (for Docker,
+    /// Compose and ECS health checks, where no HTTP client is in the image).
+    Healthcheck {
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,20 +54,31 @@ impl HaConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpConfig {
     pub listen: std::net::SocketAddr,
+    /// `/livez` fails once a task is this much later than the turn it announced.
+    #[serde(with = "humantime_serde")]
+    pub livez_stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MetricsConfig {
     #[serde(with = "humantime_serde")]
     pub backlog_interval: Duration,
+    /// Per-destination series not written for this long leave `/metrics`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabaseConfig {
     pub url: SecretUrl,
+    /// A file holding the URL (a mounted Secret); read once at start, replaces `url`.
+    pub url_file: String,
     pub max_connections: NonZeroU32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Server-side bound of every statement, so a stuck one fails and is retried.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +101,8 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A file holding `sasl.password`; read once at start into the properties.
+    pub sasl_password_file: String,
     /// Passed through to librdkafka, except the keys the relay owns.
     pub properties: KafkaProperties,
 }
@@ -163,6 +176,8 @@ const KAFKA_REQUIRED: &[(&str, &[&str])] = &[
 #[derive(Debug, Clone, Serialize)]
 pub struct AmqpConfig {
     pub url: SecretUrl,
+    /// A file holding the URL (a mounted Secret); read once at start, replaces `url`.
+    pub url_file: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// PEM file of extra CA certificates trusted for `amqps://` (besides the system's); empty
@@ -302,13 +317,16 @@ impl Default for Config {
         Self {
             database: DatabaseConfig {
                 url: SecretUrl::new("postgres://localhost:5432/postgres"),
+                url_file: String::new(),
                 max_connections: nz(8),
                 connect_timeout: Duration::from_secs(5),
+                statement_timeout: Duration::from_secs(30),
             },
             broker: BrokerConfig {
                 kind: BrokerKind::Amqp,
                 amqp: AmqpConfig {
                     url: SecretUrl::new("amqp://guest:guest@localhost:5672/%2f"),
+                    url_file: String::new(),
                     connect_timeout: Duration::from_secs(10),
                     tls_ca_file: String::new(),
                     tls_ca_pem: None,
@@ -316,6 +334,7 @@ impl Default for Config {
                 kafka: KafkaConfig {
                     bootstrap_servers: "localhost:9092".to_string(),
                     connect_timeout: Duration::from_secs(10),
+                    sasl_password_file: String::new(),
                     properties: KafkaProperties::default(),
                 },
             },
@@ -346,9 +365,11 @@ impl Default for Config {
             },
             http: HttpConfig {
                 listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9464)),
+                livez_stall_timeout: Duration::from_secs(300),
             },
             metrics: MetricsConfig {
                 backlog_interval: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(3600),
             },
             log: LogConfig {
                 level: "info".to_string(),
@@ -479,13 +500,17 @@ impl Config {
         let config = Config {
             database: DatabaseConfig {
                 url: r.url("database.url", d.database.url, &["postgres", "postgresql"]),
+                url_file: r.read("database.url_file", d.database.url_file),
                 max_connections: r.read("database.max_connections", d.database.max_connections),
                 connect_timeout: r.duration("database.connect_timeout", d.database.connect_timeout),
+                statement_timeout: r
+                    .duration("database.statement_timeout", d.database.statement_timeout),
             },
             broker: BrokerConfig {
                 kind: r.read("broker.kind", d.broker.kind),
                 amqp: AmqpConfig {
                     url: r.amqp_url("broker.amqp.url", d.broker.amqp.url),
+                    url_file: r.read("broker.amqp.url_file", d.broker.amqp.url_file),
                     connect_timeout: r
                         .duration("broker.amqp.connect_timeout", d.broker.amqp.connect_timeout),
                     tls_ca_file: r.read("broker.amqp.tls_ca_file", d.broker.amqp.tls_ca_file),
@@ -499,6 +524,10 @@ impl Config {
                     connect_timeout: r.duration(
                         "broker.kafka.connect_timeout",
                         d.broker.kafka.connect_timeout,
+                    ),
+                    sasl_password_file: r.read(
+                        "broker.kafka.sasl_password_file",
+                        d.broker.kafka.sasl_password_file,
                     ),
                     properties: r.kafka_properties("broker.kafka.properties"),
                 },
@@ -534,10 +563,13 @@ impl Config {
             },
             http: HttpConfig {
                 listen: r.read("http.listen", d.http.listen),
+                livez_stall_timeout: r
+                    .duration("http.livez_stall_timeout", d.http.livez_stall_timeout),
             },
             metrics: MetricsConfig {
                 backlog_interval: r
                     .duration("metrics.backlog_interval", d.metrics.backlog_interval),
+                idle_timeout: r.duration("metrics.idle_timeout", d.metrics.idle_timeout),
             },
             log: LogConfig {
                 level: r.read("log.level", d.log.level),
@@ -547,6 +579,7 @@ impl Config {
         r.check_unknown(&root, "");
         r.check_relations(&config);
         let mut config = config;
+        r.secret_files(&mut config);
         config.broker.amqp.tls_ca_pem = r.amqp_tls_ca(&config.broker.amqp);
         if r.issues.is_empty() {
             Ok(config)
@@ -564,14 +597,18 @@ impl Config {
 /// Every key the relay reads, in the order of `config.example.toml`.
 pub const KEYS: &[&str] = &[
     "database.url",
+    "database.url_file",
     "database.max_connections",
     "database.connect_timeout",
+    "database.statement_timeout",
     "broker.kind",
     "broker.amqp.url",
+    "broker.amqp.url_file",
     "broker.amqp.connect_timeout",
     "broker.amqp.tls_ca_file",
     "broker.kafka.bootstrap_servers",
     "broker.kafka.connect_timeout",
+    "broker.kafka.sasl_password_file",
     "broker.kafka.properties",
     "relay.batch_size",
     "relay.poll_interval",
@@ -591,7 +628,9 @@ pub const KEYS: &[&str] = &[
     "ha.lease_ttl",
     "ha.replica_id",
     "http.listen",
+    "http.livez_stall_timeout",
     "metrics.backlog_interval",
+    "metrics.idle_timeout",
     "log.level",
     "log.format",
 ];
@@ -625,6 +664,17 @@ impl Reader<'_> {
 
     fn url(&mut self, key: &str, default: SecretUrl, schemes: &[&str]) -> SecretUrl {
         let raw: String = self.read(key, default.expose().to_string());
+        self.checked_url(key, raw, default, schemes)
+    }
+
+    /// `raw` if it parses with one of `schemes`, else an issue of `key` and `default`.
+    fn checked_url(
+        &mut self,
+        key: &str,
+        raw: String,
+        default: SecretUrl,
+        schemes: &[&str],
+    ) -> SecretUrl {
         match url::Url::parse(&raw) {
             Ok(u) if schemes.contains(&u.scheme()) => SecretUrl(raw),
             Ok(u) => {
@@ -649,7 +699,12 @@ impl Reader<'_> {
     /// An AMQP URL as the client reads it: a vhost the protocol cannot carry (over 255
     /// bytes) or a malformed query parameter would otherwise only fail, or panic, at connect.
     fn amqp_url(&mut self, key: &str, default: SecretUrl) -> SecretUrl {
-        let url = self.url(key, default.clone(), &["amqp", "amqps"]);
+        let raw: String = self.read(key, default.expose().to_string());
+        self.checked_amqp_url(key, raw, default)
+    }
+
+    fn checked_amqp_url(&mut self, key: &str, raw: String, default: SecretUrl) -> SecretUrl {
+        let url = self.checked_url(key, raw, default.clone(), &["amqp", "amqps"]);
         if url == default {
             return url;
         }
@@ -834,6 +889,9 @@ impl Reader<'_> {
             ("sweeper.interval", c.sweeper.interval),
             ("sweeper.purge_interval", c.sweeper.purge_interval),
             ("database.connect_timeout", c.database.connect_timeout),
+            ("database.statement_timeout", c.database.statement_timeout),
+            ("http.livez_stall_timeout", c.http.livez_stall_timeout),
+            ("metrics.idle_timeout", c.metrics.idle_timeout),
             ("broker.amqp.connect_timeout", c.broker.amqp.connect_timeout),
             (
                 "broker.kafka.connect_timeout",
@@ -849,6 +907,13 @@ impl Reader<'_> {
         const DAY: Duration = Duration::from_secs(24 * 3600);
         for (key, value, max) in [
             ("database.connect_timeout", c.database.connect_timeout, DAY),
+            (
+                "database.statement_timeout",
+                c.database.statement_timeout,
+                DAY,
+            ),
+            ("http.livez_stall_timeout", c.http.livez_stall_timeout, DAY),
+            ("metrics.idle_timeout", c.metrics.idle_timeout, 30 * DAY),
             (
                 "broker.amqp.connect_timeout",
                 c.broker.amqp.connect_timeout,
@@ -891,6 +956,37 @@ impl Reader<'_> {
                 );
             }
         }
+        // A task waiting on one call is not late until the call's own timeout passed; a stall
+        // timeout below that would restart a relay that only waits out an outage.
+        let longest_call = [
+            ("relay.publish_timeout", c.relay.publish_timeout),
+            ("database.statement_timeout", c.database.statement_timeout),
+            ("database.connect_timeout", c.database.connect_timeout),
+            ("broker.amqp.connect_timeout", c.broker.amqp.connect_timeout),
+            (
+                "broker.kafka.connect_timeout",
+                c.broker.kafka.connect_timeout,
+            ),
+        ]
+        .into_iter()
+        .max_by_key(|(_, d)| *d);
+        if let Some((key, longest)) = longest_call {
+            if c.http.livez_stall_timeout <= longest * 2 {
+                self.issue(
+                    "http.livez_stall_timeout",
+                    format!(
+                        "must be more than twice {key} ({}), the longest single call a task waits for",
+                        humantime::format_duration(longest)
+                    ),
+                );
+            }
+        }
+        if c.metrics.idle_timeout < 2 * c.metrics.backlog_interval.max(c.ha.lease_ttl) {
+            self.issue(
+                "metrics.idle_timeout",
+                "must be at least twice metrics.backlog_interval and ha.lease_ttl, which rewrite the series that must stay".into(),
+            );
+        }
         if c.ha.lease_ttl < Duration::from_millis(300) {
             self.issue("ha.lease_ttl", "must be at least 300ms".into());
         }
@@ -931,6 +1027,8 @@ impl Reader<'_> {
         }
     }
 }
+
+mod files;
 
 #[cfg(test)]
 mod tests {

@@ -1,24 +1,90 @@
 //! Shared liveness and readiness state, written by the tasks, read by the HTTP endpoints.
+//!
+//! Liveness means "every loop turns": each long-running task holds a [`Heartbeat`] and marks
+//! it on every turn, announcing how long it means to wait before the next one (a poll
+//! interval, a retry backoff). A task is stuck when it is later than that by more than
+//! `http.livez_stall_timeout`. Outages never make a task late: every database and broker call
+//! has a timeout, and a failed one is followed by a backoff the task announces.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
-    alive: AtomicBool,
     database_up: AtomicBool,
     broker_up: AtomicBool,
     leader: AtomicBool,
+    stall_timeout: Duration,
+    origin: Instant,
+    tasks: Mutex<Vec<(&'static str, Arc<Heartbeat>)>>,
+}
+
+/// When a task is next expected to turn, in milliseconds since its [`Health`]'s origin.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: Instant,
+    due_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    /// The task turned and will turn again at once (or when work it waits for arrives).
+    pub fn beat(&self) {
+        self.beat_within(Duration::ZERO);
+    }
+
+    /// The task turned and deliberately waits up to `wait` before its next turn.
+    pub fn beat_within(&self, wait: Duration) {
+        let due = self.origin.elapsed().saturating_add(wait);
+        self.due_ms.store(millis(due), Ordering::Relaxed);
+    }
+
+    /// The task ended normally: it is never late again.
+    pub fn done(&self) {
+        self.due_ms.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// How far past its announced turn the task is (zero when on time).
+    fn late_by(&self, now: Duration) -> Duration {
+        now.saturating_sub(Duration::from_millis(self.due_ms.load(Ordering::Relaxed)))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A task that has not turned for longer than the stall timeout allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    pub task: &'static str,
+    pub late_by: Duration,
 }
 
 impl Health {
-    pub fn new() -> Self {
-        let h = Self::default();
-        h.alive.store(true, Ordering::Relaxed);
-        h
+    pub fn new(stall_timeout: Duration) -> Self {
+        Self {
+            database_up: AtomicBool::default(),
+            broker_up: AtomicBool::default(),
+            leader: AtomicBool::default(),
+            stall_timeout,
+            origin: Instant::now(),
+            tasks: Mutex::default(),
+        }
     }
 
-    pub fn set_alive(&self, v: bool) {
-        self.alive.store(v, Ordering::Relaxed);
+    /// Registers a task that `/livez` watches from now on; it counts as having just turned.
+    pub fn heartbeat(&self, task: &'static str) -> Arc<Heartbeat> {
+        let beat = Arc::new(Heartbeat {
+            origin: self.origin,
+            due_ms: AtomicU64::new(0),
+        });
+        beat.beat();
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((task, beat.clone()));
+        beat
     }
 
     pub fn set_database_up(&self, v: bool) {
@@ -42,10 +108,27 @@ impl Health {
         self.leader.load(Ordering::Relaxed)
     }
 
-    /// The process and its loops run. No dependency is checked: a broker outage must not get
-    /// every replica restarted.
-    pub fn live(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
+    /// No task is stuck. No dependency is checked: a broker outage must not get every replica
+    /// restarted.
+    pub fn live(&self) -> Result<(), Stalled> {
+        self.stalled().map_or(Ok(()), Err)
+    }
+
+    /// The task furthest past its turn, if it is later than the stall timeout.
+    pub fn stalled(&self) -> Option<Stalled> {
+        self.stalled_at(self.origin.elapsed())
+    }
+
+    fn stalled_at(&self, now: Duration) -> Option<Stalled> {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks
+            .iter()
+            .map(|(task, beat)| Stalled {
+                task,
+                late_by: beat.late_by(now),
+            })
+            .filter(|s| s.late_by > self.stall_timeout)
+            .max_by_key(|s| s.late_by)
     }
 
     /// The database answers and, on the publishing replica, the broker is connected. A
@@ -58,5 +141,45 @@ impl Health {
             return Err("broker not connected");
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task `{}` has not turned for {}s past its schedule",
+            self.task,
+            self.late_by.as_secs()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_stalled_only_past_its_announced_wait_plus_the_timeout() {
+        let health = Health::new(Duration::from_secs(60));
+        let relay = health.heartbeat("relay");
+        let sweeper = health.heartbeat("sweeper");
+        assert_eq!(health.live(), Ok(()));
+        // The sweeper announces a long wait; the relay announces none.
+        sweeper.beat_within(Duration::from_secs(3600));
+        relay.beat();
+        let now = health.origin.elapsed();
+        assert_eq!(health.stalled_at(now + Duration::from_secs(59)), None);
+        let s = health
+            .stalled_at(now + Duration::from_secs(120))
+            .expect("the relay is two minutes late");
+        assert_eq!(s.task, "relay");
+        assert!(s.late_by >= Duration::from_secs(119), "{s:?}");
+        // Within its announced wait the sweeper is on time, however long that is.
+        let later = now + Duration::from_secs(3600);
+        relay.beat_within(Duration::from_secs(7200));
+        assert_eq!(health.stalled_at(later), None);
+        let s = health.stalled_at(later + Duration::from_secs(61)).unwrap();
+        assert_eq!(s.task, "sweeper");
     }
 }

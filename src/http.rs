@@ -7,16 +7,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::instruments::Exporter;
 
 #[derive(Clone)]
 struct AppState {
     health: Arc<Health>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Exporter>,
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -26,7 +26,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Exporter>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -39,11 +39,10 @@ pub async fn serve(
         .await
 }
 
-async fn livez(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.live() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.health.live() {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
@@ -61,10 +60,16 @@ async fn render_metrics(
     State(s): State<AppState>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     let content_type = [("content-type", "text/plain; version=0.0.4")];
-    match &s.metrics {
-        Some(handle) => {
-            handle.run_upkeep();
-            (StatusCode::OK, content_type, handle.render())
+    match s.metrics {
+        Some(exporter) => {
+            match tokio::task::spawn_blocking(move || exporter.render_blocking()).await {
+                Ok(text) => (StatusCode::OK, content_type, text),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    content_type,
+                    format!("cannot render metrics: {e}\n"),
+                ),
+            }
         }
         None => (
             StatusCode::NOT_FOUND,

@@ -1,8 +1,11 @@
 //! Metric names, defined once and described at start-up, and the Prometheus recorder.
 //! Labels are low-cardinality: destination, a fixed failure reason, status, dependency.
 
+use std::time::Duration;
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 pub const PUBLISHED: &str = "outbox_relay_messages_published_total";
 pub const PUBLISH_FAILURES: &str = "outbox_relay_publish_failures_total";
@@ -12,12 +15,26 @@ pub const OLDEST_PENDING_AGE: &str = "outbox_relay_oldest_pending_age_seconds";
 pub const COMMIT_TO_PUBLISH: &str = "outbox_relay_commit_to_publish_seconds";
 pub const BATCH_SECONDS: &str = "outbox_relay_publish_batch_seconds";
 pub const BATCH_MESSAGES: &str = "outbox_relay_batch_messages";
-pub const EXPIRED: &str = "outbox_relay_prepared_expired_total";
-pub const PURGED: &str = "outbox_relay_purged_total";
+pub const DEAD_NOW: &str = "outbox_relay_dead_messages";
+pub const EXPIRED: &str = "outbox_relay_messages_expired_total";
+pub const PURGED: &str = "outbox_relay_messages_purged_total";
 pub const PASSED_ROWS_FOUND: &str = "outbox_relay_passed_rows_found_total";
 pub const LEADER: &str = "outbox_relay_leader";
 pub const UP: &str = "outbox_relay_up";
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
+pub const TABLE_SIZE: &str = "outbox_relay_table_size_bytes";
+pub const INDEX_SIZE: &str = "outbox_relay_index_size_bytes";
+pub const DEAD_TUPLES: &str = "outbox_relay_table_dead_tuples";
+pub const LAST_AUTOVACUUM_AGE: &str = "outbox_relay_last_autovacuum_age_seconds";
+pub const VACUUM_HORIZON_AGE: &str = "outbox_relay_vacuum_horizon_age_seconds";
+pub const VACUUM_HORIZON_XIDS: &str = "outbox_relay_vacuum_horizon_age_xids";
+
+/// The purge counter's statuses, known in advance, so their series exist from the start.
+const PURGED_STATUSES: [&str; 3] = ["published", "rolled_back", "dead"];
+
+/// The commit the binary was built from: `OUTBOX_RELAY_REVISION` at build time (for builds
+/// without a `.git`, such as the Dockerfile's), else `git rev-parse`, else "unknown".
+pub const REVISION: &str = env!("OUTBOX_RELAY_REVISION");
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -28,15 +45,51 @@ const SIZE_BUCKETS: &[f64] = &[
 
 /// Installs the global recorder; the handle renders `/metrics`. Only the binary calls this,
 /// so library users and tests that run the relay in-process are unaffected.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+///
+/// Series not written for `idle_timeout` leave the output, so those of destinations no longer
+/// used do not stay forever; [`keep_alive`] rewrites the series that must never leave.
+pub fn install(idle_timeout: Duration) -> Result<Exporter, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMIT_TO_PUBLISH.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), SIZE_BUCKETS)?
+        .idle_timeout(MetricKindMask::ALL, Some(idle_timeout))
         .install_recorder()?;
     describe();
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(handle)
+    let process = metrics_process::Collector::default();
+    process.describe();
+    keep_alive();
+    Ok(Exporter { handle, process })
+}
+
+/// The Prometheus handle with the process collector, which reads `/proc` at each scrape.
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl Exporter {
+    /// The text for `/metrics`. Reads `/proc`: call it off the async runtime's threads.
+    pub fn render_blocking(&self) -> String {
+        self.process.collect();
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// Writes the series that alerts and dashboards need from the start and that nothing else
+/// writes regularly: build info, and counters whose labels are known in advance at their
+/// current value. A new series' first increment is invisible to `increase()`, so a counter
+/// that appeared only with its first event would hide that event from every alert.
+pub fn keep_alive() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)
+        .set(1.0);
+    metrics::counter!(EXPIRED).increment(0);
+    metrics::counter!(PASSED_ROWS_FOUND).increment(0);
+    for status in PURGED_STATUSES {
+        metrics::counter!(PURGED, "status" => status).increment(0);
+    }
 }
 
 fn describe() {
@@ -86,5 +139,40 @@ fn describe() {
         UP,
         "1 when the dependency (database, broker) was reachable at last use."
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and revision labels name the build."
+    );
+    describe_gauge!(
+        DEAD_NOW,
+        "Dead messages in the outbox now, by destination (refreshed with the backlog)."
+    );
+    describe_gauge!(
+        TABLE_SIZE,
+        Unit::Bytes,
+        "Size of outbox.messages without its indexes (heap, TOAST, free space and visibility maps)."
+    );
+    describe_gauge!(
+        INDEX_SIZE,
+        Unit::Bytes,
+        "Size of the indexes of outbox.messages."
+    );
+    describe_gauge!(
+        DEAD_TUPLES,
+        "Dead row versions in outbox.messages that vacuum has not removed yet (estimate)."
+    );
+    describe_gauge!(
+        LAST_AUTOVACUUM_AGE,
+        Unit::Seconds,
+        "Time since outbox.messages was last vacuumed (auto or manual); absent before the first."
+    );
+    describe_gauge!(
+        VACUUM_HORIZON_AGE,
+        Unit::Seconds,
+        "Age of the oldest transaction in this database that holds back vacuum (0 when none)."
+    );
+    describe_gauge!(
+        VACUUM_HORIZON_XIDS,
+        "Age in transaction ids of the oldest snapshot, transaction, prepared transaction or replication slot that holds back vacuum."
+    );
 }

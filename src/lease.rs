@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HaConfig;
-use crate::health::Health;
+use crate::health::{Health, Heartbeat};
 use crate::store::{self, LeaseRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +98,11 @@ impl Lease {
     }
 
     /// Renews or tries to acquire every third of the lease ttl until shutdown.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken, beat: &Heartbeat) {
         let period = self.config.lease_ttl / 3;
         loop {
             self.tick().await;
+            beat.beat_within(period);
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.cancelled() => return,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command};
 use outbox_relay::config::{BrokerKind, Config};
-use outbox_relay::{admin, app, instruments, store, telemetry};
+use outbox_relay::{admin, app, healthcheck, instruments, store, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors, distinct from runtime failures (1).
@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
+    if let Command::Healthcheck { timeout } = cli.command {
+        return healthcheck(&config, timeout);
+    }
     telemetry::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -51,7 +54,9 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::CheckConfig => unreachable!("handled before the runtime starts"),
+        Command::CheckConfig | Command::Healthcheck { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Status { json } => {
             let pool = store::pool(&config.database)?;
             let status = admin::status(&pool).await?;
@@ -68,18 +73,39 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let pool = store::pool(&config.database)?;
+            let pool = store::migration_pool(&config.database)?;
             store::migrate(&pool).await.context("migrate")?;
             tracing::info!("outbox schema is up to date");
             Ok(())
         }
         Command::Run => {
             tracing::info!(config = %config.to_redacted_toml(), version = env!("CARGO_PKG_VERSION"), "starting");
-            let metrics = instruments::install().context("install the metrics recorder")?;
+            let metrics = instruments::install(config.metrics.idle_timeout)
+                .context("install the metrics recorder")?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             app::run(config, Some(metrics), shutdown).await?;
             Ok(())
+        }
+    }
+}
+
+/// Quiet on success, one line on stderr otherwise: health checks keep their output.
+fn healthcheck(config: &Config, timeout: std::time::Duration) -> ExitCode {
+    let addr = healthcheck::target(config.http.listen);
+    let checked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(healthcheck::check(addr, timeout))
+                .map_err(|e| e.to_string())
+        });
+    match checked {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outbox-relay: not live: {e}");
+            ExitCode::FAILURE
         }
     }
 }

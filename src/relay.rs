@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{RelayConfig, RetryConfig};
-use crate::health::Health;
+use crate::health::{Health, Heartbeat};
 use crate::instruments;
 use crate::lease::{Held, Lease};
 use crate::publish::{FailureReason, Publisher};
@@ -228,7 +228,7 @@ impl<P: Publisher> Relay<P> {
     /// claim order, once fewer than `relay.max_in_flight` chains run. One outcome update runs at
     /// a time and takes everything answered since the last one, once half a batch is answered
     /// or the oldest answer has waited [`RECORD_DELAY`].
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken, beat: &Heartbeat) {
         let this = &self;
         let shutdown = &shutdown;
         let batch_size = self.config.batch_size.get() as usize;
@@ -286,7 +286,7 @@ impl<P: Publisher> Relay<P> {
                 recording = Some(Pending {
                     ids: outcomes.iter().map(|(id, _, _)| id.0).collect(),
                     failed_keys: std::mem::take(&mut failed_keys),
-                    done: Box::pin(this.record(outcomes, shutdown)),
+                    done: Box::pin(this.record(outcomes, shutdown, beat)),
                 });
             }
             // Each chain publishes one message at a time, so running chains are publishes in
@@ -301,6 +301,18 @@ impl<P: Publisher> Relay<P> {
                 break;
             }
             let waiting_to_claim = claiming.is_none() && !stopping && room;
+            // Liveness: this turn happened, and the next comes with an event (a claim, a
+            // chain or an update, each bounded by a timeout) or at the earliest timer armed.
+            let next_timer = [
+                waiting_to_claim.then_some(claim_at),
+                record_at.filter(|_| recording.is_none()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            beat.beat_within(
+                next_timer.map_or(Duration::ZERO, |t| t.saturating_duration_since(now)),
+            );
             let event = tokio::select! {
                 Some(ended) = chains.next(), if !chains.is_empty() => Event::Chain(ended),
                 (tracker, claimed) = in_progress(claiming.as_mut().map(|c| &mut c.done)) => {
@@ -581,7 +593,12 @@ impl<P: Publisher> Relay<P> {
 
     /// Writes outcomes, retrying while the database is unreachable. If it stays unreachable
     /// past shutdown, the rows stay committed and are sent again later.
-    async fn record(&self, outcomes: Vec<Recordable>, shutdown: &CancellationToken) {
+    async fn record(
+        &self,
+        outcomes: Vec<Recordable>,
+        shutdown: &CancellationToken,
+        beat: &Heartbeat,
+    ) {
         let logged: HashMap<RowId, Logged> =
             outcomes.iter().map(|(id, _, l)| (*id, l.clone())).collect();
         let rows: Vec<(RowId, Outcome)> = outcomes.into_iter().map(|(id, o, _)| (id, o)).collect();
@@ -608,6 +625,8 @@ impl<P: Publisher> Relay<P> {
                     failures += 1;
                     let delay = self.backoff().delay(failures);
                     tracing::warn!(error = %e, retry_in = ?delay, rows = rows.len(), "cannot record publish outcomes");
+                    // Retrying through an outage is a turn too, however long the backoff.
+                    beat.beat_within(delay);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = &mut deadline => {

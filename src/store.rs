@@ -1,6 +1,8 @@
 //! All access to the outbox tables. Every statement lives in `src/store/*.sql` or in a named
 //! function here; nothing else in the crate writes SQL.
 
+pub mod stats;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -163,9 +165,23 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
         .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]))
 }
 
-/// A pool that connects lazily: creating it never fails on an unreachable database.
+/// A pool that connects lazily: creating it never fails on an unreachable database. Every
+/// statement is bounded by `database.statement_timeout`, so a statement stuck behind a lock
+/// fails and is retried instead of holding its loop forever.
 pub fn pool(cfg: &DatabaseConfig) -> Result<PgPool, StoreError> {
-    let options = connect_options(cfg.url.expose())?;
+    let bound = cfg.statement_timeout.as_millis();
+    let options =
+        connect_options(cfg.url.expose())?.options([("statement_timeout", format!("{bound}ms"))]);
+    lazy_pool(cfg, options)
+}
+
+/// For `migrate`, unbounded: building an index over a large outbox may take longer than any
+/// bound that suits the relay's own statements.
+pub fn migration_pool(cfg: &DatabaseConfig) -> Result<PgPool, StoreError> {
+    lazy_pool(cfg, connect_options(cfg.url.expose())?)
+}
+
+fn lazy_pool(cfg: &DatabaseConfig, options: PgConnectOptions) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(cfg.max_connections.get())
         .acquire_timeout(cfg.connect_timeout)

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::config::SweeperConfig;
+use crate::health::Heartbeat;
 use crate::instruments;
 use crate::lease::Lease;
 use crate::store::{self, MessageStatus, StoreError};
@@ -30,22 +31,24 @@ impl Sweeper {
     }
 
     /// Every `sweeper.interval`: prepared rows past `expires_at` become `rolled_back`.
-    pub async fn run_expiry(&self, shutdown: CancellationToken) {
+    pub async fn run_expiry(&self, shutdown: CancellationToken, beat: &Heartbeat) {
         self.every(
             self.config.interval,
             &shutdown,
-            || self.expire_once(&shutdown),
+            beat,
+            || self.expire_once(&shutdown, Some(beat)),
             "expire",
         )
         .await
     }
 
     /// Every `sweeper.purge_interval`: finished rows past their retention are deleted.
-    pub async fn run_purge(&self, shutdown: CancellationToken) {
+    pub async fn run_purge(&self, shutdown: CancellationToken, beat: &Heartbeat) {
         self.every(
             self.config.purge_interval,
             &shutdown,
-            || self.purge_once(&shutdown),
+            beat,
+            || self.purge_once(&shutdown, Some(beat)),
             "purge",
         )
         .await
@@ -55,6 +58,7 @@ impl Sweeper {
         &self,
         period: Duration,
         shutdown: &CancellationToken,
+        beat: &Heartbeat,
         mut job: F,
         name: &str,
     ) where
@@ -64,6 +68,8 @@ impl Sweeper {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A job is a few bounded statements per batch; the next turn is due a period on.
+            beat.beat_within(period);
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
@@ -81,11 +87,17 @@ impl Sweeper {
         }
     }
 
-    /// Rolls back every expired prepared row, in batches; returns how many.
-    pub async fn expire_once(&self, shutdown: &CancellationToken) -> Result<u64, StoreError> {
+    /// Rolls back every expired prepared row, in batches; returns how many. Each batch is a
+    /// turn of `beat`: a long run is progress, however long it takes.
+    pub async fn expire_once(
+        &self,
+        shutdown: &CancellationToken,
+        beat: Option<&Heartbeat>,
+    ) -> Result<u64, StoreError> {
         let limit = self.config.batch_size.get();
         let mut total = 0;
         loop {
+            beat.inspect(|b| b.beat());
             let n = store::expire_prepared(&self.pool, limit).await?;
             metrics::counter!(instruments::EXPIRED).increment(n);
             total += n;
@@ -96,7 +108,11 @@ impl Sweeper {
     }
 
     /// Deletes every finished row past its retention, in batches; returns how many.
-    pub async fn purge_once(&self, shutdown: &CancellationToken) -> Result<u64, StoreError> {
+    pub async fn purge_once(
+        &self,
+        shutdown: &CancellationToken,
+        beat: Option<&Heartbeat>,
+    ) -> Result<u64, StoreError> {
         let limit = self.config.batch_size.get();
         let mut total = 0;
         for (status, retention) in [
@@ -105,6 +121,7 @@ impl Sweeper {
             (MessageStatus::Dead, self.config.dead_retention),
         ] {
             loop {
+                beat.inspect(|b| b.beat());
                 let n = store::purge(&self.pool, status, retention, limit).await?;
                 metrics::counter!(instruments::PURGED, "status" => status.as_str()).increment(n);
                 total += n;

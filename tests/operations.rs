@@ -1,4 +1,5 @@
-//! Operating the relay: two replicas, metrics, health endpoints, the admin commands.
+//! Operating the relay: two replicas, health endpoints, the admin commands (metrics:
+//! tests/monitoring.rs).
 
 mod common;
 
@@ -140,82 +141,6 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
     assert!(is_leader(standby).await);
     let duplicates = assert_delivered_in_order(&rabbit, &queue, &ids).await;
     println!("SIGSTOP/SIGCONT: {duplicates} duplicates re-sent");
-}
-
-#[tokio::test]
-async fn metrics_pass_promtool_and_name_what_operators_alert_on() {
-    let db = TestDb::new().await;
-    let rabbit = Rabbit::connect().await;
-    let (exchange, _queue) = rabbit.fanout_with_queue().await;
-    let relay = RelayProcess::spawn(&db.relay_url, &[("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "1")]);
-    let ok = db.enqueue_many(&exchange, 1, 20, 2).await;
-    let dead = db
-        .enqueue(&unique("missing"), None, serde_json::json!({}))
-        .await;
-    db.wait_status(*ok.last().unwrap(), "published").await;
-    db.wait_status(dead, "dead").await;
-    // A committed message that waits (delayed) shows in the backlog gauges.
-    sqlx::query("SELECT outbox.enqueue($1, '{}', deliver_at => now() + interval '1 hour')")
-        .bind(&exchange)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-
-    let body = wait_for(
-        "backlog gauge to show the waiting message",
-        WAIT,
-        || async {
-            let (status, body) = relay.get("/metrics").await?;
-            (status == 200 && body.contains("outbox_relay_pending_messages 1")).then_some(body)
-        },
-    )
-    .await;
-    for expected in [
-        format!("outbox_relay_messages_published_total{{destination=\"{exchange}\"}} 20"),
-        "outbox_relay_messages_dead_total{destination=\"missing_".to_string(),
-        "outbox_relay_publish_failures_total{destination=\"missing_".to_string(),
-        "reason=\"not_found\"".to_string(),
-        "outbox_relay_oldest_pending_age_seconds".to_string(),
-        "outbox_relay_commit_to_publish_seconds_bucket".to_string(),
-        "outbox_relay_publish_batch_seconds_bucket".to_string(),
-        "outbox_relay_batch_messages_bucket".to_string(),
-        "outbox_relay_leader 1".to_string(),
-        "outbox_relay_up{dependency=\"database\"} 1".to_string(),
-        "outbox_relay_up{dependency=\"broker\"} 1".to_string(),
-        format!(
-            "outbox_relay_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        ),
-    ] {
-        assert!(body.contains(&expected), "missing `{expected}` in:\n{body}");
-    }
-    assert!(
-        !body.contains(&dead.to_string()),
-        "metrics must not carry message ids"
-    );
-
-    let mut promtool = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (scripts/services.sh installs Debian's prometheus package)");
-    use tokio::io::AsyncWriteExt;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .await
-        .unwrap();
-    let out = promtool.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]

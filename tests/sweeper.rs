@@ -61,7 +61,10 @@ async fn purge_deletes_only_rows_past_their_retention_in_batches() {
     config.rolled_back_retention = Duration::from_secs(24 * 3600);
     config.dead_retention = Duration::from_secs(14 * 24 * 3600);
     let sweeper = Sweeper::new(db.relay_pool().await, config, None);
-    let purged = sweeper.purge_once(&CancellationToken::new()).await.unwrap();
+    let purged = sweeper
+        .purge_once(&CancellationToken::new(), None)
+        .await
+        .unwrap();
     assert_eq!(purged, 3 + 3 + 1);
     assert_eq!(
         counts(&db).await,
@@ -96,7 +99,7 @@ async fn expiry_rolls_back_every_expired_prepared_row_and_nothing_else() {
     let sweeper = Sweeper::new(db.relay_pool().await, config, None);
     assert_eq!(
         sweeper
-            .expire_once(&CancellationToken::new())
+            .expire_once(&CancellationToken::new(), None)
             .await
             .unwrap(),
         5
@@ -142,10 +145,11 @@ async fn sweeper_runs_only_on_the_lease_holder() {
     .unwrap()
     .expect("lease for the other replica");
     let relay_pool = db.relay_pool().await;
+    let health = Arc::new(Health::new(Duration::from_secs(300)));
     let lease = Arc::new(Lease::new(
         relay_pool.clone(),
         config.ha.clone(),
-        Arc::new(Health::new()),
+        health.clone(),
     ));
     lease.tick().await;
     assert!(
@@ -161,7 +165,8 @@ async fn sweeper_runs_only_on_the_lease_holder() {
     let token = CancellationToken::new();
     let task = tokio::spawn({
         let (s, t) = (sweeper.clone(), token.clone());
-        async move { s.run_expiry(t).await }
+        let beat = health.heartbeat("sweeper-expire");
+        async move { s.run_expiry(t, &beat).await }
     });
     // Several sweeper intervals (50 ms) pass without the lease: nothing is expired.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -253,12 +253,19 @@ pub fn kafka_test_config(db: &TestDb, bootstrap: &str) -> Config {
 pub struct RunningRelay {
     token: CancellationToken,
     handle: JoinHandle<Result<(), AppError>>,
+    /// What `/livez` and `/readyz` read; `None` for [`start_relay`], whose HTTP listener
+    /// (at `config.http.listen`) serves it.
+    pub health: Option<Arc<Health>>,
 }
 
 pub fn start_relay(config: Config) -> RunningRelay {
     let token = CancellationToken::new();
     let handle = tokio::spawn(app::run(config, None, token.clone()));
-    RunningRelay { token, handle }
+    RunningRelay {
+        token,
+        handle,
+        health: None,
+    }
 }
 
 /// The relay with a publisher of the test's own (for example one that observes the real one).
@@ -268,14 +275,19 @@ pub async fn start_relay_with<P: Publisher>(
     publisher: Arc<P>,
 ) -> RunningRelay {
     let token = CancellationToken::new();
+    let health = Arc::new(Health::new(config.http.livez_stall_timeout));
     let handle = tokio::spawn(app::run_with(
         db.relay_pool().await,
         publisher,
         config,
-        Arc::new(Health::new()),
+        health.clone(),
         token.clone(),
     ));
-    RunningRelay { token, handle }
+    RunningRelay {
+        token,
+        handle,
+        health: Some(health),
+    }
 }
 
 impl RunningRelay {

@@ -1,0 +1,164 @@
+//! Secrets from files: `database.url_file`, `broker.amqp.url_file` and
+//! `broker.kafka.sasl_password_file`, for Secrets mounted as files (Kubernetes volumes, Vault
+//! Agent, CSI drivers). Each is read once at start, like every other key; a value and its file
+//! form together are a mistake, reported on the file key.
+
+use super::{Config, Reader};
+
+const SASL_PASSWORD: &str = "sasl.password";
+
+impl Reader<'_> {
+    pub(super) fn secret_files(&mut self, c: &mut Config) {
+        if let Some(raw) =
+            self.secret_file("database.url_file", "database.url", &c.database.url_file)
+        {
+            let fallback = c.database.url.clone();
+            c.database.url = self.checked_url(
+                "database.url_file",
+                raw,
+                fallback,
+                &["postgres", "postgresql"],
+            );
+        }
+        if let Some(raw) = self.secret_file(
+            "broker.amqp.url_file",
+            "broker.amqp.url",
+            &c.broker.amqp.url_file,
+        ) {
+            let fallback = c.broker.amqp.url.clone();
+            c.broker.amqp.url = self.checked_amqp_url("broker.amqp.url_file", raw, fallback);
+        }
+        let kafka = &mut c.broker.kafka;
+        let conflict = kafka.properties.0.contains_key(SASL_PASSWORD);
+        if let Some(password) = self.file_unless(
+            "broker.kafka.sasl_password_file",
+            conflict.then_some("broker.kafka.properties.\"sasl.password\""),
+            &kafka.sasl_password_file,
+        ) {
+            kafka.properties.0.insert(SASL_PASSWORD.into(), password);
+        }
+    }
+
+    /// The content of the file named by `file_key`, unless it is unset, `value_key` is set too,
+    /// or it cannot be read (both issues of `file_key`).
+    fn secret_file(&mut self, file_key: &str, value_key: &str, path: &str) -> Option<String> {
+        let both = self.figment.contains(value_key).then_some(value_key);
+        self.file_unless(file_key, both, path)
+    }
+
+    fn file_unless(&mut self, file_key: &str, other: Option<&str>, path: &str) -> Option<String> {
+        if path.is_empty() {
+            return None;
+        }
+        if let Some(other) = other {
+            self.issue(
+                file_key,
+                format!("set either {other} or {file_key}, not both"),
+            );
+            return None;
+        }
+        match std::fs::read_to_string(path) {
+            // Files written by `echo` or editors end in a newline that is not part of the secret.
+            Ok(text) if !text.trim().is_empty() => Some(text.trim_end_matches(['\n', '\r']).into()),
+            Ok(_) => {
+                self.issue(file_key, format!("{path} is empty"));
+                None
+            }
+            Err(e) => {
+                self.issue(file_key, format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+    use figment::providers::{Format, Toml};
+    use figment::Figment;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(&Figment::from(Toml::string(toml)))
+    }
+
+    fn issues(toml: &str) -> Vec<String> {
+        match load(toml) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(|i| i.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    fn secret(content: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), content).unwrap();
+        file
+    }
+
+    #[test]
+    fn urls_and_the_sasl_password_come_from_their_files_without_the_final_newline() {
+        let db = secret("postgres://relay:s3cret@db:5432/orders\n");
+        let amqp = secret("amqps://relay:s3cret@mq:5671/%2f\n");
+        let sasl = secret("hunter2\n");
+        let c = load(&format!(
+            "[database]\nurl_file = {:?}\n[broker.amqp]\nurl_file = {:?}\n[broker.kafka]\nsasl_password_file = {:?}\n",
+            db.path(),
+            amqp.path(),
+            sasl.path()
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.database.url.expose(),
+            "postgres://relay:s3cret@db:5432/orders"
+        );
+        assert_eq!(
+            c.broker.amqp.url.expose(),
+            "amqps://relay:s3cret@mq:5671/%2f"
+        );
+        assert_eq!(c.broker.kafka.properties.0["sasl.password"], "hunter2");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_value_and_its_file_together_are_an_issue_of_the_file_key() {
+        let f = secret("postgres://db/x");
+        let text = issues(&format!(
+            "[database]\nurl = \"postgres://db/y\"\nurl_file = {:?}\n[broker.kafka]\nsasl_password_file = {:?}\n[broker.kafka.properties]\n\"sasl.password\" = \"p\"\n",
+            f.path(),
+            f.path()
+        ))
+        .join("\n");
+        assert!(
+            text.contains("database.url_file") && text.contains("not both"),
+            "{text}"
+        );
+        assert!(
+            text.contains("broker.kafka.sasl_password_file") && text.contains("not both"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_empty_or_malformed_file_is_an_issue_that_never_shows_the_secret() {
+        let text = issues("[broker.amqp]\nurl_file = \"/nonexistent/amqp-url\"\n").join("\n");
+        assert!(
+            text.contains("broker.amqp.url_file") && text.contains("cannot read"),
+            "{text}"
+        );
+        let empty = secret("\n");
+        let text = issues(&format!("[database]\nurl_file = {:?}\n", empty.path())).join("\n");
+        assert!(text.contains("is empty"), "{text}");
+        let wrong = secret("mysql://root:s3cret@db/x");
+        let text = issues(&format!("[database]\nurl_file = {:?}\n", wrong.path())).join("\n");
+        assert!(
+            text.contains("database.url_file") && text.contains("scheme `mysql`"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}
