@@ -14,6 +14,9 @@ CREATE FUNCTION outbox.vacuum_horizon(OUT xid_age bigint, OUT age_seconds float8
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp AS $$
     WITH holders(xid_age, started, holder) AS (
+        -- xact_start: the snapshot of a transaction that holds one for its whole length
+        -- (REPEATABLE READ, or an open transaction id) dates from then; a READ COMMITTED
+        -- session's is younger, so its age in seconds is an upper bound, its xid age exact.
         SELECT greatest(age(backend_xmin), age(backend_xid)), xact_start,
                coalesce(nullif(application_name, ''), usename::text, backend_type)
                || ' (pid ' || pid || ')'
@@ -27,12 +30,16 @@ CREATE FUNCTION outbox.vacuum_horizon(OUT xid_age bigint, OUT age_seconds float8
           FROM pg_prepared_xacts
          WHERE database = current_database()
         UNION ALL
-        SELECT greatest(age(xmin), age(catalog_xmin)), NULL, 'replication slot ' || slot_name
+        -- Only a slot's xmin holds back user tables; its catalog_xmin holds back the system
+        -- catalogs alone, which a lagging logical slot (a CDC reader) does for long.
+        SELECT age(xmin), NULL, 'replication slot ' || slot_name
           FROM pg_replication_slots
-         WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL
+         WHERE xmin IS NOT NULL
     )
     SELECT coalesce(max(xid_age), 0)::bigint,
-           coalesce(extract(epoch FROM now() - min(started)), 0)::float8,
+           -- The oldest holder's age, so that the seconds and the name belong together.
+           coalesce((array_agg(extract(epoch FROM now() - started) ORDER BY xid_age DESC))[1],
+                    0)::float8,
            (array_agg(holder ORDER BY xid_age DESC))[1]
       FROM holders
      WHERE xid_age IS NOT NULL

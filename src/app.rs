@@ -102,7 +102,8 @@ async fn wait_for_schema(pool: &PgPool, config: &Config, shutdown: &Cancellation
     };
     let mut failures = 0;
     loop {
-        match store::check_schema(pool).await {
+        let check = store::check_schema(pool);
+        match store::within(config.database.call_timeout(), check).await {
             Ok(()) => {
                 tracing::info!(database = %config.database.url, "database ready");
                 return true;
@@ -136,7 +137,13 @@ pub async fn run_with<P: Publisher>(
         health: &health,
     };
 
-    let lease = Arc::new(Lease::new(pool.clone(), config.ha.clone(), health.clone()));
+    let db_timeout = config.database.call_timeout();
+    let lease = Arc::new(Lease::new(
+        pool.clone(),
+        config.ha.clone(),
+        health.clone(),
+        db_timeout,
+    ));
     tracing::info!(replica = lease.holder(), lease = %config.ha.lease_name, "standing by for the lease");
     let relay = Relay::new(
         pool.clone(),
@@ -146,12 +153,14 @@ pub async fn run_with<P: Publisher>(
         config.sweeper.on_published(),
         lease.clone(),
         health.clone(),
+        db_timeout,
     );
     let passed = relay.passed_floor();
     let sweeper = Arc::new(Sweeper::new(
         pool.clone(),
         config.sweeper.clone(),
         Some(lease.clone()),
+        db_timeout,
     ));
 
     // The lease is renewed until the relay has drained, not just until shutdown begins:
@@ -173,6 +182,7 @@ pub async fn run_with<P: Publisher>(
         health.clone(),
         passed,
         config.metrics.backlog_interval,
+        db_timeout,
     );
     let token = shutdown.clone();
     tasks.spawn("backlog", |beat| gauges.run(beat, token));

@@ -81,6 +81,15 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
 }
 
+impl DatabaseConfig {
+    /// How long the relay waits for one statement's answer before giving up on the connection:
+    /// Postgres cancels it after `statement_timeout`, but a connection that died without a word
+    /// (a failover, a dropped NAT entry) would otherwise be waited on forever.
+    pub fn call_timeout(&self) -> Duration {
+        self.connect_timeout + self.statement_timeout + Duration::from_secs(5)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
@@ -956,35 +965,53 @@ impl Reader<'_> {
                 );
             }
         }
-        // A task waiting on one call is not late until the call's own timeout passed; a stall
-        // timeout below that would restart a relay that only waits out an outage.
-        let longest_call = [
-            ("relay.publish_timeout", c.relay.publish_timeout),
-            ("database.statement_timeout", c.database.statement_timeout),
-            ("database.connect_timeout", c.database.connect_timeout),
-            ("broker.amqp.connect_timeout", c.broker.amqp.connect_timeout),
-            (
-                "broker.kafka.connect_timeout",
-                c.broker.kafka.connect_timeout,
-            ),
-        ]
-        .into_iter()
-        .max_by_key(|(_, d)| *d);
-        if let Some((key, longest)) = longest_call {
-            if c.http.livez_stall_timeout <= longest * 2 {
-                self.issue(
-                    "http.livez_stall_timeout",
-                    format!(
-                        "must be more than twice {key} ({}), the longest single call a task waits for",
-                        humantime::format_duration(longest)
-                    ),
-                );
-            }
+        // A task is not late while it waits on calls that are bounded anyway: a publish, or a
+        // claim (the broker's connect, then up to three statements). A stall timeout below that
+        // would restart a relay that only waits out an outage.
+        let broker_connect = c
+            .broker
+            .amqp
+            .connect_timeout
+            .max(c.broker.kafka.connect_timeout);
+        let claim = broker_connect + 3 * c.database.call_timeout();
+        let longest = c.relay.publish_timeout.max(claim);
+        if c.http.livez_stall_timeout <= longest {
+            let message = format!(
+                "http.livez_stall_timeout ({}) must be more than {}, the longest a task may wait on bounded calls: relay.publish_timeout, or a claim (the broker's connect_timeout and three times database.connect_timeout + statement_timeout + 5s)",
+                humantime::format_duration(c.http.livez_stall_timeout),
+                humantime::format_duration(longest)
+            );
+            // Blame a key the user set, as for the backoffs: the stall timeout if they set it,
+            // else the largest of the timeouts that made the bound.
+            let contributors = [
+                ("relay.publish_timeout", c.relay.publish_timeout),
+                ("database.statement_timeout", c.database.statement_timeout),
+                ("database.connect_timeout", c.database.connect_timeout),
+                ("broker.amqp.connect_timeout", c.broker.amqp.connect_timeout),
+                (
+                    "broker.kafka.connect_timeout",
+                    c.broker.kafka.connect_timeout,
+                ),
+            ];
+            let key = if self.origin("http.livez_stall_timeout") != "default" {
+                "http.livez_stall_timeout"
+            } else {
+                contributors
+                    .iter()
+                    .filter(|(k, _)| self.origin(k) != "default")
+                    .max_by_key(|(_, d)| *d)
+                    .map_or("http.livez_stall_timeout", |(k, _)| k)
+            };
+            self.issue(key, message);
         }
-        if c.metrics.idle_timeout < 2 * c.metrics.backlog_interval.max(c.ha.lease_ttl) {
+        if c.database.statement_timeout < Duration::from_millis(1) {
+            // Postgres takes milliseconds; less would round to 0, which means no timeout.
+            self.issue("database.statement_timeout", "must be at least 1ms".into());
+        }
+        if c.metrics.idle_timeout < 2 * c.metrics.backlog_interval {
             self.issue(
                 "metrics.idle_timeout",
-                "must be at least twice metrics.backlog_interval and ha.lease_ttl, which rewrite the series that must stay".into(),
+                "must be at least twice metrics.backlog_interval, which rewrites the counters that must stay".into(),
             );
         }
         if c.ha.lease_ttl < Duration::from_millis(300) {
@@ -1135,6 +1162,25 @@ mod tests {
             Err(ConfigError::Invalid(issues)) => issues.into_iter().map(|i| i.key).collect(),
             other => panic!("expected invalid configuration, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_stall_timeout_within_the_longest_bounded_wait_blames_the_key_that_was_set() {
+        // Default claim bound: 10s + 3 x (5s + 30s + 5s) = 130s.
+        assert_eq!(
+            invalid_keys("[http]\nlivez_stall_timeout = \"2m\"\n"),
+            vec!["http.livez_stall_timeout"]
+        );
+        let just_above = "[http]\nlivez_stall_timeout = \"131s\"\n";
+        assert!(Config::from_figment(&Figment::from(Toml::string(just_above))).is_ok());
+        assert_eq!(
+            invalid_keys("[relay]\npublish_timeout = \"10m\"\n"),
+            vec!["relay.publish_timeout"]
+        );
+        assert_eq!(
+            invalid_keys("[database]\nstatement_timeout = \"500us\"\n"),
+            vec!["database.statement_timeout"]
+        );
     }
 
     #[test]

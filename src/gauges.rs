@@ -14,15 +14,19 @@ use crate::instruments;
 use crate::relay::PassedFloor;
 use crate::store::{self, stats};
 
-/// A horizon older than this is logged with its holder (once per holder), so that the
-/// operator reading the vacuum alert finds who to ask without a label per session.
+/// A horizon older than this, in time or in transactions, is logged with its holder (once per
+/// holder), so that the operator reading the vacuum alert finds who to ask without a label
+/// per session. A replication slot has no start time, hence the second bound.
 const LONG_HORIZON: Duration = Duration::from_secs(300);
+const LONG_HORIZON_XIDS: i64 = 10_000_000;
 
 pub struct Gauges {
     pool: PgPool,
     health: Arc<Health>,
     passed: Arc<PassedFloor>,
     every: Duration,
+    /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
+    db_timeout: Duration,
     /// Destinations whose dead gauge is set: a destination that has no dead row any more is
     /// set to 0 once, then left to the idle timeout.
     dead_shown: HashSet<String>,
@@ -36,12 +40,14 @@ impl Gauges {
         health: Arc<Health>,
         passed: Arc<PassedFloor>,
         every: Duration,
+        db_timeout: Duration,
     ) -> Self {
         Self {
             pool,
             health,
             passed,
             every,
+            db_timeout,
             dead_shown: HashSet::new(),
             logged_holder: None,
         }
@@ -49,7 +55,7 @@ impl Gauges {
 
     pub async fn run(mut self, beat: Arc<Heartbeat>, shutdown: CancellationToken) {
         loop {
-            self.refresh().await;
+            self.refresh(&beat).await;
             instruments::keep_alive();
             beat.beat_within(self.every);
             tokio::select! {
@@ -59,9 +65,11 @@ impl Gauges {
         }
     }
 
-    async fn refresh(&mut self) {
+    /// One statement after the other, each bounded and each a turn of `beat`.
+    async fn refresh(&mut self, beat: &Heartbeat) {
+        let within = |call| store::within(self.db_timeout, call);
         let floor = self.passed.current();
-        match store::backlog(&self.pool).await {
+        match within(store::backlog(&self.pool)).await {
             Ok(backlog) => {
                 self.health.set_database_up(true);
                 metrics::gauge!(instruments::PENDING).set(backlog.pending as f64);
@@ -75,11 +83,13 @@ impl Gauges {
             }
         }
         // The rest only informs; a failure is logged and the next round tries again.
-        match stats::dead_by_destination(&self.pool).await {
+        beat.beat();
+        match store::within(self.db_timeout, stats::dead_by_destination(&self.pool)).await {
             Ok(rows) => self.show_dead(rows),
             Err(e) => tracing::warn!(error = %e, "cannot count dead rows"),
         }
-        match stats::table_stats(&self.pool).await {
+        beat.beat();
+        match store::within(self.db_timeout, stats::table_stats(&self.pool)).await {
             Ok(t) => {
                 metrics::gauge!(instruments::TABLE_SIZE).set(t.table_bytes as f64);
                 metrics::gauge!(instruments::INDEX_SIZE).set(t.index_bytes as f64);
@@ -90,7 +100,8 @@ impl Gauges {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox table's statistics"),
         }
-        match stats::vacuum_horizon(&self.pool).await {
+        beat.beat();
+        match store::within(self.db_timeout, stats::vacuum_horizon(&self.pool)).await {
             Ok(h) => self.show_horizon(h),
             Err(e) => tracing::warn!(error = %e, "cannot read what holds vacuum back"),
         }
@@ -110,7 +121,7 @@ impl Gauges {
     fn show_horizon(&mut self, h: stats::VacuumHorizon) {
         metrics::gauge!(instruments::VACUUM_HORIZON_AGE).set(h.age_seconds);
         metrics::gauge!(instruments::VACUUM_HORIZON_XIDS).set(h.xid_age as f64);
-        if h.age_seconds < LONG_HORIZON.as_secs_f64() {
+        if h.age_seconds < LONG_HORIZON.as_secs_f64() && h.xid_age < LONG_HORIZON_XIDS {
             self.logged_holder = None;
             return;
         }

@@ -46,14 +46,20 @@ const SIZE_BUCKETS: &[f64] = &[
 /// Installs the global recorder; the handle renders `/metrics`. Only the binary calls this,
 /// so library users and tests that run the relay in-process are unaffected.
 ///
-/// Series not written for `idle_timeout` leave the output, so those of destinations no longer
-/// used do not stay forever; [`keep_alive`] rewrites the series that must never leave.
+/// Counters and histograms not written for `idle_timeout` leave the output, so those of
+/// destinations no longer used do not stay forever; [`keep_alive`] rewrites the counters that
+/// must never leave.
 pub fn install(idle_timeout: Duration) -> Result<Exporter, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMIT_TO_PUBLISH.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), SIZE_BUCKETS)?
-        .idle_timeout(MetricKindMask::ALL, Some(idle_timeout))
+        // Counters and histograms only: they carry the destination label. Gauges stay, so an
+        // outage that stops their updates does not make the backlog's age vanish.
+        .idle_timeout(
+            MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
+            Some(idle_timeout),
+        )
         .install_recorder()?;
     describe();
     let process = metrics_process::Collector::default();
@@ -79,8 +85,8 @@ impl Exporter {
 }
 
 /// Writes the series that alerts and dashboards need from the start and that nothing else
-/// writes regularly: build info, and counters whose labels are known in advance at their
-/// current value. A new series' first increment is invisible to `increase()`, so a counter
+/// writes regularly: build info, and counters whose labels are known in advance, at their
+/// current value (every `metrics.backlog_interval`). A new series' first increment is invisible to `increase()`, so a counter
 /// that appeared only with its first event would hide that event from every alert.
 pub fn keep_alive() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)

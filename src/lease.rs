@@ -32,10 +32,12 @@ pub struct Lease {
     holder: String,
     state: Mutex<Option<Held>>,
     health: Arc<Health>,
+    /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
+    db_timeout: Duration,
 }
 
 impl Lease {
-    pub fn new(pool: PgPool, config: HaConfig, health: Arc<Health>) -> Self {
+    pub fn new(pool: PgPool, config: HaConfig, health: Arc<Health>, db_timeout: Duration) -> Self {
         let holder = config.effective_replica_id();
         Self {
             pool,
@@ -43,6 +45,7 @@ impl Lease {
             holder,
             state: Mutex::new(None),
             health,
+            db_timeout,
         }
     }
 
@@ -68,8 +71,11 @@ impl Lease {
     pub async fn tick(&self) {
         let ttl = self.config.lease_ttl;
         let sent = Instant::now();
-        let result =
-            store::acquire_lease(&self.pool, &self.config.lease_name, &self.holder, ttl).await;
+        let result = store::within(
+            self.db_timeout,
+            store::acquire_lease(&self.pool, &self.config.lease_name, &self.holder, ttl),
+        )
+        .await;
         let was_leader = self.current().is_some();
         let now_leader = match result {
             Ok(Some(token)) => {
@@ -114,8 +120,11 @@ impl Lease {
     pub async fn release(&self) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.health.set_leader(false);
-        if let Err(e) =
-            store::release_lease(&self.pool, &self.config.lease_name, &self.holder).await
+        if let Err(e) = store::within(
+            self.db_timeout,
+            store::release_lease(&self.pool, &self.config.lease_name, &self.holder),
+        )
+        .await
         {
             tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
         }

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outbox-relay: {e}");
+            // Docker reserves health-check exit code 2; unhealthy is 1.
+            if matches!(cli.command, Command::Healthcheck { .. }) {
+                return ExitCode::FAILURE;
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };

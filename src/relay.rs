@@ -172,9 +172,17 @@ pub struct Relay<P> {
     passed: Arc<PassedFloor>,
     /// When shutdown was first noticed: one grace period covers draining and recording.
     stopping_since: OnceLock<tokio::time::Instant>,
+    /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
+    db_timeout: Duration,
+    /// While an outcome update runs: when its current attempt or retry wait ends, which the
+    /// loop announces as its own next turn (it may wait on nothing else).
+    record_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl<P: Publisher> Relay<P> {
+    // Each is a separate part wired by app.rs; grouping them into a struct only to pass them
+    // here would add a type without a job.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
         publisher: Arc<P>,
@@ -183,6 +191,7 @@ impl<P: Publisher> Relay<P> {
         on_published: store::OnPublished,
         lease: Arc<Lease>,
         health: Arc<Health>,
+        db_timeout: Duration,
     ) -> Self {
         Self {
             pool,
@@ -195,7 +204,13 @@ impl<P: Publisher> Relay<P> {
             slow: SlowDestinations::default(),
             passed: Arc::default(),
             stopping_since: OnceLock::new(),
+            db_timeout,
+            record_until: std::sync::Mutex::new(None),
         }
+    }
+
+    fn record_until(&self, until: Option<tokio::time::Instant>) {
+        *self.record_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
     }
 
     /// For the backlog check, which finds committed rows the claims passed (see [`PassedFloor`]).
@@ -303,9 +318,11 @@ impl<P: Publisher> Relay<P> {
             let waiting_to_claim = claiming.is_none() && !stopping && room;
             // Liveness: this turn happened, and the next comes with an event (a claim, a
             // chain or an update, each bounded by a timeout) or at the earliest timer armed.
+            let record_until = *self.record_until.lock().unwrap_or_else(|p| p.into_inner());
             let next_timer = [
                 waiting_to_claim.then_some(claim_at),
                 record_at.filter(|_| recording.is_none()),
+                record_until.filter(|_| recording.is_some()),
             ]
             .into_iter()
             .flatten()
@@ -443,7 +460,9 @@ impl<P: Publisher> Relay<P> {
         let ready = self.publisher.ready().await;
         self.health.set_broker_up(ready.is_ok());
         ready.map_err(|e| CycleError::Broker(e.to_string()))?;
-        let claimed = self.claim_chains(fence, held, exclude).await;
+        // Up to three statements: the window, the claim and the other keys' share.
+        let claimed =
+            store::within(3 * self.db_timeout, self.claim_chains(fence, held, exclude)).await;
         self.health.set_database_up(claimed.is_ok());
         Ok(claimed?)
     }
@@ -612,8 +631,10 @@ impl<P: Publisher> Relay<P> {
                 self.retry.max_attempts.get(),
                 self.on_published,
             );
-            match attempt.await {
+            self.record_until(Some(tokio::time::Instant::now() + self.db_timeout));
+            match store::within(self.db_timeout, attempt).await {
                 Ok(recorded) => {
+                    self.record_until(None);
                     for r in &recorded {
                         if let Some(l) = logged.get(&r.id) {
                             l.observe(r.status);
@@ -626,11 +647,13 @@ impl<P: Publisher> Relay<P> {
                     let delay = self.backoff().delay(failures);
                     tracing::warn!(error = %e, retry_in = ?delay, rows = rows.len(), "cannot record publish outcomes");
                     // Retrying through an outage is a turn too, however long the backoff.
+                    self.record_until(Some(tokio::time::Instant::now() + delay));
                     beat.beat_within(delay);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = &mut deadline => {
                             tracing::warn!(rows = rows.len(), "giving up recording outcomes at shutdown; those rows will be sent again");
+                            self.record_until(None);
                             return;
                         }
                     }

@@ -28,6 +28,18 @@ pub enum StoreError {
     SchemaMissing(String),
     #[error("unexpected status `{0}` in outbox.messages")]
     UnknownStatus(String),
+    #[error("no answer from the database within {0:?}")]
+    Timeout(Duration),
+}
+
+/// `call` bounded by `limit` on the client side (see `DatabaseConfig::call_timeout`).
+pub async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
 impl From<sqlx::Error> for StoreError {

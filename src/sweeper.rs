@@ -19,14 +19,22 @@ pub struct Sweeper {
     config: SweeperConfig,
     /// The schedules run only on the replica that holds the lease; `None` runs them always.
     lease: Option<Arc<Lease>>,
+    /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
+    db_timeout: Duration,
 }
 
 impl Sweeper {
-    pub fn new(pool: PgPool, config: SweeperConfig, lease: Option<Arc<Lease>>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        config: SweeperConfig,
+        lease: Option<Arc<Lease>>,
+        db_timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             config,
             lease,
+            db_timeout,
         }
     }
 
@@ -98,7 +106,8 @@ impl Sweeper {
         let mut total = 0;
         loop {
             beat.inspect(|b| b.beat());
-            let n = store::expire_prepared(&self.pool, limit).await?;
+            let n =
+                store::within(self.db_timeout, store::expire_prepared(&self.pool, limit)).await?;
             metrics::counter!(instruments::EXPIRED).increment(n);
             total += n;
             if n < u64::from(limit) || shutdown.is_cancelled() {
@@ -122,7 +131,11 @@ impl Sweeper {
         ] {
             loop {
                 beat.inspect(|b| b.beat());
-                let n = store::purge(&self.pool, status, retention, limit).await?;
+                let n = store::within(
+                    self.db_timeout,
+                    store::purge(&self.pool, status, retention, limit),
+                )
+                .await?;
                 metrics::counter!(instruments::PURGED, "status" => status.as_str()).increment(n);
                 total += n;
                 if n < u64::from(limit) || shutdown.is_cancelled() {

@@ -9,6 +9,8 @@ use outbox_relay::store::{self, MessageStatus};
 use outbox_relay::sweeper::Sweeper;
 use tokio_util::sync::CancellationToken;
 
+const DB_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Inserts `n` rows with `status`, finished `age` ago.
 async fn rows(db: &TestDb, status: &str, n: i64, age: &str) {
     sqlx::query(
@@ -60,7 +62,7 @@ async fn purge_deletes_only_rows_past_their_retention_in_batches() {
     config.published_retention = Duration::from_secs(24 * 3600);
     config.rolled_back_retention = Duration::from_secs(24 * 3600);
     config.dead_retention = Duration::from_secs(14 * 24 * 3600);
-    let sweeper = Sweeper::new(db.relay_pool().await, config, None);
+    let sweeper = Sweeper::new(db.relay_pool().await, config, None, DB_TIMEOUT);
     let purged = sweeper
         .purge_once(&CancellationToken::new(), None)
         .await
@@ -96,7 +98,7 @@ async fn expiry_rolls_back_every_expired_prepared_row_and_nothing_else() {
 
     let mut config = test_config(&db).sweeper;
     config.batch_size = 2.try_into().unwrap();
-    let sweeper = Sweeper::new(db.relay_pool().await, config, None);
+    let sweeper = Sweeper::new(db.relay_pool().await, config, None, DB_TIMEOUT);
     assert_eq!(
         sweeper
             .expire_once(&CancellationToken::new(), None)
@@ -150,6 +152,7 @@ async fn sweeper_runs_only_on_the_lease_holder() {
         relay_pool.clone(),
         config.ha.clone(),
         health.clone(),
+        DB_TIMEOUT,
     ));
     lease.tick().await;
     assert!(
@@ -161,6 +164,7 @@ async fn sweeper_runs_only_on_the_lease_holder() {
         relay_pool,
         config.sweeper.clone(),
         Some(lease.clone()),
+        DB_TIMEOUT,
     ));
     let token = CancellationToken::new();
     let task = tokio::spawn({

@@ -5,6 +5,14 @@
 
 use super::{Config, Reader};
 
+fn default_url(key: &str) -> String {
+    let d = Config::default();
+    match key {
+        "database.url" => d.database.url.expose().to_string(),
+        _ => d.broker.amqp.url.expose().to_string(),
+    }
+}
+
 const SASL_PASSWORD: &str = "sasl.password";
 
 impl Reader<'_> {
@@ -39,10 +47,15 @@ impl Reader<'_> {
         }
     }
 
-    /// The content of the file named by `file_key`, unless it is unset, `value_key` is set too,
-    /// or it cannot be read (both issues of `file_key`).
+    /// The content of the file named by `file_key`, unless it is unset, `value_key` holds a
+    /// value of its own too, or it cannot be read (both issues of `file_key`). The built-in
+    /// default does not count as a value: config.example.toml (and the image's config, a copy
+    /// of it) spells every default out.
     fn secret_file(&mut self, file_key: &str, value_key: &str, path: &str) -> Option<String> {
-        let both = self.figment.contains(value_key).then_some(value_key);
+        let given = self.figment.extract_inner::<String>(value_key).ok();
+        let both = given
+            .is_some_and(|v| v != default_url(value_key))
+            .then_some(value_key);
         self.file_unless(file_key, both, path)
     }
 
@@ -140,6 +153,20 @@ mod tests {
         assert!(
             text.contains("broker.kafka.sasl_password_file") && text.contains("not both"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_default_url_spelled_out_as_in_the_example_does_not_conflict_with_the_file() {
+        let db = secret("postgres://relay:s3cret@db:5432/orders");
+        let c = load(&format!(
+            "[database]\nurl = \"postgres://localhost:5432/postgres\"\nurl_file = {:?}\n",
+            db.path()
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.database.url.expose(),
+            "postgres://relay:s3cret@db:5432/orders"
         );
     }
 
