@@ -1,5 +1,6 @@
 //! Read-only statistics for the gauges: dead rows by destination, the table's size and vacuum
-//! state, and what holds vacuum back. None of them scans the table.
+//! state, and what holds vacuum back. Only the dead-row count reads rows (the dead ones,
+//! through an index).
 
 use sqlx::{FromRow, PgPool};
 
