@@ -7,10 +7,11 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS chef
-# cmake, perl and make build the bundled librdkafka; libssl-dev for its TLS support.
+# perl and make build the bundled librdkafka (its configure, not cmake); libssl-dev for its
+# TLS support. aws-lc-sys (rustls) builds with cc alone: no cmake.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libssl-dev perl make \
+ && apt-get install -y --no-install-recommends libssl-dev perl make \
  && rm -rf /var/lib/apt/lists/* \
  && cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
