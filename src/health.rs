@@ -25,6 +25,7 @@ pub struct Health {
 pub struct Heartbeat {
     origin: Instant,
     due_ms: AtomicU64,
+    turns: AtomicU64,
 }
 
 impl Heartbeat {
@@ -37,6 +38,12 @@ impl Heartbeat {
     pub fn beat_within(&self, wait: Duration) {
         let due = self.origin.elapsed().saturating_add(wait);
         self.due_ms.store(millis(due), Ordering::Relaxed);
+        self.turns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many turns the task has made: proof that it ran while something did not happen.
+    pub fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Relaxed)
     }
 
     /// The task ended normally: it is never late again.
@@ -78,6 +85,7 @@ impl Health {
         let beat = Arc::new(Heartbeat {
             origin: self.origin,
             due_ms: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
         });
         beat.beat();
         self.tasks
@@ -112,6 +120,15 @@ impl Health {
     /// restarted.
     pub fn live(&self) -> Result<(), Stalled> {
         self.stalled().map_or(Ok(()), Err)
+    }
+
+    /// The heartbeat of a registered task.
+    pub fn task(&self, name: &str) -> Option<Arc<Heartbeat>> {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks
+            .iter()
+            .find(|(t, _)| *t == name)
+            .map(|(_, b)| b.clone())
     }
 
     /// The task furthest past its turn, if it is later than the stall timeout.

@@ -28,7 +28,13 @@ async fn direct_exchange_with_relay(
     let exchange = unique("ex");
     rabbit.declare_exchange(&exchange).await;
     let queue = rabbit.bound_queue(&exchange, routing_key).await;
-    let relay = start_relay(test_config(&db));
+    // With the relay's own publisher, as `run` builds it, and its health at hand.
+    let config = test_config(&db);
+    let publisher = Arc::new(AmqpPublisher::new(
+        config.broker.amqp.clone(),
+        config.relay.publish_timeout,
+    ));
+    let relay = start_relay_with(&db, config, publisher).await;
     (db, rabbit, exchange, queue, relay)
 }
 
@@ -405,8 +411,15 @@ async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
     let second = db
         .enqueue(&exchange, Some("k"), json!({"key": "k", "n": 2}))
         .await;
-    // Give the relay many poll cycles in which it could wrongly publish the second row.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The relay turns many times (claims every 20 ms poll) in which it could wrongly publish
+    // the second row.
+    let beat = relay.health.as_ref().unwrap().task("relay").unwrap();
+    let start = beat.turns();
+    wait_for("ten turns of the relay loop", WAIT, || {
+        let turned = beat.turns() >= start + 10;
+        async move { turned.then_some(()) }
+    })
+    .await;
     assert_eq!(
         db.status(second).await,
         "committed",

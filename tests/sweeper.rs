@@ -4,12 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{test_config, TestDb};
+use common::{test_config, wait_for, TestDb};
 use outbox_relay::store::{self, MessageStatus};
 use outbox_relay::sweeper::Sweeper;
 use tokio_util::sync::CancellationToken;
 
 const DB_TIMEOUT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Inserts `n` rows with `status`, finished `age` ago.
 async fn rows(db: &TestDb, status: &str, n: i64, age: &str) {
@@ -167,13 +168,18 @@ async fn sweeper_runs_only_on_the_lease_holder() {
         DB_TIMEOUT,
     ));
     let token = CancellationToken::new();
+    let beat = health.heartbeat("sweeper-expire");
     let task = tokio::spawn({
-        let (s, t) = (sweeper.clone(), token.clone());
-        let beat = health.heartbeat("sweeper-expire");
-        async move { s.run_expiry(t, &beat).await }
+        let (s, t, b) = (sweeper.clone(), token.clone(), beat.clone());
+        async move { s.run_expiry(t, &b).await }
     });
-    // Several sweeper intervals (50 ms) pass without the lease: nothing is expired.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The sweeper turns several times (every 50 ms) without the lease: nothing is expired.
+    let start = beat.turns();
+    wait_for("five sweeper turns", WAIT, || {
+        let turned = beat.turns() >= start + 5;
+        async move { turned.then_some(()) }
+    })
+    .await;
     assert_eq!(db.status(id).await, "prepared", "a standby must not sweep");
 
     store::release_lease(&db.pool, &config.ha.lease_name, "other-replica")
