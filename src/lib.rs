@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: loading and validating the TOML file and environment overrides.
-//! - [`store`]: every SQL statement (`src/store/*.sql`), the row and status types.
+//! - [`store`]: every SQL statement (`src/store/sql/*.sql`), the row and status types.
 //! - [`relay`]: the loop that claims committed rows, publishes them and records outcomes.
 //! - [`publish`]: the [`publish::Publisher`] trait, the RabbitMQ and Kafka publishers.
 //! - [`sweeper`]: expiry of prepared rows and purge of finished rows.

@@ -290,13 +290,13 @@ async fn claims_are_index_scans_over_pending_rows_only() {
     let statements = [
         (
             "claim",
-            include_str!("../src/store/claim.sql"),
+            include_str!("../src/store/sql/claim.sql"),
             &[][..],
             Some("messages_delayed_key_idx"),
         ),
         (
             "claim_other_keys",
-            include_str!("../src/store/claim_other_keys.sql"),
+            include_str!("../src/store/sql/claim_other_keys.sql"),
             &other_keys[..],
             None,
         ),
@@ -337,12 +337,12 @@ async fn claims_look_up_the_rows_in_hand_by_hash_under_the_relays_plans() {
     let statements = [
         (
             "claim",
-            include_str!("../src/store/claim.sql"),
+            include_str!("../src/store/sql/claim.sql"),
             format!("1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5"),
         ),
         (
             "claim_other_keys",
-            include_str!("../src/store/claim_other_keys.sql"),
+            include_str!("../src/store/sql/claim_other_keys.sql"),
             format!(
                 "1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5, 10, '{{d}}'::text[], '{{k1}}'::text[], 20000"
             ),
@@ -1088,7 +1088,7 @@ async fn claims_from_the_floor_skip_rows_published_under_an_open_snapshot() {
                 "'{}'::text[]",
                 floor.as_str(),
             ];
-            let sql = include_str!("../src/store/claim.sql");
+            let sql = include_str!("../src/store/sql/claim.sql");
             let plan = explain(&pool, "ANALYZE, BUFFERS, FORMAT JSON", sql, &args).await;
             let top = &plan[0]["Plan"];
             assert_eq!(

@@ -16,7 +16,7 @@ pub struct TableStats {
 }
 
 pub async fn table_stats(pool: &PgPool) -> Result<TableStats, StoreError> {
-    Ok(sqlx::query_as(include_str!("table_stats.sql"))
+    Ok(sqlx::query_as(include_str!("sql/table_stats.sql"))
         .fetch_one(pool)
         .await?)
 }
@@ -33,16 +33,14 @@ pub struct VacuumHorizon {
 }
 
 pub async fn vacuum_horizon(pool: &PgPool) -> Result<VacuumHorizon, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT xid_age, age_seconds, holder FROM outbox.vacuum_horizon()")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as(include_str!("sql/vacuum_horizon.sql"))
+        .fetch_one(pool)
+        .await?)
 }
 
 pub async fn dead_by_destination(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(
-        sqlx::query_as(include_str!("dead_by_destination_count.sql"))
+        sqlx::query_as(include_str!("sql/dead_by_destination_count.sql"))
             .fetch_all(pool)
             .await?,
     )

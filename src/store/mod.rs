@@ -1,157 +1,23 @@
-//! All access to the outbox tables. Every statement lives in `src/store/*.sql` or in a named
-//! function here; nothing else in the crate writes SQL.
+//! All access to the outbox tables: the pool and migrations, the commit fence and the claims,
+//! the lease, the outcome updates and the sweeper's statements here; the admin commands' in
+//! `admin`, the gauges' in `stats`, the row types in `model`, the error in `error`. Every
+//! statement is a file in `src/store/sql/`; nothing else in the crate writes SQL.
 
+mod admin;
+mod error;
+mod model;
 pub mod stats;
 
-use std::fmt;
-use std::str::FromStr;
+pub use admin::*;
+pub use error::{within, StoreError};
+pub use model::*;
+
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::FromRow;
-use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(sqlx::Error),
-    #[error("TLS with the database failed (check sslmode, sslrootcert and the server's certificate): {0}")]
-    Tls(sqlx::Error),
-    #[error("invalid database.url: {0}")]
-    Url(sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("the outbox schema is missing or out of date (run `outbox-relay migrate`): {0}")]
-    SchemaMissing(String),
-    #[error("unexpected status `{0}` in outbox.messages")]
-    UnknownStatus(String),
-    #[error("no answer from the database within {0:?}")]
-    Timeout(Duration),
-}
-
-/// `call` bounded by `limit` on the client side (see `DatabaseConfig::call_timeout`).
-pub async fn within<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or(Err(StoreError::Timeout(limit)))
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        // A refused certificate surfaces as an I/O error carrying the rustls error.
-        let tls = match &e {
-            sqlx::Error::Tls(_) => true,
-            sqlx::Error::Io(io) => io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>()),
-            _ => false,
-        };
-        if tls {
-            Self::Tls(e)
-        } else {
-            Self::Database(e)
-        }
-    }
-}
-
-/// Lifecycle of a row; mirrors the Postgres enum `outbox.message_status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageStatus {
-    Prepared,
-    Committed,
-    RolledBack,
-    Published,
-    Dead,
-}
-
-impl MessageStatus {
-    pub const ALL: [MessageStatus; 5] = [
-        Self::Prepared,
-        Self::Committed,
-        Self::RolledBack,
-        Self::Published,
-        Self::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prepared => "prepared",
-            Self::Committed => "committed",
-            Self::RolledBack => "rolled_back",
-            Self::Published => "published",
-            Self::Dead => "dead",
-        }
-    }
-}
-
-impl fmt::Display for MessageStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for MessageStatus {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| StoreError::UnknownStatus(s.to_string()))
-    }
-}
-
-/// Row id in `outbox.messages` (internal; consumers see [`OutboxMessage::message_id`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
-#[sqlx(transparent)]
-pub struct RowId(pub i64);
-
-/// A committed row, as the relay hands it to a publisher.
-#[derive(Debug, Clone, FromRow)]
-pub struct OutboxMessage {
-    pub id: RowId,
-    pub message_id: Uuid,
-    pub destination: String,
-    pub routing_key: Option<String>,
-    pub message_key: Option<String>,
-    pub payload: Vec<u8>,
-    pub content_type: String,
-    pub headers: serde_json::Value,
-    pub commit_seq: i64,
-    pub committed_at: DateTime<Utc>,
-    pub attempts: i32,
-}
-
-/// What happened to one publish.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Published,
-    Failed {
-        error: String,
-        permanent: bool,
-        backoff: Duration,
-    },
-}
-
-/// The row after its outcome was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recorded {
-    pub id: RowId,
-    pub status: MessageStatus,
-}
-
-/// The commit fence: every committed row with `commit_seq <= fence_seq` is visible once none
-/// of `writers` (virtual transaction ids) is still running.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    pub fence_seq: i64,
-    pub writers: Vec<String>,
-}
 
 const MIGRATIONS_TABLE: &str = "outbox._sqlx_migrations";
 
@@ -209,15 +75,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 /// Fails unless the latest migration this binary knows has been applied.
 pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
     let latest = migrator().iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM outbox._sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .map_err(|e| match e {
-                // Reached the database, but the migrations table is missing.
-                sqlx::Error::Database(_) => StoreError::SchemaMissing(e.to_string()),
-                other => StoreError::from(other),
-            })?;
+    let applied: Option<i64> = sqlx::query_scalar(include_str!("sql/schema_version.sql"))
+        .fetch_one(pool)
+        .await
+        .map_err(|e| match e {
+            // Reached the database, but the migrations table is missing.
+            sqlx::Error::Database(_) => StoreError::SchemaMissing(e.to_string()),
+            other => StoreError::from(other),
+        })?;
     match applied {
         Some(v) if v >= latest => Ok(()),
         other => Err(StoreError::SchemaMissing(format!(
@@ -230,7 +95,7 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
 /// the same rule alone, for inspection and tests.
 pub async fn commit_fence(pool: &PgPool) -> Result<Fence, StoreError> {
     let (fence_seq, writers): (i64, Vec<String>) =
-        sqlx::query_as("SELECT fence_seq, writers FROM outbox.commit_fence()")
+        sqlx::query_as(include_str!("sql/commit_fence.sql"))
             .fetch_one(pool)
             .await?;
     Ok(Fence { fence_seq, writers })
@@ -254,16 +119,13 @@ pub struct ClaimWindow {
 /// the returned `safe`.
 pub async fn claim_window(pool: &PgPool, before: &ClaimWindow) -> Result<ClaimWindow, StoreError> {
     let (safe, waiting_seq, waiting_writers, floor): (i64, Option<i64>, Option<Vec<String>>, i64) =
-        sqlx::query_as(
-            "SELECT safe_seq, waiting_seq, waiting_writers, floor_seq
-               FROM outbox.claim_window($1, $2, $3, $4)",
-        )
-        .bind(before.safe)
-        .bind(before.waiting.as_ref().map(|f| f.fence_seq))
-        .bind(before.waiting.as_ref().map(|f| f.writers.as_slice()))
-        .bind(before.floor)
-        .fetch_one(pool)
-        .await?;
+        sqlx::query_as(include_str!("sql/claim_window.sql"))
+            .bind(before.safe)
+            .bind(before.waiting.as_ref().map(|f| f.fence_seq))
+            .bind(before.waiting.as_ref().map(|f| f.writers.as_slice()))
+            .bind(before.floor)
+            .fetch_one(pool)
+            .await?;
     let waiting = waiting_seq.map(|fence_seq| Fence {
         fence_seq,
         writers: waiting_writers.unwrap_or_default(),
@@ -322,7 +184,7 @@ impl<'a> ClaimArgs<'a> {
 /// vacuum, which an open snapshot anywhere in the cluster keeps alive. The relay raises its
 /// floor through [`claim_window`]; this asks for it alone, for inspection and tests.
 pub async fn pending_floor(pool: &PgPool, from: i64, fence_seq: i64) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT outbox.pending_floor($1, $2)")
+    Ok(sqlx::query_scalar(include_str!("sql/pending_floor.sql"))
         .bind(from)
         .bind(fence_seq)
         .fetch_one(pool)
@@ -331,7 +193,7 @@ pub async fn pending_floor(pool: &PgPool, from: i64, fence_seq: i64) -> Result<i
 
 pub async fn claim(pool: &PgPool, args: &ClaimArgs<'_>) -> Result<Vec<OutboxMessage>, StoreError> {
     Ok(args
-        .query(include_str!("store/claim.sql"))
+        .query(include_str!("sql/claim.sql"))
         .fetch_all(pool)
         .await?)
 }
@@ -356,7 +218,7 @@ pub async fn claim_other_keys(
 ) -> Result<Vec<OutboxMessage>, StoreError> {
     let (destinations, keys): (Vec<&str>, Vec<&str>) = other.claimed.iter().copied().unzip();
     Ok(args
-        .query(include_str!("store/claim_other_keys.sql"))
+        .query(include_str!("sql/claim_other_keys.sql"))
         .bind(other.after_seq)
         .bind(destinations)
         .bind(keys)
@@ -372,7 +234,7 @@ pub async fn acquire_lease(
     holder: &str,
     ttl: Duration,
 ) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(include_str!("store/acquire_lease.sql"))
+    Ok(sqlx::query_scalar(include_str!("sql/acquire_lease.sql"))
         .bind(name)
         .bind(holder)
         .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
@@ -382,33 +244,12 @@ pub async fn acquire_lease(
 
 /// Gives a lease up at once (clean shutdown), so a standby need not wait for it to expire.
 pub async fn release_lease(pool: &PgPool, name: &str, holder: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE outbox.relay_leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND expires_at > now()",
-    )
-    .bind(name)
-    .bind(holder)
-    .execute(pool)
-    .await?;
+    sqlx::query(include_str!("sql/release_lease.sql"))
+        .bind(name)
+        .bind(holder)
+        .execute(pool)
+        .await?;
     Ok(())
-}
-
-#[derive(Debug, Clone, serde::Serialize, FromRow)]
-pub struct LeaseInfo {
-    pub name: String,
-    pub holder: String,
-    pub token: i64,
-    pub acquired_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub held: bool,
-}
-
-pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseInfo>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT name, holder, token, acquired_at, expires_at, expires_at > now() AS held
-           FROM outbox.relay_leases ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await?)
 }
 
 /// The committed rows not yet published.
@@ -423,117 +264,9 @@ pub struct Backlog {
 
 /// One query for the gauges, `outbox-relay status` and the passed-row check.
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT count(*) AS pending,
-                coalesce(extract(epoch FROM now() - min(committed_at)), 0)::float8 AS oldest_age_secs,
-                min(commit_seq) AS lowest_seq
-           FROM outbox.messages WHERE status = 'committed'",
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
-pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(MessageStatus, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status::text, count(*) FROM outbox.messages GROUP BY 1")
-            .fetch_all(pool)
-            .await?;
-    let mut out: Vec<(MessageStatus, i64)> = MessageStatus::ALL.iter().map(|s| (*s, 0)).collect();
-    for (status, n) in rows {
-        let status: MessageStatus = status.parse()?;
-        if let Some(slot) = out.iter_mut().find(|(s, _)| *s == status) {
-            slot.1 = n;
-        }
-    }
-    Ok(out)
-}
-
-#[derive(Debug, Clone, serde::Serialize, FromRow)]
-pub struct DeadSummary {
-    pub destination: String,
-    pub count: i64,
-    pub last_error: Option<String>,
-}
-
-/// Dead rows per destination, with the most recent error of each.
-pub async fn dead_by_destination(pool: &PgPool) -> Result<Vec<DeadSummary>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT destination, count(*) AS count,
-                (array_agg(last_error ORDER BY finished_at DESC NULLS LAST))[1] AS last_error
-           FROM outbox.messages WHERE status = 'dead' GROUP BY destination ORDER BY destination",
-    )
-    .fetch_all(pool)
-    .await?)
-}
-
-#[derive(Debug, Clone, serde::Serialize, FromRow)]
-pub struct DeadMessage {
-    pub message_id: Uuid,
-    pub destination: String,
-    pub message_key: Option<String>,
-    pub attempts: i32,
-    pub last_error: Option<String>,
-    pub committed_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-pub async fn list_dead(
-    pool: &PgPool,
-    destination: Option<&str>,
-    limit: i64,
-) -> Result<Vec<DeadMessage>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT message_id, destination, message_key, attempts, last_error, committed_at, finished_at
-           FROM outbox.messages
-          WHERE status = 'dead' AND ($1::text IS NULL OR destination = $1)
-          ORDER BY commit_seq NULLS LAST, id
-          LIMIT $2",
-    )
-    .bind(destination)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
-}
-
-/// Which dead rows an admin command acts on.
-#[derive(Debug, Clone)]
-pub enum DeadSelection {
-    Ids(Vec<Uuid>),
-    All { destination: Option<String> },
-}
-
-/// Dead rows back to committed (attempts reset), oldest first; returns how many.
-pub async fn requeue_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, StoreError> {
-    let (ids, destination) = match which {
-        DeadSelection::Ids(ids) => (Some(ids.clone()), None),
-        DeadSelection::All { destination } => (None, destination.clone()),
-    };
-    let n: i32 = sqlx::query_scalar("SELECT outbox.requeue_dead($1, $2)")
-        .bind(ids)
-        .bind(destination)
+    Ok(sqlx::query_as(include_str!("sql/backlog.sql"))
         .fetch_one(pool)
-        .await?;
-    Ok(i64::from(n))
-}
-
-/// Deletes dead rows; returns how many.
-pub async fn discard_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, StoreError> {
-    let (ids, destination) = match which {
-        DeadSelection::Ids(ids) => (Some(ids.clone()), None),
-        DeadSelection::All { destination } => (None, destination.clone()),
-    };
-    let n = sqlx::query(
-        "DELETE FROM outbox.messages
-          WHERE status = 'dead'
-            AND ($1::uuid[] IS NULL OR message_id = ANY ($1))
-            AND ($2::text IS NULL OR destination = $2)",
-    )
-    .bind(ids)
-    .bind(destination)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+        .await?)
 }
 
 /// What becomes of a row once the broker confirmed it.
@@ -579,8 +312,8 @@ async fn finish_published<'e>(
     on_published: OnPublished,
 ) -> Result<Vec<Recorded>, StoreError> {
     let statement = match on_published {
-        OnPublished::Mark => include_str!("store/mark_published.sql"),
-        OnPublished::Delete => include_str!("store/delete_published.sql"),
+        OnPublished::Mark => include_str!("sql/mark_published.sql"),
+        OnPublished::Delete => include_str!("sql/delete_published.sql"),
     };
     let rows: Vec<i64> = sqlx::query_scalar(statement)
         .bind(ids)
@@ -623,7 +356,7 @@ async fn update_outcomes<'e>(
             }
         }
     }
-    let rows: Vec<(i64, String)> = sqlx::query_as(include_str!("store/record_outcomes.sql"))
+    let rows: Vec<(i64, String)> = sqlx::query_as(include_str!("sql/record_outcomes.sql"))
         .bind(&ids)
         .bind(&errors)
         .bind(&permanent)
@@ -643,7 +376,7 @@ async fn update_outcomes<'e>(
 
 /// Rolls back one batch of expired prepared rows; returns how many.
 pub async fn expire_prepared(pool: &PgPool, limit: u32) -> Result<u64, StoreError> {
-    Ok(sqlx::query(include_str!("store/expire_prepared.sql"))
+    Ok(sqlx::query(include_str!("sql/expire_prepared.sql"))
         .bind(i64::from(limit))
         .execute(pool)
         .await?
@@ -657,7 +390,7 @@ pub async fn purge(
     retention: Duration,
     limit: u32,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(include_str!("store/purge.sql"))
+    Ok(sqlx::query(include_str!("sql/purge.sql"))
         .bind(status.as_str())
         .bind(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX))
         .bind(i64::from(limit))

@@ -1,0 +1,1 @@
+SELECT fence_seq, writers FROM outbox.commit_fence()

@@ -1,0 +1,1 @@
+SELECT outbox.pending_floor($1, $2)

@@ -1,0 +1,1 @@
+SELECT outbox.requeue_dead($1, $2)

@@ -1,0 +1,1 @@
+SELECT max(version) FROM outbox._sqlx_migrations WHERE success

@@ -1,0 +1,1 @@
+SELECT xid_age, age_seconds, holder FROM outbox.vacuum_horizon()
