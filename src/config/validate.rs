@@ -144,10 +144,21 @@ impl Reader<'_> {
             self.issue("database.statement_timeout", "must be at least 1ms".into());
         }
         if c.metrics.idle_timeout < 2 * c.metrics.backlog_interval {
-            self.issue(
-                "metrics.idle_timeout",
-                "must be at least twice metrics.backlog_interval, which rewrites the counters that must stay".into(),
-            );
+            // Blame the key the user set, as for the backoffs.
+            if self.origin("metrics.idle_timeout") == "default" {
+                self.issue(
+                    "metrics.backlog_interval",
+                    format!(
+                        "must be at most half of metrics.idle_timeout ({}), or the counters that must stay expire between rewrites",
+                        humantime::format_duration(c.metrics.idle_timeout)
+                    ),
+                );
+            } else {
+                self.issue(
+                    "metrics.idle_timeout",
+                    "must be at least twice metrics.backlog_interval, which rewrites the counters that must stay".into(),
+                );
+            }
         }
         if c.ha.lease_ttl < Duration::from_millis(300) {
             self.issue("ha.lease_ttl", "must be at least 300ms".into());

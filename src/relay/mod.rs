@@ -7,7 +7,7 @@
 //! batch, and the claim query keeps later rows back until the failed one is due again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -20,12 +20,23 @@ use crate::health::{Health, Heartbeat};
 use crate::instruments;
 use crate::lease::{Held, Lease};
 use crate::publish::{FailureReason, Publisher};
-use crate::store::{self, MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
+use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
 
+mod chains;
 mod keys;
+mod pacing;
+mod slow;
+mod state;
 mod window;
 
+#[cfg(test)]
+mod tests;
+
+use chains::{cut_chains, into_chains, key_of};
 use keys::{Admitted, ChainEnd, Key, KeyGate};
+use pacing::{Found, Pacing};
+use slow::SlowDestinations;
+use state::*;
 use window::FenceTracker;
 pub use window::PassedFloor;
 
@@ -38,127 +49,6 @@ const LOOKAHEAD: u32 = 20_000;
 /// one outcome update per few milliseconds instead of one per answer costs Postgres far less
 /// per row. Half a batch answered is written at once.
 const RECORD_DELAY: Duration = Duration::from_millis(10);
-/// How soon to look again while the fence waits for writers that are still running.
-const FENCE_RECHECK: Duration = Duration::from_millis(1);
-
-/// The first pause after a claim that found rows but not a full batch. Empty claims double
-/// it up to `relay.poll_interval`, so a busy outbox is polled every millisecond or two (low
-/// commit-to-publish latency) and an idle one every `poll_interval` (low idle cost).
-const BUSY_POLL: Duration = Duration::from_millis(1);
-
-/// What a claim says about the rows behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Found {
-    /// A full batch, or a key cut to its share (`share_with_other_keys`): more rows are
-    /// waiting, so the next claim runs as soon as the pipeline has room for it.
-    Backlog,
-    /// Fewer rows than a batch: the outbox is caught up, and the next claim waits for
-    /// [`Pacing`].
-    CaughtUp,
-}
-
-impl Found {
-    /// `claimed`: the rows in `chains`.
-    fn of(chains: &[Vec<OutboxMessage>], claimed: usize, batch_size: usize) -> Self {
-        if claimed >= batch_size || chains.iter().any(|c| c.len() >= KEY_SHARE) {
-            Self::Backlog
-        } else {
-            Self::CaughtUp
-        }
-    }
-}
-
-/// Adaptive polling: how long to wait before the next claim.
-#[derive(Debug, Default)]
-struct Pacing {
-    empty_claims: u32,
-}
-
-impl Pacing {
-    /// `None`: claim again at once (the last claim left rows waiting: see [`Found`]).
-    fn next_wait(
-        &mut self,
-        claimed: usize,
-        found: Found,
-        poll_interval: Duration,
-        fence_pending: bool,
-    ) -> Option<Duration> {
-        if found == Found::Backlog {
-            self.empty_claims = 0;
-            return None;
-        }
-        if claimed > 0 {
-            self.empty_claims = 0;
-        } else {
-            self.empty_claims = self.empty_claims.saturating_add(1);
-        }
-        let grown = BUSY_POLL.saturating_mul(1 << self.empty_claims.min(16));
-        let wait = grown.min(poll_interval);
-        Some(if fence_pending {
-            wait.min(FENCE_RECHECK)
-        } else {
-            wait
-        })
-    }
-}
-
-/// Destinations whose last publish timed out, and until when their rows are not claimed.
-///
-/// A batch ends when its slowest chain does, so without this one destination whose confirms
-/// never come would slow every destination to one batch per `relay.publish_timeout`. Leaving
-/// its rows unclaimed for a backoff keeps the others flowing; nothing of the destination is
-/// sent meanwhile, so its order is untouched and no attempt is used up.
-#[derive(Debug, Default)]
-struct SlowDestinations(Mutex<HashMap<String, Slow>>);
-
-#[derive(Debug)]
-struct Slow {
-    until: std::time::Instant,
-    timeouts: u32,
-}
-
-impl SlowDestinations {
-    /// The destinations to leave out of the next claim. An entry stays (counting timeouts, so
-    /// the pause grows) until a publish to its destination is confirmed.
-    fn held_back(&self) -> Vec<String> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.is_empty() {
-            return Vec::new();
-        }
-        let now = std::time::Instant::now();
-        map.iter()
-            .filter(|(_, s)| s.until > now)
-            .map(|(d, _)| d.clone())
-            .collect()
-    }
-
-    fn timed_out(&self, destination: &str, backoff: &Backoff) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        let slow = map.entry(destination.to_string()).or_insert(Slow {
-            until: now,
-            timeouts: 0,
-        });
-        if slow.until > now {
-            return; // already held back by another chain's timeout of the same batch
-        }
-        slow.timeouts = slow.timeouts.saturating_add(1);
-        let pause = backoff.delay(slow.timeouts);
-        slow.until = now + pause;
-        tracing::warn!(
-            destination,
-            pause = ?pause,
-            "publish to this destination timed out; its rows are not claimed for a while so that other destinations keep flowing"
-        );
-    }
-
-    fn confirmed(&self, destination: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.is_empty() {
-            map.remove(destination);
-        }
-    }
-}
 
 pub struct Relay<P> {
     pool: PgPool,
@@ -264,7 +154,7 @@ impl<P: Publisher> Relay<P> {
         let mut in_hand: HashSet<i64> = HashSet::new();
         let mut unrecorded: Vec<Recordable> = Vec::new();
         let mut failed_keys: Vec<Key> = Vec::new();
-        let mut recording: Option<Pending<'_>> = None;
+        let mut recording: Option<Recording<'_>> = None;
         let mut claiming: Option<Claiming<'_>> = None;
         let mut chains = FuturesUnordered::new();
         let mut claim_at = tokio::time::Instant::now();
@@ -298,7 +188,7 @@ impl<P: Publisher> Relay<P> {
             {
                 record_at = None;
                 let outcomes = std::mem::take(&mut unrecorded);
-                recording = Some(Pending {
+                recording = Some(Recording {
                     ids: outcomes.iter().map(|(id, _, _)| id.0).collect(),
                     failed_keys: std::mem::take(&mut failed_keys),
                     done: Box::pin(this.record(outcomes, shutdown, beat)),
@@ -660,314 +550,5 @@ impl<P: Publisher> Relay<P> {
                 }
             }
         }
-    }
-}
-
-/// Keeps the first `share` rows of each key's chain (in commit order); a keyless row is a
-/// chain of its own and always stays.
-fn cut_chains(chains: &mut [Vec<OutboxMessage>], share: usize) {
-    for chain in chains {
-        chain.truncate(share);
-    }
-}
-
-/// A publish outcome waiting to be written, with what logs and metrics need.
-type Recordable = (RowId, Outcome, Logged);
-
-/// The outcome update running alongside claims and publishes, and the rows it covers.
-struct Pending<'a> {
-    ids: Vec<i64>,
-    /// Keys stopped by a failure in this update: free again once it is written.
-    failed_keys: Vec<Key>,
-    done: BoxFuture<'a, ()>,
-}
-
-/// The claim running alongside the publishes, numbered for the [`KeyGate`].
-struct Claiming<'a> {
-    number: u64,
-    done: BoxFuture<'a, (FenceTracker, Claimed)>,
-}
-
-/// A claim's chains, or why it failed.
-type Claimed = Result<Vec<Vec<OutboxMessage>>, CycleError>;
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// A claimed chain and the claim it came from.
-struct Queued {
-    batch: u64,
-    chain: Vec<OutboxMessage>,
-}
-
-/// A chain that was published as far as it went.
-struct Ended {
-    batch: u64,
-    key: Option<Key>,
-    end: ChainEnd,
-    outcomes: Vec<Recordable>,
-    /// Rows not attempted: they go back to the database as they were.
-    unattempted: Vec<i64>,
-}
-
-/// Whether to write the `answered` outcomes now: half a batch of them, the oldest waiting
-/// since `record_at`, or shutdown.
-fn record_due(
-    answered: usize,
-    batch_size: usize,
-    record_at: Option<tokio::time::Instant>,
-    now: tokio::time::Instant,
-    stopping: bool,
-) -> bool {
-    answered > 0
-        && (stopping || answered >= batch_size.div_ceil(2) || record_at.is_some_and(|at| now >= at))
-}
-
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What woke the relay loop.
-enum Event {
-    Chain(Ended),
-    Claimed(FenceTracker, Claimed),
-    Recorded,
-    GraceOver,
-    Wake,
-}
-
-/// Claims whose chains are not all answered yet, for the batch duration histogram.
-#[derive(Debug, Default)]
-struct Batches {
-    next: u64,
-    open: HashMap<u64, (std::time::Instant, usize)>,
-}
-
-impl Batches {
-    fn open(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    fn chain_admitted(&mut self, batch: u64) {
-        self.open
-            .entry(batch)
-            .or_insert_with(|| (std::time::Instant::now(), 0))
-            .1 += 1;
-    }
-
-    fn chain_done(&mut self, batch: u64) {
-        let Some((started, chains)) = self.open.get_mut(&batch) else {
-            return;
-        };
-        *chains -= 1;
-        if *chains == 0 {
-            metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-            self.open.remove(&batch);
-        }
-    }
-}
-
-/// Gives a chain's rows back unpublished: they stay committed for a later claim.
-fn release(queued: Queued, in_hand: &mut HashSet<i64>, batches: &mut Batches) {
-    for m in &queued.chain {
-        in_hand.remove(&m.id.0);
-    }
-    batches.chain_done(queued.batch);
-}
-
-/// The ordering key of a chain; `None` for a keyless row.
-fn key_of(head: &OutboxMessage) -> Option<Key> {
-    head.message_key
-        .clone()
-        .map(|k| (head.destination.clone(), k))
-}
-
-/// Awaits a future that may not exist; without one it never resolves.
-async fn in_progress<F: std::future::Future + Unpin>(f: Option<&mut F>) -> F::Output {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What logs and metrics about a message carry: never its payload.
-#[derive(Debug, Clone)]
-struct Logged {
-    message_id: uuid::Uuid,
-    destination: String,
-    committed_at: chrono::DateTime<chrono::Utc>,
-    /// When the publish finished (confirm or failure).
-    answered_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl Logged {
-    fn of(m: &OutboxMessage) -> Self {
-        Self {
-            message_id: m.message_id,
-            destination: m.destination.clone(),
-            committed_at: m.committed_at,
-            answered_at: chrono::Utc::now(),
-        }
-    }
-
-    /// Logs and counts the recorded status of a published or failed message.
-    fn observe(&self, status: MessageStatus) {
-        match status {
-            MessageStatus::Published => {
-                metrics::counter!(instruments::PUBLISHED, "destination" => self.destination.clone())
-                    .increment(1);
-                let latency = (self.answered_at - self.committed_at)
-                    .to_std()
-                    .unwrap_or_default();
-                metrics::histogram!(instruments::COMMIT_TO_PUBLISH).record(latency.as_secs_f64());
-            }
-            MessageStatus::Dead => {
-                metrics::counter!(instruments::DEAD, "destination" => self.destination.clone())
-                    .increment(1);
-                tracing::error!(
-                    message_id = %self.message_id,
-                    destination = %self.destination,
-                    "message is dead: it will not be retried (see last_error)"
-                );
-            }
-            _ => {}
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum CycleError {
-    #[error("broker not ready: {0}")]
-    Broker(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Splits a batch (in commit order) into chains: one per `(destination, message_key)` for keyed
-/// rows, one per row otherwise. Each chain keeps commit order.
-fn into_chains(batch: Vec<OutboxMessage>) -> Vec<Vec<OutboxMessage>> {
-    let mut chains: Vec<Vec<OutboxMessage>> = Vec::new();
-    let mut by_key: HashMap<(String, String), usize> = HashMap::new();
-    for message in batch {
-        match &message.message_key {
-            Some(key) => {
-                let slot = (message.destination.clone(), key.clone());
-                match by_key.get(&slot) {
-                    Some(&i) => chains[i].push(message),
-                    None => {
-                        by_key.insert(slot, chains.len());
-                        chains.push(vec![message]);
-                    }
-                }
-            }
-            None => chains.push(vec![message]),
-        }
-    }
-    chains
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Utc;
-    use uuid::Uuid;
-
-    fn msg(id: i64, dest: &str, key: Option<&str>) -> OutboxMessage {
-        OutboxMessage {
-            id: RowId(id),
-            message_id: Uuid::new_v4(),
-            destination: dest.into(),
-            routing_key: None,
-            message_key: key.map(Into::into),
-            payload: vec![],
-            content_type: "application/json".into(),
-            headers: serde_json::json!({}),
-            commit_seq: id,
-            committed_at: Utc::now(),
-            attempts: 0,
-        }
-    }
-
-    #[test]
-    fn polling_is_immediate_after_a_full_batch_fast_while_busy_and_slow_when_idle() {
-        let poll = Duration::from_millis(100);
-        let mut p = Pacing::default();
-        let (backlog, caught_up) = (Found::Backlog, Found::CaughtUp);
-        assert_eq!(p.next_wait(500, backlog, poll, false), None);
-        assert_eq!(p.next_wait(3, caught_up, poll, false), Some(BUSY_POLL));
-        let idle: Vec<_> = (0..8)
-            .map(|_| p.next_wait(0, caught_up, poll, false))
-            .collect();
-        assert_eq!(idle[0], Some(Duration::from_millis(2)));
-        assert_eq!(idle[1], Some(Duration::from_millis(4)));
-        assert_eq!(idle[7], Some(poll));
-        assert_eq!(p.next_wait(0, caught_up, poll, true), Some(FENCE_RECHECK));
-        assert_eq!(p.next_wait(1, caught_up, poll, false), Some(BUSY_POLL));
-    }
-
-    #[test]
-    fn outcomes_are_written_at_half_a_batch_after_the_delay_or_at_shutdown() {
-        let now = tokio::time::Instant::now();
-        let later = Some(now + RECORD_DELAY);
-        assert!(!record_due(0, 500, None, now, true), "nothing to write");
-        assert!(!record_due(1, 500, later, now, false), "waits for more");
-        assert!(!record_due(249, 500, later, now, false), "waits for more");
-        assert!(record_due(250, 500, later, now, false), "half a batch");
-        assert!(
-            record_due(1, 500, later, now + RECORD_DELAY, false),
-            "waited long enough"
-        );
-        assert!(record_due(1, 500, later, now, true), "shutting down");
-    }
-
-    #[test]
-    fn a_full_batch_or_a_key_cut_to_its_share_means_a_backlog() {
-        let chain = |key: &str, n: i64| -> Vec<OutboxMessage> {
-            (0..n).map(|i| msg(i, "d", Some(key))).collect()
-        };
-        let few = vec![chain("a", 3), chain("b", 2)];
-        assert_eq!(Found::of(&few, 5, 500), Found::CaughtUp);
-        assert_eq!(Found::of(&few, 5, 5), Found::Backlog);
-        let cut = vec![chain("hot", KEY_SHARE as i64), chain("b", 1)];
-        assert_eq!(Found::of(&cut, KEY_SHARE + 1, 500), Found::Backlog);
-    }
-
-    #[test]
-    fn cut_keeps_the_first_rows_of_each_key_and_every_keyless_row() {
-        let batch = vec![
-            msg(1, "a", Some("k")),
-            msg(2, "a", None),
-            msg(3, "b", Some("k")),
-            msg(4, "a", Some("k")),
-            msg(5, "a", Some("k")),
-            msg(6, "a", None),
-            msg(7, "b", Some("k")),
-        ];
-        let mut chains = into_chains(batch);
-        assert_eq!(chains[0].len(), 3, "a/k has three rows");
-        cut_chains(&mut chains, 2);
-        let mut ids: Vec<i64> = chains.iter().flatten().map(|m| m.id.0).collect();
-        ids.sort();
-        assert_eq!(ids, vec![1, 2, 3, 4, 6, 7]);
-    }
-
-    #[test]
-    fn chains_group_by_destination_and_key_in_order() {
-        let batch = vec![
-            msg(1, "a", Some("k")),
-            msg(2, "a", None),
-            msg(3, "b", Some("k")),
-            msg(4, "a", Some("k")),
-            msg(5, "a", None),
-        ];
-        let chains: Vec<Vec<i64>> = into_chains(batch)
-            .into_iter()
-            .map(|c| c.into_iter().map(|m| m.id.0).collect())
-            .collect();
-        assert_eq!(chains, vec![vec![1, 4], vec![2], vec![3], vec![5]]);
     }
 }
