@@ -6,7 +6,6 @@ use std::fmt::Write;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cli::{DeadCommand, Selection};
 use crate::store::{self, DeadSelection, StoreError};
 
 #[derive(Debug, Serialize)]
@@ -82,20 +81,25 @@ pub fn render_status(s: &Status) -> String {
     out
 }
 
-fn selection(s: &Selection) -> DeadSelection {
-    if s.all {
-        DeadSelection::All {
-            destination: s.destination.clone(),
-        }
-    } else {
-        DeadSelection::Ids(s.ids.clone())
-    }
+/// What to do with dead messages; the command line's `dead` subcommands map onto it.
+#[derive(Debug, Clone)]
+pub enum DeadAction {
+    /// List them, oldest first, as a table or JSON.
+    List {
+        destination: Option<String>,
+        limit: i64,
+        json: bool,
+    },
+    /// Back to committed, attempts reset.
+    Requeue(DeadSelection),
+    /// Delete them.
+    Discard(DeadSelection),
 }
 
-/// Runs a `dead` subcommand and returns what to print.
-pub async fn dead(pool: &PgPool, command: &DeadCommand) -> Result<String, StoreError> {
-    match command {
-        DeadCommand::List {
+/// Runs a `dead` action and returns what to print.
+pub async fn dead(pool: &PgPool, action: &DeadAction) -> Result<String, StoreError> {
+    match action {
+        DeadAction::List {
             destination,
             limit,
             json,
@@ -121,12 +125,12 @@ pub async fn dead(pool: &PgPool, command: &DeadCommand) -> Result<String, StoreE
             }
             Ok(out)
         }
-        DeadCommand::Requeue(s) => {
-            let n = store::requeue_dead(pool, &selection(s)).await?;
+        DeadAction::Requeue(which) => {
+            let n = store::requeue_dead(pool, which).await?;
             Ok(format!("requeued {n} dead message(s)\n"))
         }
-        DeadCommand::Discard(s) => {
-            let n = store::discard_dead(pool, &selection(s)).await?;
+        DeadAction::Discard(which) => {
+            let n = store::discard_dead(pool, which).await?;
             Ok(format!("discarded {n} dead message(s)\n"))
         }
     }

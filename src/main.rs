@@ -2,8 +2,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use outbox_relay::cli::{Cli, Command};
+use outbox_relay::cli::{Cli, Command, DeadCommand, Selection};
 use outbox_relay::config::{BrokerKind, Config};
+use outbox_relay::store::DeadSelection;
 use outbox_relay::{admin, app, healthcheck, instruments, store, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +74,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Dead { command } => {
             let pool = store::pool(&config.database)?;
-            print!("{}", admin::dead(&pool, &command).await?);
+            print!("{}", admin::dead(&pool, &dead_action(command)).await?);
             Ok(())
         }
         Command::Migrate => {
@@ -91,6 +92,32 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             app::run(config, Some(metrics), shutdown).await?;
             Ok(())
         }
+    }
+}
+
+/// The command line's `dead` subcommand as the admin action it asks for.
+fn dead_action(command: DeadCommand) -> admin::DeadAction {
+    let selection = |s: Selection| {
+        if s.all {
+            DeadSelection::All {
+                destination: s.destination,
+            }
+        } else {
+            DeadSelection::Ids(s.ids)
+        }
+    };
+    match command {
+        DeadCommand::List {
+            destination,
+            limit,
+            json,
+        } => admin::DeadAction::List {
+            destination,
+            limit,
+            json,
+        },
+        DeadCommand::Requeue(s) => admin::DeadAction::Requeue(selection(s)),
+        DeadCommand::Discard(s) => admin::DeadAction::Discard(selection(s)),
     }
 }
 
