@@ -27,8 +27,8 @@ pub struct Gauges {
     every: Duration,
     /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
     db_timeout: Duration,
-    /// Destinations whose dead gauge is set: a destination that has no dead row any more is
-    /// set to 0 once, then left to the idle timeout.
+    /// Destinations whose dead gauge shows dead rows: one that has none any more is set to 0
+    /// (gauges never expire, so it would otherwise keep its last count).
     dead_shown: HashSet<String>,
     /// The holder last logged for a long horizon.
     logged_holder: Option<String>,
@@ -67,9 +67,8 @@ impl Gauges {
 
     /// One statement after the other, each bounded and each a turn of `beat`.
     async fn refresh(&mut self, beat: &Heartbeat) {
-        let within = |call| store::within(self.db_timeout, call);
         let floor = self.passed.current();
-        match within(store::backlog(&self.pool)).await {
+        match store::within(self.db_timeout, store::backlog(&self.pool)).await {
             Ok(backlog) => {
                 self.health.set_database_up(true);
                 metrics::gauge!(instruments::PENDING).set(backlog.pending as f64);

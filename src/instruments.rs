@@ -84,10 +84,11 @@ impl Exporter {
     }
 }
 
-/// Writes the series that alerts and dashboards need from the start and that nothing else
-/// writes regularly: build info, and counters whose labels are known in advance, at their
-/// current value (every `metrics.backlog_interval`). A new series' first increment is invisible to `increase()`, so a counter
-/// that appeared only with its first event would hide that event from every alert.
+/// Writes the series that alerts and dashboards need from the start: build info, and the
+/// counters whose labels are known in advance, at their current value. Called again every
+/// `metrics.backlog_interval`, so that those counters never reach the idle timeout. A new
+/// series' first increment is invisible to `increase()`, so a counter that appeared only with
+/// its first event would hide that event from every alert.
 pub fn keep_alive() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)
         .set(1.0);
