@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
@@ -133,25 +134,35 @@ impl AmqpPublisher {
 }
 
 /// A failed publish or confirm: the broker closed the channel (404 for a missing exchange, 403
-/// for access) or the connection went away.
+/// for access) or the connection went away. Classified by the broker's reply code, as lapin
+/// reports it, not by the text.
 fn channel_error(e: &lapin::Error) -> PublishError {
     let message = format!("publish failed: {e}");
-    if message.contains("PRECONDITION_FAILED") && message.contains("max size") {
-        // "message size N is larger than configured max size M": no retry can fix it.
-        return PublishError::permanent(FailureReason::TooLarge, message);
-    }
-    if message.contains("ACCESS_REFUSED") {
-        // The user's permissions do not cover this exchange: like Kafka's authorization
-        // failures, permanent (after fixing permissions, `dead requeue` sends it again).
-        // A refused login is not a channel error: `connection` reports it, retryable.
-        return PublishError::permanent(FailureReason::Unauthorized, message);
-    }
-    let reason = if message.contains("NOT_FOUND") {
-        FailureReason::NotFound
-    } else {
-        FailureReason::Unavailable
+    let reply = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(code) => Some((code, amqp.get_message().as_str())),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
     };
-    PublishError::retryable(reason, message)
+    match reply {
+        // PRECONDITION_FAILED covers other refusals too; RabbitMQ's over-size one reads
+        // "message size N is larger than configured max size M", and no retry can fix it.
+        Some((AMQPSoftError::PRECONDITIONFAILED, text)) if text.contains("max size") => {
+            PublishError::permanent(FailureReason::TooLarge, message)
+        }
+        // The user's permissions do not cover this exchange: like Kafka's authorization
+        // failures, permanent (after fixing permissions, `dead requeue` sends it again). A
+        // refused login is not a channel error: `connection` reports it, retryable.
+        Some((AMQPSoftError::ACCESSREFUSED, _)) => {
+            PublishError::permanent(FailureReason::Unauthorized, message)
+        }
+        // A missing exchange may be declared any moment: retried.
+        Some((AMQPSoftError::NOTFOUND, _)) => {
+            PublishError::retryable(FailureReason::NotFound, message)
+        }
+        _ => PublishError::retryable(FailureReason::Unavailable, message),
+    }
 }
 
 /// Bytes of the content header frame, which carries all properties and headers and, unlike
@@ -372,6 +383,19 @@ mod tests {
         let missing = channel_error(&closed(404, "NOT_FOUND - no exchange 'x' in vhost '/'"));
         assert!(!missing.is_permanent(), "{missing}");
         assert_eq!(missing.reason, FailureReason::NotFound);
+        let too_large = channel_error(&closed(
+            406,
+            "PRECONDITION_FAILED - message size 2097152 is larger than configured max size 1048576",
+        ));
+        assert!(too_large.is_permanent(), "{too_large}");
+        assert_eq!(too_large.reason, FailureReason::TooLarge);
+        // Classified by the code, not by words in the text.
+        let other = channel_error(&closed(
+            406,
+            "PRECONDITION_FAILED - ACCESS_REFUSED NOT_FOUND",
+        ));
+        assert!(!other.is_permanent(), "{other}");
+        assert_eq!(other.reason, FailureReason::Unavailable);
     }
 
     proptest! {
