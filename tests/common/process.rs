@@ -1,0 +1,160 @@
+//! The relay binary as a child process, and plain HTTP requests to its listener.
+
+use std::time::{Duration, Instant};
+
+use super::{amqp_url, unique, wait_for};
+
+/// The relay binary as a child process, configured through environment variables, its
+/// stderr (text logs) and stdout captured to one file.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+    pub http: std::net::SocketAddr,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RelayProcess {
+    pub fn spawn(db_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("relay")));
+        let file = std::fs::File::create(&log).expect("log file");
+        let http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+        cmd.arg("run")
+            .env("OUTBOX_RELAY__HTTP__LISTEN", http.to_string())
+            .env("OUTBOX_RELAY__HA__LEASE_TTL", "1s")
+            .env("OUTBOX_RELAY__METRICS__BACKLOG_INTERVAL", "200ms")
+            .env_remove("OUTBOX_RELAY_CONFIG")
+            .env("OUTBOX_RELAY__DATABASE__URL", db_url)
+            .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
+            .env("OUTBOX_RELAY__RELAY__POLL_INTERVAL", "20ms")
+            .env("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF", "50ms")
+            .env("OUTBOX_RELAY__RETRY__MAX_BACKOFF", "500ms")
+            .env("OUTBOX_RELAY__LOG__FORMAT", "text")
+            .env("OUTBOX_RELAY__LOG__LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn outbox-relay");
+        Self { child, log, http }
+    }
+
+    /// GET a path on the relay's HTTP listener: (status code, body), or None if unreachable.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path).await
+    }
+
+    /// The value of an unlabelled (or fully labelled) sample from `/metrics`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("send signal");
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `needle` on `n` lines, checks the process is still running (it
+    /// retries rather than exits), and returns the first such line.
+    pub async fn wait_logged_while_running(
+        &mut self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        while self.logs().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {n} log lines with `{needle}`; the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the relay must keep retrying:\n{}",
+            self.logs()
+        );
+        let logs = self.logs();
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGTERM, then a clean exit within `timeout`.
+    pub async fn terminate(mut self, timeout: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.wait_exit(timeout).await;
+        assert!(status.success(), "{status:?}");
+    }
+
+    /// Waits for the process to exit, polling so the test runtime is never blocked.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        let log = self.log.clone();
+        wait_for(
+            &format!("relay to exit (log {})", log.display()),
+            timeout,
+            || {
+                let status = child.try_wait().expect("try_wait");
+                async move { status }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request without a body over loopback: (status, body).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
