@@ -59,7 +59,7 @@ async fn livez_fails_naming_the_relay_loop_once_it_stops_turning() {
     db.enqueue(&unique("ex"), None, serde_json::json!({"n": 1}))
         .await;
     let publisher = Arc::new(NeverAnswers::default());
-    let relay = start_relay_with(&db, config, publisher.clone()).await;
+    let relay = start_relay_with(config, publisher.clone()).await;
     let stop = CancellationToken::new();
     let addr = serve_health(relay.health.clone().unwrap(), stop.clone()).await;
 

@@ -34,7 +34,7 @@ async fn direct_exchange_with_relay(
         config.broker.amqp.clone(),
         config.relay.publish_timeout,
     ));
-    let relay = start_relay_with(&db, config, publisher).await;
+    let relay = start_relay_with(config, publisher).await;
     (db, rabbit, exchange, queue, relay)
 }
 
@@ -398,6 +398,11 @@ async fn rows_claimed_while_an_earlier_row_of_their_key_fails_wait_for_it() {
 async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
     let (db, rabbit, exchange, queue, relay) = direct_exchange_with_relay("k").await;
 
+    // A row goes out first: the relay holds the lease and reaches the broker.
+    let sentinel = db
+        .enqueue(&exchange, Some("k"), json!({"key": "k", "n": 0}))
+        .await;
+    db.wait_status(sentinel, "published").await;
     // The first row draws its commit_seq, but its transaction stays open...
     let mut slow = db.pool.begin().await.unwrap();
     let first: Uuid = sqlx::query_scalar(
@@ -411,12 +416,13 @@ async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
     let second = db
         .enqueue(&exchange, Some("k"), json!({"key": "k", "n": 2}))
         .await;
-    // The relay turns many times (claims every 20 ms poll) in which it could wrongly publish
-    // the second row.
+    // The relay turns many times in which it could wrongly publish the second row: while the
+    // fence waits for the open writer it claims again every millisecond, a turn for starting
+    // each claim and one for its answer.
     let beat = relay.health.as_ref().unwrap().task("relay").unwrap();
     let start = beat.turns();
-    wait_for("ten turns of the relay loop", WAIT, || {
-        let turned = beat.turns() >= start + 10;
+    wait_for("fifty turns of the relay loop", WAIT, || {
+        let turned = beat.turns() >= start + 50;
         async move { turned.then_some(()) }
     })
     .await;
@@ -427,9 +433,9 @@ async fn a_key_never_overtakes_a_row_whose_transaction_commits_late() {
     );
     slow.commit().await.unwrap();
 
-    let got = rabbit.collect(&queue, 2, WAIT).await;
+    let got = rabbit.collect(&queue, 3, WAIT).await;
     let ids: Vec<Uuid> = got.iter().map(|r| r.message_id()).collect();
-    assert_eq!(ids, vec![first, second]);
+    assert_eq!(ids, vec![sentinel, first, second]);
     relay.stop().await;
 }
 
@@ -592,7 +598,7 @@ async fn publishes_awaiting_a_confirm_never_exceed_max_in_flight() {
         awaiting: AtomicUsize::new(0),
         peak: AtomicUsize::new(0),
     });
-    let relay = start_relay_with(&db, config, publisher.clone()).await;
+    let relay = start_relay_with(config, publisher.clone()).await;
 
     assert_eq!(
         rabbit.collect(&queue, ids.len(), WAIT).await.len(),

@@ -124,6 +124,15 @@ mod general {
             invalid_keys("[database]\nstatement_timeout = \"500us\"\n"),
             vec!["database.statement_timeout"]
         );
+        // The idle timeout left at its default: the interval that was set is at fault.
+        assert_eq!(
+            invalid_keys("[metrics]\nbacklog_interval = \"1h\"\n"),
+            vec!["metrics.backlog_interval"]
+        );
+        assert_eq!(
+            invalid_keys("[metrics]\nidle_timeout = \"5s\"\n"),
+            vec!["metrics.idle_timeout"]
+        );
     }
 
     #[test]

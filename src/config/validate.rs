@@ -112,7 +112,7 @@ impl Reader<'_> {
         let longest = c.relay.publish_timeout.max(claim);
         if c.http.livez_stall_timeout <= longest {
             let message = format!(
-                "http.livez_stall_timeout ({}) must be more than {}, the longest a task may wait on bounded calls: relay.publish_timeout, or a claim (the broker's connect_timeout and three times database.connect_timeout + statement_timeout + 5s)",
+                "http.livez_stall_timeout ({}) must be more than {}, the longest a task may wait on bounded calls: relay.publish_timeout, or a claim (the larger of the broker.*.connect_timeout and three times database.connect_timeout + statement_timeout + 5s)",
                 humantime::format_duration(c.http.livez_stall_timeout),
                 humantime::format_duration(longest)
             );

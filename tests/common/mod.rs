@@ -270,15 +270,13 @@ pub fn start_relay(config: Config) -> RunningRelay {
 }
 
 /// The relay with a publisher of the test's own (for example one that observes the real one).
-pub async fn start_relay_with<P: Publisher>(
-    db: &TestDb,
-    config: Config,
-    publisher: Arc<P>,
-) -> RunningRelay {
+pub async fn start_relay_with<P: Publisher>(config: Config, publisher: Arc<P>) -> RunningRelay {
     let token = CancellationToken::new();
     let health = Arc::new(Health::new(config.http.livez_stall_timeout));
     let handle = tokio::spawn(app::run_with(
-        db.relay_pool().await,
+        // The relay's own pool and session settings (generic plans, no JIT, statement_timeout),
+        // as `run` builds them.
+        outbox_relay::store::pool(&config.database).expect("the relay's pool"),
         publisher,
         config,
         health.clone(),

@@ -5,7 +5,7 @@
 -- sent twice). Up to a few thousand: NOT IN over a subquery is one hash lookup per row, where
 -- `<> ALL ($6)` would walk the array for every row scanned (the relay's sessions use generic
 -- plans, and Postgres hashes `<> ALL` only for a constant array).
--- $7: destinations held back after a publish timeout (see `SlowDestinations` in relay.rs).
+-- $7: destinations held back after a publish timeout (see `SlowDestinations` in src/relay/slow.rs).
 -- $8: the pending floor (outbox.pending_floor, migration 0005): no pending row has a lower commit_seq, so both
 -- scans start there.
 -- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
