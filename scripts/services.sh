@@ -6,6 +6,7 @@
 #   scripts/services.sh up     install if needed, start, print the environment to use
 #   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
+#   scripts/services.sh kafka-log   the path of the Kafka-protocol broker's log
 #   scripts/services.sh stop|start postgres|rabbitmq|kafka   one service (the fault-injection suite)
 #   scripts/services.sh drop-scratch-dbs [t|bench]   drop the databases earlier test (t_<hex>)
 #                      or bench (bench_<hex>) runs left; both kinds without an argument
@@ -395,6 +396,11 @@ case "${1:-up}" in
   env)
     choose_state_dir
     print_env
+    ;;
+  kafka-log)
+    # The broker's log of its current start (each start rewrites it).
+    choose_state_dir
+    echo "$KAFKA_DIR/tansu.log"
     ;;
   stop|start)
     choose_state_dir
