@@ -2,7 +2,7 @@
 # `make bench`: starts the local services, plus a Kafka-protocol broker of the bench's own with
 # tansu's in-memory storage: with its SQLite storage, tansu's produce round trip grows with the
 # data it holds (seconds per request after some 10^5 messages), which would measure tansu, not
-# the relay (docs/performance.md). Then runs benches/relay.rs. Figures: target/bench.json.
+# the relay (docs/performance.md). Then runs benches/relay/main.rs. Figures: target/bench.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Assigned first: a failing `up` inside eval "$(...)" would not stop the script.

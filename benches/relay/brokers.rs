@@ -1,0 +1,288 @@
+//! The brokers alone: RabbitMQ and Kafka ceilings, round trips, the naive baseline.
+
+use super::*;
+
+/// A fanout exchange `name` bound to a bounded queue `{name}.q`, both there as long as the
+/// returned connection is open.
+pub(crate) async fn amqp_exchange(url: &str, name: &str) -> Connection {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    // Gone with its queue's binding.
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let queue = format!("{name}.q");
+    let args = {
+        // A bounded queue that drops the oldest, so the bench never fills the disk.
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-max-length".into(),
+            lapin::types::AMQPValue::LongLongInt(100_000),
+        );
+        t
+    };
+    // Exclusive, so that RabbitMQ deletes it with this connection, the bench's end included:
+    // an auto-delete queue goes only after a consumer leaves, and the drains' queue never has
+    // one. Left behind, each run's queue kept up to 100,000 messages in RabbitMQ's memory,
+    // and RabbitMQ's work on them landed in later runs' figures (docs/performance.md).
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        name.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
+/// RabbitMQ alone: confirms, persistent, mandatory, the relay's in-flight limit.
+pub(crate) async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = payload();
+    let window = in_flight();
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(uuid::Uuid::new_v4().to_string().into());
+        let key = format!("k{}", i as i64 % KEYS);
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                props,
+            )
+            .await
+            .unwrap();
+        pending.push_back(confirm);
+        if pending.len() >= window {
+            pending.pop_front().unwrap().await.unwrap();
+        }
+    }
+    for c in pending {
+        c.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+pub(crate) async fn kafka_topic(bootstrap: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// A producer with the relay's client settings.
+pub(crate) fn bench_producer(bootstrap: &str) -> FutureProducer {
+    let config = KafkaConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        ..Config::default().broker.kafka
+    };
+    client_config(&config, Duration::from_secs(30))
+        .create()
+        .unwrap()
+}
+
+/// Kafka alone: the relay's producer settings and in-flight limit, the producer's start
+/// included as in a drain.
+pub(crate) async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let producer = bench_producer(bootstrap);
+    kafka_at_rate(
+        &producer,
+        topic,
+        f64::INFINITY,
+        &CancellationToken::new(),
+        n,
+    )
+    .await
+}
+
+/// Sends bench message `i` (key `k{i mod KEYS}`) and waits for its delivery report.
+pub(crate) async fn produce(
+    producer: FutureProducer,
+    topic: &str,
+    i: usize,
+    body: Vec<u8>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let key = format!("k{}", i as i64 % KEYS);
+    let record = FutureRecord::to(topic).key(&key).payload(&body);
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(_) => Ok(()),
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// Produces at `rate` messages a second, within the relay's in-flight limit, until `stop` or
+/// `n` messages; returns the rate confirmed until then. Sends at each confirm and each
+/// millisecond, as many as are due since the start and fit in the window: after falling
+/// behind, it catches up in bursts of up to the window. An infinite rate keeps the window
+/// full, as the Kafka ceiling does.
+pub(crate) async fn kafka_at_rate(
+    producer: &FutureProducer,
+    topic: &str,
+    rate: f64,
+    stop: &CancellationToken,
+    n: usize,
+) -> f64 {
+    let body = payload();
+    let window = in_flight();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(r) = pending.next(), if !pending.is_empty() => {
+                let r: Result<(), rdkafka::error::KafkaError> = r;
+                r.unwrap();
+            }
+            () = stop.cancelled() => break,
+        }
+        if sent == n && pending.is_empty() {
+            break;
+        }
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(n);
+        while sent < due && pending.len() < window {
+            pending.push(produce(producer.clone(), topic, sent, body.clone()));
+            sent += 1;
+        }
+    }
+    let confirmed = sent - pending.len();
+    let elapsed = started.elapsed().as_secs_f64();
+    while let Some(r) = pending.next().await {
+        r.unwrap();
+    }
+    confirmed as f64 / elapsed
+}
+
+/// One message at a time through the relay's own publisher, with a consumer attached: the
+/// broker round trip that every message of a key pays (to the confirm) and the broker's own
+/// delivery delay (to the consumer), the floors under commit-to-receive latency.
+pub(crate) struct RoundTrip {
+    pub(crate) confirm: (f64, f64),
+    pub(crate) receive: (f64, f64),
+}
+
+pub(crate) async fn round_trip<P: Publisher>(broker: Broker, publisher: &P, n: usize) -> RoundTrip {
+    let destination = match broker {
+        Broker::Amqp => format!("bench.rt.{}", uuid::Uuid::new_v4().simple()),
+        Broker::Kafka => format!("bench-rt-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let expected = Arc::new(AtomicUsize::new(n));
+    let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(consume(broker, destination.clone(), expected, subscribed));
+    ready.await.unwrap();
+    publisher.ready().await.expect("broker");
+    let mut confirm = Vec::with_capacity(n);
+    let mut sent = HashMap::with_capacity(n);
+    for i in 0..n {
+        let message = OutboxMessage {
+            id: outbox_relay::store::RowId(i as i64),
+            message_id: uuid::Uuid::new_v4(),
+            destination: destination.clone(),
+            routing_key: None,
+            message_key: Some("k".into()),
+            payload: payload(),
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            commit_seq: i as i64,
+            committed_at: chrono::Utc::now(),
+            attempts: 0,
+        };
+        sent.insert(message.message_id, SystemTime::now());
+        let started = Instant::now();
+        publisher.publish(&message).await.expect("publish");
+        confirm.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    publisher.close().await;
+    let receipts = consumer.await.unwrap();
+    let mut receive: Vec<f64> = receipts
+        .iter()
+        .map(|(id, at)| {
+            at.duration_since(sent[id])
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0
+        })
+        .collect();
+    RoundTrip {
+        confirm: p50_p99(&mut confirm),
+        receive: p50_p99(&mut receive),
+    }
+}
+
+pub(crate) fn p50_p99(ms: &mut [f64]) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (pct(0.5), pct(0.99))
+}
+
+/// The original design: select one, publish, wait for its confirm, update it.
+pub(crate) async fn naive(pool: &PgPool, publisher: &AmqpPublisher, rows: i64) -> f64 {
+    let started = Instant::now();
+    for _ in 0..rows {
+        let m: OutboxMessage = sqlx::query_as(
+            "SELECT id, message_id, destination, routing_key, message_key, payload, content_type, headers,
+                    commit_seq, committed_at, attempts
+               FROM outbox.messages WHERE status = 'committed' ORDER BY commit_seq LIMIT 1",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        publisher.publish(&m).await.unwrap();
+        sqlx::query(
+            "UPDATE outbox.messages SET status = 'published', published_at = now() WHERE id = $1",
+        )
+        .bind(m.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,146 @@
+//! The ceilings: the database path with an instant publisher, both halves at once, drains.
+
+use super::*;
+
+/// A fresh outbox and the configuration of a relay that drains it in-process;
+/// `published_retention` zero means delete on publish.
+pub(crate) async fn ceiling_outbox(
+    outbox: Outbox<'_>,
+    published_retention: Duration,
+) -> (PgPool, Config) {
+    let (pool, url) = fresh_db(outbox.admin_url).await;
+    fill(&pool, outbox.exchange, outbox.rows).await;
+    let mut config = Config::default();
+    config.database.url = SecretUrl::new(url);
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.log.format = LogFormat::Text;
+    config.sweeper.published_retention = published_retention;
+    (pool, config)
+}
+
+/// The relay's own claim and outcome path on a fresh outbox, with a publisher that confirms at
+/// once.
+pub(crate) async fn database_ceiling_of(
+    f: &mut Figures,
+    outbox: Outbox<'_>,
+    name: &str,
+    published_retention: Duration,
+) -> f64 {
+    let (pool, config) = ceiling_outbox(outbox, published_retention).await;
+    let drained = CancellationToken::new();
+    let drain = drain_in_process(&pool, config, InstantPublisher, outbox.rows, &drained);
+    ceiling(f, name, drain).await
+}
+
+/// One way round of both halves of a drain to Kafka: the database path on a fresh outbox with
+/// `publisher`, beside Kafka traffic of its own until the drain is seen done. Records both
+/// rates and each side against `target`; the flat-out side is the one not held to a rate
+/// (Kafka when `kafka.rate` is infinite, the database path otherwise).
+pub(crate) async fn both_halves_way<P: Publisher>(
+    f: &mut Figures,
+    outbox: Outbox<'_>,
+    name: &str,
+    published_retention: Duration,
+    publisher: P,
+    kafka: KafkaAlongside<'_>,
+    target: f64,
+) {
+    let (pool, config) = ceiling_outbox(outbox, published_retention).await;
+    let producer = bench_producer(kafka.bootstrap);
+    // Connected before the clock starts: in a drain of one to three seconds, the connection
+    // set-up would otherwise be a good part of the Kafka side's time.
+    kafka_at_rate(
+        &producer,
+        kafka.topic,
+        f64::INFINITY,
+        &CancellationToken::new(),
+        1,
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let traffic = {
+        let (topic, rate, stop) = (kafka.topic.to_string(), kafka.rate, stop.clone());
+        tokio::spawn(async move { kafka_at_rate(&producer, &topic, rate, &stop, usize::MAX).await })
+    };
+    let drain = drain_in_process(&pool, config, publisher, outbox.rows, &stop);
+    let database = ceiling(f, name, drain).await;
+    let alongside = traffic.await.unwrap();
+    let alongside = f.add(format!("{name}: Kafka alongside"), alongside, "msg/s");
+    let (flat_out, paced) = if kafka.rate.is_finite() {
+        (database, alongside)
+    } else {
+        (alongside, database)
+    };
+    f.add(
+        format!("{name}: flat-out side / target"),
+        flat_out / target,
+        "x",
+    );
+    f.add(format!("{name}: paced side / target"), paced / target, "x");
+}
+
+/// A fresh outbox of `rows` committed rows for `exchange`, in a database of its own.
+#[derive(Clone, Copy)]
+pub(crate) struct Outbox<'a> {
+    pub(crate) admin_url: &'a str,
+    pub(crate) exchange: &'a str,
+    pub(crate) rows: i64,
+}
+
+/// Kafka traffic to run beside the database path.
+#[derive(Clone, Copy)]
+pub(crate) struct KafkaAlongside<'a> {
+    pub(crate) bootstrap: &'a str,
+    pub(crate) topic: &'a str,
+    /// Messages a second; infinite for as many as the in-flight limit allows.
+    pub(crate) rate: f64,
+}
+
+/// Runs `measure` (a ceiling) and records its rate and how busy the machine was meanwhile:
+/// a ceiling that keeps both cores busy leaves no room for anything running beside it.
+pub(crate) async fn ceiling(
+    f: &mut Figures,
+    name: &str,
+    measure: impl std::future::Future<Output = f64>,
+) -> f64 {
+    let before = machine_jiffies();
+    let rate = measure.await;
+    f.add(
+        format!("{name}: machine busy (all cores)"),
+        busy_between(before, machine_jiffies()),
+        "%",
+    );
+    f.add(name.to_string(), rate, "msg/s")
+}
+
+/// Drains `rows` committed rows with the relay binary; the relay keeps running afterwards.
+pub(crate) async fn drain(
+    pool: &PgPool,
+    db_url: &str,
+    broker: Broker,
+    rows: i64,
+    label: &str,
+    settings: &[(&str, &str)],
+) -> DrainFigures {
+    let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
+    let started = Instant::now();
+    let relay = RelayProcess::spawn(db_url, broker, label, settings);
+    wait_drained(pool).await;
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, relay.pid());
+    DrainFigures {
+        rate,
+        cpu_by_command,
+        machine_busy,
+        peak_rss_mib: relay.peak_rss_mib(),
+        cpu_seconds: relay.cpu_seconds(),
+        relay,
+    }
+}
+
+/// Share of one core the relay uses over `secs` with nothing to publish.
+pub(crate) async fn idle_cpu_percent(relay: &RelayProcess, secs: u64) -> f64 {
+    let before = relay.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (relay.cpu_seconds() - before) / secs as f64 * 100.0
+}

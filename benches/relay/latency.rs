@@ -1,0 +1,261 @@
+//! Commit-to-receive latency at fixed rates.
+
+use super::*;
+
+pub(crate) fn amqp_url() -> String {
+    env(
+        "OUTBOX_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:56729/%2f",
+    )
+}
+
+pub(crate) fn bootstrap() -> String {
+    env("OUTBOX_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:59092")
+}
+
+/// Commit-to-receive latency percentiles, in milliseconds.
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) recorded_p50: Option<f64>,
+    pub(crate) recorded_p99: Option<f64>,
+    /// From `committed_at` (the insert) to the writer's commit returning: the part no relay
+    /// can shorten, since a row is invisible until then.
+    pub(crate) visible_p50: f64,
+    pub(crate) visible_p99: f64,
+    /// Share of all cores busy while the load ran, and the busiest commands.
+    pub(crate) machine_busy: f64,
+    pub(crate) cpu_by_command: Vec<(String, f64)>,
+}
+
+pub(crate) type Receipts = HashMap<uuid::Uuid, SystemTime>;
+
+/// Consumes `destination` until `expected` distinct messages arrived (or a deadline passed),
+/// keeping the moment each message id was first received.
+pub(crate) async fn consume(
+    broker: Broker,
+    destination: String,
+    expected: Arc<AtomicUsize>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) -> Receipts {
+    let mut got = Receipts::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    if broker == Broker::Kafka {
+        kafka_topic(&bootstrap(), &destination).await;
+    }
+    let done =
+        |got: &Receipts| got.len() >= expected.load(Ordering::Acquire) || Instant::now() > deadline;
+    match broker {
+        Broker::Amqp => {
+            let conn = amqp_exchange(&amqp_url(), &destination).await;
+            let ch = conn.create_channel().await.unwrap();
+            let mut deliveries = ch
+                .basic_consume(
+                    format!("{destination}.q").as_str().into(),
+                    "bench".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let _ = subscribed.send(());
+            while !done(&got) {
+                let Ok(Some(d)) =
+                    tokio::time::timeout(Duration::from_millis(500), deliveries.next()).await
+                else {
+                    continue;
+                };
+                let d = d.unwrap();
+                let now = SystemTime::now();
+                if let Some(id) = d.properties.message_id() {
+                    got.entry(id.as_str().parse().unwrap()).or_insert(now);
+                }
+            }
+        }
+        Broker::Kafka => {
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap())
+                .set("group.id", format!("{destination}-bench"))
+                .set("enable.auto.commit", "false")
+                // The consumer's own wait must not dominate what is measured.
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .unwrap();
+            let mut partitions = TopicPartitionList::new();
+            for p in 0..3 {
+                partitions
+                    .add_partition_offset(&destination, p, Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&partitions).unwrap();
+            let _ = subscribed.send(());
+            while !done(&got) {
+                let Ok(m) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+                else {
+                    continue;
+                };
+                let m = m.unwrap();
+                let now = SystemTime::now();
+                let id = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "message_id")
+                        .and_then(|h| h.value)
+                        .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+                });
+                if let Some(id) = id {
+                    got.entry(id).or_insert(now);
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Commits messages at `rate` per second for `secs` seconds, in transactions of 1-10 messages
+/// over all keys, with the relay running; measures committed_at to consumer receipt.
+/// `settings`: OUTBOX_RELAY__* variables for this run, such as delete on publish.
+pub(crate) async fn latency(
+    admin_url: &str,
+    broker: Broker,
+    rate: u32,
+    secs: u64,
+    label: &str,
+    settings: &[(&str, &str)],
+) -> Latency {
+    let (pool, url) = fresh_db(admin_url).await;
+    let writers = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let destination = match broker {
+        Broker::Amqp => format!("bench.latency.{run}"),
+        Broker::Kafka => format!("bench-latency-{run}"),
+    };
+    let expected = Arc::new(AtomicUsize::new(usize::MAX));
+    let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(consume(
+        broker,
+        destination.clone(),
+        expected.clone(),
+        subscribed,
+    ));
+    ready.await.unwrap();
+    let relay = RelayProcess::spawn(&url, broker, label, settings);
+    // The relay is up once its lease row exists; load before that would measure start-up.
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox.relay_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let payload = String::from_utf8(payload()).unwrap();
+    let total = u64::from(rate) * secs;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+    let visible: Arc<std::sync::Mutex<Receipts>> = Arc::default();
+    let committed: Arc<std::sync::Mutex<Receipts>> = Arc::default();
+    let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    let mut rng = rand::rng();
+    while sent < total {
+        let n = rng.random_range(1..=10u64).min(total - sent);
+        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / f64::from(rate)))
+            .await;
+        let permit = in_flight.clone().acquire_owned().await.unwrap();
+        let (writers, destination, payload, visible, committed) = (
+            writers.clone(),
+            destination.clone(),
+            payload.clone(),
+            visible.clone(),
+            committed.clone(),
+        );
+        let first_key = rng.random_range(0..KEYS);
+        tokio::spawn(async move {
+            // committed_at is the trigger's clock_timestamp() inside enqueue; the one read
+            // right after it is within microseconds, and stays known once the relay deleted
+            // the row (delete on publish).
+            let rows: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                "SELECT outbox.enqueue($1, $2::text::jsonb, 'k' || (($3 + g) % 1000)),
+                        clock_timestamp()
+                   FROM generate_series(1, $4) g",
+            )
+            .bind(destination)
+            .bind(payload)
+            .bind(first_key)
+            .bind(n as i64)
+            .fetch_all(&writers)
+            .await
+            .unwrap();
+            let now = SystemTime::now();
+            visible
+                .lock()
+                .unwrap()
+                .extend(rows.iter().map(|(id, _)| (*id, now)));
+            committed
+                .lock()
+                .unwrap()
+                .extend(rows.into_iter().map(|(id, at)| (id, at.into())));
+            drop(permit);
+        });
+        sent += n;
+    }
+    let _ = in_flight.acquire_many(64).await.unwrap();
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, relay.pid());
+    expected.store(sent as usize, Ordering::Release);
+    let receipts = consumer.await.unwrap();
+    relay.stop();
+    assert_eq!(
+        receipts.len() as u64,
+        sent,
+        "every message reached the consumer"
+    );
+
+    let committed = std::mem::take(&mut *committed.lock().unwrap());
+    let since_commit = |at: &Receipts| {
+        let mut ms: Vec<f64> = committed
+            .iter()
+            .map(|(id, committed_at)| {
+                at[id]
+                    .duration_since(*committed_at)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1000.0
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let pct = |ms: &[f64], q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let received = since_commit(&receipts);
+    let visible = since_commit(&visible.lock().unwrap());
+    // The relay's own share: commit to the confirm recorded in the row (published_at); no
+    // rows, so no figure, with delete on publish.
+    let recorded: Vec<Option<f64>> = sqlx::query_scalar(
+        "SELECT unnest(percentile_cont(array[0.5, 0.99, 0.999]) WITHIN GROUP
+                (ORDER BY extract(epoch FROM published_at - committed_at)::float8 * 1000))
+           FROM outbox.messages",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    Latency {
+        p50: pct(&received, 0.50),
+        p99: pct(&received, 0.99),
+        p999: pct(&received, 0.999),
+        recorded_p50: recorded.first().copied().flatten(),
+        recorded_p99: recorded.get(1).copied().flatten(),
+        visible_p50: pct(&visible, 0.50),
+        visible_p99: pct(&visible, 0.99),
+        machine_busy,
+        cpu_by_command,
+    }
+}

@@ -1,0 +1,480 @@
+//! `make bench`: how fast the relay drains a backlog, next to the ceilings of the same machine
+//! measured in the same run. Prints a table and writes the figures to target/bench.json.
+//!
+//! Parts: broker ceilings (the relay's client settings, no database), the database ceiling (the
+//! relay with a publisher that confirms instantly; bench-only), the drain for each broker with
+//! the relay binary's peak RSS and CPU, its idle CPU, the drain with a REPEATABLE READ snapshot
+//! held open, the naive one-at-a-time baseline, commit-to-receive latency at fixed rates, and
+//! the database ceiling and both drains again with delete on publish
+//! (`sweeper.published_retention = "0s"`); and whether the machine carries both halves of a
+//! drain to Kafka (the database path and the Kafka traffic) at the target rate at once.
+//! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
+//! parts (ceilings, beside-kafka (needs ceilings, and delete for that mode), drain-rabbitmq,
+//! drain-kafka, delete, vacuum, naive, latency-rabbitmq, latency-kafka,
+//! latency-rabbitmq-delete); BENCH_RELAY__SECTION__KEY overrides a relay setting.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{FutureExt, StreamExt};
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use outbox_relay::app;
+use outbox_relay::config::{Config, KafkaConfig, LogFormat, SecretUrl};
+use outbox_relay::health::Health;
+use outbox_relay::publish::amqp::AmqpPublisher;
+use outbox_relay::publish::kafka::{client_config, KafkaPublisher};
+use outbox_relay::publish::{PublishError, Publisher};
+use outbox_relay::store::{self, OutboxMessage};
+use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+const KEYS: i64 = 1000;
+const PAYLOAD_BYTES: usize = 256;
+/// The relay's `relay.max_in_flight` (as overridden with BENCH_RELAY__RELAY__MAX_IN_FLIGHT),
+/// so that the broker ceilings keep as many messages unconfirmed as the relay may.
+fn in_flight() -> usize {
+    std::env::var("BENCH_RELAY__RELAY__MAX_IN_FLIGHT")
+        .ok()
+        .map(|v| v.parse().expect("BENCH_RELAY__RELAY__MAX_IN_FLIGHT"))
+        .unwrap_or_else(|| Config::default().relay.max_in_flight.get() as usize)
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn payload() -> Vec<u8> {
+    let mut p = format!("{{\"pad\":\"{}\"}}", "x".repeat(PAYLOAD_BYTES - 10)).into_bytes();
+    p.truncate(PAYLOAD_BYTES);
+    p
+}
+
+/// The bench-only publisher of the database ceiling: every publish succeeds at once.
+struct InstantPublisher;
+
+impl Publisher for InstantPublisher {
+    async fn ready(&self) -> Result<(), PublishError> {
+        Ok(())
+    }
+    async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+        Ok(())
+    }
+    async fn close(&self) {}
+}
+
+/// The database path held to `rate`: every publish succeeds, at its slot in an even schedule
+/// from the first one (so after a stall it catches up, and the drain's rate, timed from the
+/// relay's start, reads a little under `rate`).
+struct PacedPublisher {
+    rate: f64,
+    first: std::sync::OnceLock<tokio::time::Instant>,
+    issued: AtomicUsize,
+}
+
+impl PacedPublisher {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            first: std::sync::OnceLock::new(),
+            issued: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Publisher for PacedPublisher {
+    async fn ready(&self) -> Result<(), PublishError> {
+        Ok(())
+    }
+    async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+        let first = *self.first.get_or_init(tokio::time::Instant::now);
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep_until(first + Duration::from_secs_f64(n as f64 / self.rate)).await;
+        Ok(())
+    }
+    async fn close(&self) {}
+}
+
+mod brokers;
+mod ceilings;
+mod db;
+mod latency;
+mod process;
+mod report;
+
+use brokers::*;
+use ceilings::*;
+use db::*;
+use latency::*;
+use process::*;
+use report::*;
+
+#[tokio::main]
+async fn main() {
+    let rows: i64 = env("BENCH_ROWS", "200000").parse().expect("BENCH_ROWS");
+    let naive_rows: i64 = env("BENCH_NAIVE_ROWS", "3000")
+        .parse()
+        .expect("BENCH_NAIVE_ROWS");
+    let latency_secs: u64 = env("BENCH_LATENCY_SECS", "60")
+        .parse()
+        .expect("BENCH_LATENCY_SECS");
+    let idle_secs: u64 = env("BENCH_IDLE_SECS", "30")
+        .parse()
+        .expect("BENCH_IDLE_SECS");
+    let only = env("BENCH_ONLY", "");
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    let admin_url = env(
+        "OUTBOX_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:54329/postgres",
+    );
+    let amqp_url = amqp_url();
+    let bootstrap = bootstrap();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut f = Figures(Vec::new());
+
+    let (admin, _) = fresh_db(&admin_url).await;
+    let machine = machine(&admin).await;
+    admin.close().await;
+    println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
+    println!("machine: {machine}");
+
+    let exchange = format!("bench.{run}");
+    let _amqp = amqp_exchange(&amqp_url, &exchange).await;
+    let topic = format!("bench-{run}");
+    kafka_topic(&bootstrap, &topic).await;
+
+    let outbox = Outbox {
+        admin_url: &admin_url,
+        exchange: &exchange,
+        rows,
+    };
+    // Per broker, the drain is compared with the lower of its own ceiling and the database's.
+    let mut broker_ceiling: HashMap<&'static str, f64> = HashMap::new();
+    let mut database_ceiling = f64::MAX;
+    if wanted("ceilings") {
+        let measures = [
+            (
+                Broker::Amqp,
+                amqp_ceiling(&amqp_url, &exchange, rows as usize).boxed(),
+            ),
+            (
+                Broker::Kafka,
+                kafka_ceiling(&bootstrap, &topic, rows as usize).boxed(),
+            ),
+        ];
+        for (broker, measure) in measures {
+            let name = broker.name();
+            let rate = ceiling(&mut f, &format!("ceiling: {name} alone"), measure).await;
+            broker_ceiling.insert(name, rate);
+        }
+        let config = Config::default();
+        let mut amqp_config = config.broker.amqp.clone();
+        amqp_config.url = SecretUrl::new(amqp_url.clone());
+        let amqp = AmqpPublisher::new(amqp_config, config.relay.publish_timeout);
+        let rt = round_trip(Broker::Amqp, &amqp, 2000).await;
+        f.add(
+            "one at a time: RabbitMQ publish to confirm, p50",
+            rt.confirm.0,
+            "ms",
+        );
+        f.add(
+            "one at a time: RabbitMQ publish to confirm, p99",
+            rt.confirm.1,
+            "ms",
+        );
+        f.add(
+            "one at a time: RabbitMQ publish to consumer, p50",
+            rt.receive.0,
+            "ms",
+        );
+        f.add(
+            "one at a time: RabbitMQ publish to consumer, p99",
+            rt.receive.1,
+            "ms",
+        );
+        let kafka_config = KafkaConfig {
+            bootstrap_servers: bootstrap.clone(),
+            ..config.broker.kafka.clone()
+        };
+        let kafka = KafkaPublisher::new(&kafka_config, config.relay.publish_timeout).unwrap();
+        let rt = round_trip(Broker::Kafka, &kafka, 2000).await;
+        for (name, v) in [
+            ("produce to delivery report, p50", rt.confirm.0),
+            ("produce to delivery report, p99", rt.confirm.1),
+            ("produce to consumer, p50", rt.receive.0),
+            ("produce to consumer, p99", rt.receive.1),
+        ] {
+            f.add(format!("one at a time: Kafka {name}"), v, "ms");
+        }
+
+        database_ceiling = database_ceiling_of(
+            &mut f,
+            outbox,
+            "ceiling: database (claim and mark, instant publisher)",
+            Config::default().sweeper.published_retention,
+        )
+        .await;
+    }
+
+    // The database ceiling with delete on publish, for the drains in that mode.
+    let mut deleting_ceiling = f64::MAX;
+    if wanted("delete") {
+        deleting_ceiling = database_ceiling_of(
+            &mut f,
+            outbox,
+            "ceiling: database (claim and delete on publish, instant publisher)",
+            Duration::ZERO,
+        )
+        .await;
+    }
+
+    // Whether the machine carries both halves of a drain to Kafka at the target rate (0.8 x
+    // the lower ceiling) at once, each way round: the database path flat out beside Kafka
+    // traffic held to that rate, and Kafka flat out beside the database path held to it. If a
+    // flat-out side falls below the target while the paced side holds it, no relay whose work
+    // costs the same could drain to Kafka at the target rate on this machine
+    // (docs/performance.md).
+    if wanted("beside-kafka") {
+        let kafka_alone = broker_ceiling.get("Kafka").copied();
+        let modes = [
+            (
+                "claim and mark",
+                database_ceiling,
+                Config::default().sweeper.published_retention,
+            ),
+            (
+                "claim and delete on publish",
+                deleting_ceiling,
+                Duration::ZERO,
+            ),
+        ];
+        for (mode, alone, retention) in modes {
+            let Some(kafka_alone) = kafka_alone.filter(|_| alone != f64::MAX) else {
+                println!("  beside-kafka ({mode}): skipped; needs its ceilings in the same run");
+                continue;
+            };
+            let target = 0.8 * kafka_alone.min(alone);
+            let name = format!("both halves of a drain to Kafka ({mode})");
+            f.add(format!("{name}: target rate"), target, "msg/s");
+            let beside = |rate| KafkaAlongside {
+                bootstrap: &bootstrap,
+                topic: &topic,
+                rate,
+            };
+            both_halves_way(
+                &mut f,
+                outbox,
+                &format!("{name}: database path flat out, Kafka at the target rate"),
+                retention,
+                InstantPublisher,
+                beside(target),
+                target,
+            )
+            .await;
+            both_halves_way(
+                &mut f,
+                outbox,
+                &format!("{name}: database path at the target rate, Kafka flat out"),
+                retention,
+                PacedPublisher::new(target),
+                beside(f64::INFINITY),
+                target,
+            )
+            .await;
+        }
+    }
+
+    let mut drain_amqp = None;
+    let modes = [
+        ("", database_ceiling, &[][..]),
+        (
+            ", delete on publish",
+            deleting_ceiling,
+            &[("OUTBOX_RELAY__SWEEPER__PUBLISHED_RETENTION", "0s")][..],
+        ),
+    ];
+    for (mode, (suffix, database_ceiling, settings)) in modes.into_iter().enumerate() {
+        for broker in [Broker::Amqp, Broker::Kafka] {
+            let part = match mode {
+                0 => format!("drain-{}", broker.name().to_lowercase()),
+                _ => "delete".to_string(),
+            };
+            if !wanted(&part) {
+                continue;
+            }
+            let (pool, url) = fresh_db(&admin_url).await;
+            fill(
+                &pool,
+                if broker == Broker::Amqp {
+                    &exchange
+                } else {
+                    &topic
+                },
+                rows,
+            )
+            .await;
+            let label = format!("drain-{}{}", broker.name(), ["", "-delete"][mode]);
+            let d = drain(&pool, &url, broker, rows, &label, settings).await;
+            let name = format!("{}{suffix}", broker.name());
+            let rate = f.add(format!("drain: relay to {name}"), d.rate, "msg/s");
+            if let Some(own) = broker_ceiling.get(broker.name()) {
+                f.add(
+                    format!("drain to {name} / lower of its ceiling and the database's"),
+                    rate / own.min(database_ceiling),
+                    "x",
+                );
+            }
+            f.add(
+                format!("drain to {name}: relay peak RSS"),
+                d.peak_rss_mib,
+                "MiB",
+            );
+            f.add(format!("drain to {name}: relay CPU"), d.cpu_seconds, "s");
+            f.add(
+                format!("drain to {name}: machine busy (all cores)"),
+                d.machine_busy,
+                "%",
+            );
+            for (comm, used) in &d.cpu_by_command {
+                f.add(format!("drain to {name}: CPU of {comm}"), *used, "s");
+            }
+            if broker == Broker::Amqp && mode == 0 {
+                drain_amqp = Some(rate);
+                f.add(
+                    format!("idle for {idle_secs} s: relay CPU (share of one core)"),
+                    idle_cpu_percent(&d.relay, idle_secs).await,
+                    "%",
+                );
+            }
+            d.relay.stop();
+        }
+    }
+
+    if wanted("vacuum") {
+        let (pool, url) = fresh_db(&admin_url).await;
+        fill(&pool, &exchange, rows).await;
+        // A REPEATABLE READ snapshot in the same database keeps every row version the relay
+        // updates from being pruned or vacuumed for the whole drain.
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        sqlx::query("SELECT count(*) FROM outbox.messages")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let d = drain(&pool, &url, Broker::Amqp, rows, "drain-held-back", &[]).await;
+        d.relay.stop();
+        holder.rollback().await.unwrap();
+        let rate = f.add(
+            "drain to RabbitMQ, REPEATABLE READ held open",
+            d.rate,
+            "msg/s",
+        );
+        if let Some(base) = drain_amqp {
+            f.add("held-back drain / drain", rate / base, "x");
+        }
+    }
+
+    if wanted("naive") {
+        let (pool, _) = fresh_db(&admin_url).await;
+        fill(&pool, &exchange, naive_rows).await;
+        let config = Config::default();
+        let mut amqp_config = config.broker.amqp.clone();
+        amqp_config.url = SecretUrl::new(amqp_url.clone());
+        let amqp = AmqpPublisher::new(amqp_config, config.relay.publish_timeout);
+        amqp.ready().await.expect("RabbitMQ");
+        let rate = f.add(
+            "naive: one at a time to RabbitMQ",
+            naive(&pool, &amqp, naive_rows).await,
+            "msg/s",
+        );
+        if let Some(base) = drain_amqp {
+            f.add("drain to RabbitMQ / naive", base / rate, "x");
+        }
+    }
+
+    // RabbitMQ only with delete on publish: Kafka's latency is bounded by tansu.
+    let latency_parts = [
+        (Broker::Amqp, "", &[][..]),
+        (Broker::Kafka, "", &[][..]),
+        (
+            Broker::Amqp,
+            ", delete on publish",
+            &[("OUTBOX_RELAY__SWEEPER__PUBLISHED_RETENTION", "0s")][..],
+        ),
+    ];
+    for (broker, suffix, settings) in latency_parts {
+        let part = format!(
+            "latency-{}{}",
+            broker.name().to_lowercase(),
+            if settings.is_empty() { "" } else { "-delete" }
+        );
+        if !wanted(&part) {
+            continue;
+        }
+        for rate in env("BENCH_RATES", "1000,5000")
+            .split(',')
+            .map(|r| r.parse::<u32>().expect("BENCH_RATES"))
+        {
+            let label = format!("{part}-{rate}");
+            let l = latency(&admin_url, broker, rate, latency_secs, &label, settings).await;
+            let name = format!("latency to {}{suffix} at {rate} msg/s", broker.name());
+            f.add(format!("{name}: p50"), l.p50, "ms");
+            f.add(format!("{name}: p99"), l.p99, "ms");
+            f.add(format!("{name}: p99.9"), l.p999, "ms");
+            if let (Some(p50), Some(p99)) = (l.recorded_p50, l.recorded_p99) {
+                f.add(format!("{name}: p50 to published_at"), p50, "ms");
+                f.add(format!("{name}: p99 to published_at"), p99, "ms");
+            }
+            f.add(
+                format!("{name}: p50 to the writer's commit"),
+                l.visible_p50,
+                "ms",
+            );
+            f.add(
+                format!("{name}: p99 to the writer's commit"),
+                l.visible_p99,
+                "ms",
+            );
+            f.add(format!("{name}: machine busy"), l.machine_busy, "%");
+            for (comm, used) in &l.cpu_by_command {
+                f.add(format!("{name}: CPU of {comm}"), *used, "s");
+            }
+        }
+    }
+
+    let json = serde_json::json!({
+        "rows": rows,
+        "payload_bytes": PAYLOAD_BYTES,
+        "keys": KEYS,
+        "latency_seconds": latency_secs,
+        "machine": machine,
+        "figures": f.0.iter().map(|(name, v, unit)| serde_json::json!({
+            "figure": name, "value": (v * 100.0).round() / 100.0, "unit": unit,
+        })).collect::<Vec<_>>(),
+    });
+    let out = out_dir().join("bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("figures written to {}", out.display());
+    let admin = admin_pool(&admin_url).await;
+    drop_bench_databases(&admin).await;
+    admin.close().await;
+}

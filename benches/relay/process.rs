@@ -1,0 +1,229 @@
+//! The relay binary as a child process, and the CPU and ports it uses.
+
+use super::*;
+
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Broker {
+    Amqp,
+    Kafka,
+}
+
+impl Broker {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Broker::Amqp => "RabbitMQ",
+            Broker::Kafka => "Kafka",
+        }
+    }
+}
+
+/// The relay binary with its default configuration, publishing from `db_url`.
+pub(crate) struct RelayProcess {
+    pub(crate) child: std::process::Child,
+}
+
+/// `target/` of the repository, where the relay logs and `bench.json` go; created if the build
+/// went to another `CARGO_TARGET_DIR`.
+pub(crate) fn out_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).expect("target directory");
+    dir
+}
+
+impl RelayProcess {
+    /// `settings`: OUTBOX_RELAY__* variables for this run, such as delete on publish.
+    pub(crate) fn spawn(
+        db_url: &str,
+        broker: Broker,
+        label: &str,
+        settings: &[(&str, &str)],
+    ) -> Self {
+        let log = out_dir().join(format!("bench-relay-{label}.log"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+        cmd.arg("run")
+            .env_remove("OUTBOX_RELAY_CONFIG")
+            .env("OUTBOX_RELAY__DATABASE__URL", db_url)
+            .env(
+                "OUTBOX_RELAY__BROKER__KIND",
+                match broker {
+                    Broker::Amqp => "amqp",
+                    Broker::Kafka => "kafka",
+                },
+            )
+            .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
+            .env(
+                "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
+                bootstrap(),
+            )
+            .env("OUTBOX_RELAY__HTTP__LISTEN", "127.0.0.1:0")
+            .env("OUTBOX_RELAY__LOG__FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&log).expect("relay log"))
+            .stderr(std::fs::File::create(log.with_extension("stderr")).expect("relay log"));
+        cmd.envs(settings.iter().copied());
+        for (k, v) in std::env::vars() {
+            // BENCH_RELAY__X__Y=v sets OUTBOX_RELAY__X__Y=v, to try settings without editing.
+            if let Some(rest) = k.strip_prefix("BENCH_RELAY__") {
+                cmd.env(format!("OUTBOX_RELAY__{rest}"), v);
+            }
+        }
+        Self {
+            child: cmd.spawn().expect("spawn outbox-relay"),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
+    /// Peak resident set size so far, in MiB (VmHWM).
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib / 1024.0
+    }
+
+    /// User plus system CPU time so far.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // /proc reports in USER_HZ, which is 100 on every Linux architecture we run on.
+        ticks / 100.0
+    }
+
+    pub(crate) fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) struct DrainFigures {
+    pub(crate) rate: f64,
+    pub(crate) peak_rss_mib: f64,
+    pub(crate) cpu_seconds: f64,
+    /// Where the machine's CPU went during the drain: seconds per command, busiest first.
+    pub(crate) cpu_by_command: Vec<(String, f64)>,
+    /// Share of all cores that was busy during the drain.
+    pub(crate) machine_busy: f64,
+    pub(crate) relay: RelayProcess,
+}
+
+/// CPU seconds so far of every process, by pid, with its command name.
+pub(crate) fn cpu_by_process() -> HashMap<u32, (String, f64)> {
+    let mut by = HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        by.insert(pid, (comm, ticks / 100.0));
+    }
+    by
+}
+
+/// (busy, total) jiffies of all cores from /proc/stat.
+pub(crate) fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let idle = v[3] + v[4];
+    let total: f64 = v.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// The local TCP ports of `pid`'s sockets: its connections' client ports.
+pub(crate) fn tcp_ports_of(pid: u32) -> std::collections::HashSet<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| {
+                    let t = target.to_string_lossy().into_owned();
+                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f.get(1)?.rsplit_once(':')?.1;
+            inodes
+                .contains(*f.get(9)?)
+                .then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+/// The client port of a Postgres backend, from its process title `postgres: user db
+/// 127.0.0.1(port) ...`.
+pub(crate) fn backend_client_port(pid: u32) -> Option<u16> {
+    let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+    let (_, rest) = title.split_once("127.0.0.1(")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
+/// Since the snapshots: the share of all cores that was busy (%), and the CPU seconds of the
+/// six busiest commands. Differences are taken per pid (kernel workers rename themselves as they go), then summed by
+/// command name. Postgres backends serving `relay`'s connections count apart from the rest
+/// of Postgres (the writers, the consumer's bookkeeping, background work).
+pub(crate) fn cpu_since(
+    before: &HashMap<u32, (String, f64)>,
+    jiffies_before: (f64, f64),
+    relay: Option<u32>,
+) -> (f64, Vec<(String, f64)>) {
+    let jiffies_after = machine_jiffies();
+    let relay_ports = relay.map(tcp_ports_of).unwrap_or_default();
+    let mut by_command: HashMap<String, f64> = HashMap::new();
+    for (pid, (comm, after)) in cpu_by_process() {
+        let was = before.get(&pid).map_or(0.0, |(_, secs)| *secs);
+        // Kernel workers by kind, not by instance.
+        let name = match comm.split_once('/') {
+            Some((kind, _)) if comm.starts_with("kworker") => kind.to_string(),
+            _ if comm == "postgres"
+                && backend_client_port(pid).is_some_and(|p| relay_ports.contains(&p)) =>
+            {
+                "postgres (the relay's sessions)".to_string()
+            }
+            _ => comm,
+        };
+        *by_command.entry(name).or_insert(0.0) += after - was;
+    }
+    let mut by: Vec<(String, f64)> = by_command
+        .into_iter()
+        .filter(|(_, used)| *used > 0.0)
+        .collect();
+    by.sort_by(|a, b| b.1.total_cmp(&a.1));
+    by.truncate(6);
+    (busy_between(jiffies_before, jiffies_after), by)
+}
+
+/// Share of all cores busy between two readings of [`machine_jiffies`], in percent.
+pub(crate) fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
+    (after.0 - before.0) / (after.1 - before.1) * 100.0
+}
