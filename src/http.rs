@@ -10,6 +10,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Checks, DAY};
 use crate::health::Health;
 use crate::instruments::Exporter;
 
@@ -76,5 +79,30 @@ async fn render_metrics(
             content_type,
             "metrics are not enabled\n".into(),
         ),
+    }
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// `/livez` fails once a task is this much later than the turn it announced.
+    #[serde(with = "humantime_serde")]
+    pub livez_stall_timeout: std::time::Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            livez_stall_timeout: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub(crate) fn check(&self, c: &mut Checks) {
+        c.duration("http.livez_stall_timeout", self.livez_stall_timeout, DAY);
     }
 }

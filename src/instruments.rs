@@ -6,6 +6,9 @@ use std::time::Duration;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Checks, DAY};
 
 pub const PUBLISHED: &str = "outbox_relay_messages_published_total";
 pub const PUBLISH_FAILURES: &str = "outbox_relay_publish_failures_total";
@@ -182,4 +185,31 @@ fn describe() {
         VACUUM_HORIZON_XIDS,
         "Age in transaction ids of the oldest snapshot, transaction, prepared transaction or replication slot that holds back vacuum."
     );
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(with = "humantime_serde")]
+    pub backlog_interval: Duration,
+    /// Per-destination series not written for this long leave `/metrics`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            backlog_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub(crate) fn check(&self, c: &mut Checks) {
+        c.at_most("metrics.backlog_interval", self.backlog_interval, DAY);
+        c.duration("metrics.idle_timeout", self.idle_timeout, 30 * DAY);
+    }
 }

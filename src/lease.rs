@@ -15,7 +15,9 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HaConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Checks, DAY};
 use crate::health::{Health, Heartbeat};
 use crate::store::{self, LeaseRef};
 
@@ -132,5 +134,48 @@ impl Lease {
 
     pub fn ttl(&self) -> Duration {
         self.config.lease_ttl
+    }
+}
+
+/// The `[ha]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// Replicas sharing this name compete for one lease; one publishes.
+    pub lease_name: String,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// This replica's name in the lease; empty means `$HOSTNAME` plus a random suffix.
+    pub replica_id: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            lease_name: "default".to_string(),
+            lease_ttl: Duration::from_secs(10),
+            replica_id: String::new(),
+        }
+    }
+}
+
+impl HaConfig {
+    /// The replica id to use: the configured one, or one derived for this process.
+    pub fn effective_replica_id(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+        format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    }
+
+    pub(crate) fn check(&self, c: &mut Checks) {
+        c.at_most("ha.lease_ttl", self.lease_ttl, DAY);
+        if self.lease_ttl < Duration::from_millis(300) {
+            c.issue("ha.lease_ttl", "must be at least 300ms");
+        }
+        if self.lease_name.is_empty() {
+            c.issue("ha.lease_name", "must not be empty");
+        }
     }
 }

@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use crate::config::SweeperConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Checks, DAY};
 use crate::health::Heartbeat;
 use crate::instruments;
 use crate::lease::Lease;
@@ -144,5 +146,60 @@ impl Sweeper {
             }
         }
         Ok(total)
+    }
+}
+
+/// The `[sweeper]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweeperConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    pub batch_size: std::num::NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub published_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rolled_back_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            purge_interval: Duration::from_secs(60),
+            batch_size: std::num::NonZeroU32::new(1000).expect("non-zero"),
+            published_retention: Duration::from_secs(24 * 3600),
+            rolled_back_retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+impl SweeperConfig {
+    /// A retention of zero keeps no published history: the relay deletes each row as soon as
+    /// the broker confirmed it, which costs the database far less than marking it.
+    pub fn on_published(&self) -> store::OnPublished {
+        if self.published_retention.is_zero() {
+            store::OnPublished::Delete
+        } else {
+            store::OnPublished::Mark
+        }
+    }
+
+    pub(crate) fn check(&self, c: &mut Checks) {
+        c.duration("sweeper.interval", self.interval, DAY);
+        c.duration("sweeper.purge_interval", self.purge_interval, DAY);
+        // Zero retentions are allowed: purge (or, for published rows, delete) at once.
+        for (key, value) in [
+            ("sweeper.published_retention", self.published_retention),
+            ("sweeper.rolled_back_retention", self.rolled_back_retention),
+            ("sweeper.dead_retention", self.dead_retention),
+        ] {
+            c.at_most(key, value, 3650 * DAY);
+        }
     }
 }

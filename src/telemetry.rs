@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Checks;
 
 /// Always appended, whatever the configured level: lapin reports a message the broker
 /// returned (unroutable, mandatory) at warn with its whole body. The relay logs the return
@@ -27,4 +29,40 @@ pub fn init(config: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_string(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+impl LogConfig {
+    pub(crate) fn check(&self, c: &mut Checks) {
+        // Checked first: tracing-subscriber 0.3 indexes filters by char count as byte offsets
+        // and panics on some non-ASCII input; targets and levels are ASCII anyway.
+        if !self.level.is_ascii() {
+            c.issue("log.level", "must be ASCII, e.g. `info,sqlx=warn`");
+        } else if let Err(e) = EnvFilter::builder().parse(&self.level) {
+            c.issue("log.level", format!("not a valid filter: {e}"));
+        }
+    }
 }

@@ -1,41 +1,42 @@
-//! Secrets from files: `database.url_file`, `broker.amqp.url_file` and
-//! `broker.kafka.sasl_password_file`, for Secrets mounted as files (Kubernetes volumes, Vault
-//! Agent, CSI drivers). Each is read once at start, like every other key; a value and its file
-//! form together are a mistake, reported on the file key.
+//! Secrets and certificates from files: `database.url_file`, `broker.amqp.url_file`,
+//! `broker.kafka.sasl_password_file` (Secrets mounted as files: Kubernetes volumes, Vault
+//! Agent, CSI drivers) and `broker.amqp.tls_ca_file`. Each is read once at start, like every
+//! other key; a value and its file form together are a mistake, reported on the file key.
 
-use super::{Config, Reader};
-
-fn default_url(key: &str) -> String {
-    let d = Config::default();
-    match key {
-        "database.url" => d.database.url.expose().to_string(),
-        _ => d.broker.amqp.url.expose().to_string(),
-    }
-}
+use super::{Checks, Config, SecretUrl};
+use crate::publish::amqp;
+use crate::store;
 
 const SASL_PASSWORD: &str = "sasl.password";
 
-impl Reader<'_> {
-    pub(super) fn secret_files(&mut self, c: &mut Config) {
-        if let Some(raw) =
-            self.secret_file("database.url_file", "database.url", &c.database.url_file)
-        {
-            let fallback = c.database.url.clone();
-            c.database.url = self.checked_url(
-                "database.url_file",
-                raw,
-                fallback,
-                &["postgres", "postgresql"],
-            );
+impl Checks<'_> {
+    pub(super) fn read_files(&mut self, c: &mut Config) {
+        let defaults = Config::default();
+        let db = &mut c.database;
+        if let Some(raw) = self.secret_file(
+            "database.url_file",
+            "database.url",
+            &defaults.database.url,
+            &db.url_file,
+        ) {
+            let url = SecretUrl::new(raw);
+            if self.url("database.url_file", &url, store::SCHEMES) {
+                db.url = url;
+            }
         }
+        let mq = &mut c.broker.amqp;
         if let Some(raw) = self.secret_file(
             "broker.amqp.url_file",
             "broker.amqp.url",
-            &c.broker.amqp.url_file,
+            &defaults.broker.amqp.url,
+            &mq.url_file,
         ) {
-            let fallback = c.broker.amqp.url.clone();
-            c.broker.amqp.url = self.checked_amqp_url("broker.amqp.url_file", raw, fallback);
+            let url = SecretUrl::new(raw);
+            if amqp::check_url(self, "broker.amqp.url_file", &url) {
+                mq.url = url;
+            }
         }
+        mq.read_ca(self);
         let kafka = &mut c.broker.kafka;
         let conflict = kafka.properties.0.contains_key(SASL_PASSWORD);
         if let Some(password) = self.file_unless(
@@ -51,10 +52,16 @@ impl Reader<'_> {
     /// value of its own too, or it cannot be read (both issues of `file_key`). The built-in
     /// default does not count as a value: config.example.toml (and the image's config, a copy
     /// of it) spells every default out.
-    fn secret_file(&mut self, file_key: &str, value_key: &str, path: &str) -> Option<String> {
-        let given = self.figment.extract_inner::<String>(value_key).ok();
+    fn secret_file(
+        &mut self,
+        file_key: &str,
+        value_key: &str,
+        default: &SecretUrl,
+        path: &str,
+    ) -> Option<String> {
+        let given = self.given::<String>(value_key);
         let both = given
-            .is_some_and(|v| v != default_url(value_key))
+            .is_some_and(|v| v != default.expose())
             .then_some(value_key);
         self.file_unless(file_key, both, path)
     }

@@ -1,244 +1,188 @@
-//! Reading keys from figment: each value with its key, the origin of a value (file or
-//! environment variable) for error messages, unknown keys, and the checks that need the
-//! value's own text (URLs, librdkafka properties, the CA file).
+//! Extracting the sections from figment: every mistake with its key, unknown keys, the key
+//! list, and the environment values figment cannot read.
 
-use std::time::Duration;
-
+use figment::error::Kind;
+use figment::providers::Serialized;
 use figment::value::{Dict, Value};
 use figment::Figment;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
-use super::{AmqpConfig, ConfigIssue, KafkaProperties, SecretUrl, ENV_PREFIX, KEYS};
+use super::{Checks, Config, ConfigError, ConfigIssue, ENV_PREFIX};
 
-#[derive(Deserialize)]
-struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
-
-pub(super) struct Reader<'a> {
-    pub(super) figment: &'a Figment,
-    pub(super) issues: Vec<ConfigIssue>,
+/// Deserializes the whole configuration. serde stops at the first bad value, so each round
+/// drops the values that failed (their defaults apply instead) and tries again, until the rest
+/// deserializes: every bad value and unknown key is reported, each once. Bounded by the number
+/// of values given.
+pub(super) fn extract(figment: &Figment, checks: &mut Checks) -> Result<Config, ConfigError> {
+    let mut root: Dict = figment
+        .extract()
+        .map_err(|e| ConfigError::Source(e.to_string()))?;
+    let order = keys(&Config::default());
+    let mut found: Vec<(String, String)> = Vec::new();
+    let config = loop {
+        match Figment::from(Serialized::defaults(&root)).extract::<Config>() {
+            Ok(config) => break config,
+            Err(errors) => {
+                let mut dropped = false;
+                for e in errors {
+                    // figment's path names the offending key, unknown ones included.
+                    let path = e.path.clone();
+                    let message = match &e.kind {
+                        Kind::UnknownField(..) => "unknown key".to_string(),
+                        kind => kind.to_string(),
+                    };
+                    dropped |= remove(&mut root, &path);
+                    found.push((path.join("."), message));
+                }
+                if !dropped {
+                    // Nothing left to drop (a mistake above every section): report what is known.
+                    found.sort_by_key(|(key, _)| position(&order, key));
+                    for (key, message) in found {
+                        checks.issue(&key, message);
+                    }
+                    return Err(checks.take_error());
+                }
+            }
+        }
+    };
+    // In the order of the sections' fields, unknown keys last, whatever order the sources
+    // listed them in.
+    found.sort_by_key(|(key, _)| position(&order, key));
+    for (key, message) in found {
+        checks.issue(&key, message);
+    }
+    Ok(config)
 }
 
-impl Reader<'_> {
-    pub(super) fn read<T: DeserializeOwned>(&mut self, key: &str, default: T) -> T {
-        debug_assert!(KEYS.contains(&key), "{key} missing from KEYS");
-        if !self.figment.contains(key) {
-            return default;
-        }
-        match self.figment.extract_inner::<T>(key) {
-            Ok(value) => value,
-            Err(e) => {
-                self.issue(key, e.kind.to_string());
-                default
-            }
-        }
-    }
+fn position(order: &[String], key: &str) -> usize {
+    order
+        .iter()
+        .position(|k| key == k || key.starts_with(&format!("{k}.")))
+        .unwrap_or(order.len())
+}
 
-    pub(super) fn duration(&mut self, key: &str, default: Duration) -> Duration {
-        self.read(key, HumanDuration(default)).0
-    }
-
-    pub(super) fn url(&mut self, key: &str, default: SecretUrl, schemes: &[&str]) -> SecretUrl {
-        let raw: String = self.read(key, default.expose().to_string());
-        self.checked_url(key, raw, default, schemes)
-    }
-
-    /// `raw` if it parses with one of `schemes`, else an issue of `key` and `default`.
-    pub(super) fn checked_url(
-        &mut self,
-        key: &str,
-        raw: String,
-        default: SecretUrl,
-        schemes: &[&str],
-    ) -> SecretUrl {
-        match url::Url::parse(&raw) {
-            Ok(u) if schemes.contains(&u.scheme()) => SecretUrl(raw),
-            Ok(u) => {
-                self.issue(
-                    key,
-                    format!(
-                        "scheme `{}` is not one of {}",
-                        u.scheme(),
-                        schemes.join(", ")
-                    ),
-                );
-                default
-            }
-            // The parse error never includes the URL itself, so no secret leaks here.
-            Err(e) => {
-                self.issue(key, format!("not a valid URL: {e}"));
-                default
-            }
+fn remove(root: &mut Dict, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut dict = root;
+    for name in parents {
+        match dict.get_mut(name) {
+            Some(Value::Dict(_, inner)) => dict = inner,
+            _ => return false,
         }
     }
+    dict.remove(last).is_some()
+}
 
-    /// An AMQP URL as the client reads it: a vhost the protocol cannot carry (over 255
-    /// bytes) or a malformed query parameter would otherwise only fail, or panic, at connect.
-    pub(super) fn amqp_url(&mut self, key: &str, default: SecretUrl) -> SecretUrl {
-        let raw: String = self.read(key, default.expose().to_string());
-        self.checked_amqp_url(key, raw, default)
-    }
-
-    pub(super) fn checked_amqp_url(
-        &mut self,
-        key: &str,
-        raw: String,
-        default: SecretUrl,
-    ) -> SecretUrl {
-        let url = self.checked_url(key, raw, default.clone(), &["amqp", "amqps"]);
-        if url == default {
-            return url;
-        }
-        let problem = match url.expose().parse::<lapin::uri::AMQPUri>() {
-            // The client's message for a URL that cannot be a base quotes the URL itself,
-            // password included.
-            Err(_) if url::Url::parse(url.expose()).is_ok_and(|u| u.cannot_be_a_base()) => {
-                Some("not a valid AMQP URL: expected amqp://user:password@host:port/vhost".into())
-            }
-            Err(e) => Some(format!("not a valid AMQP URL: {e}")),
-            Ok(uri) if uri.vhost.len() > 255 => Some(format!(
-                "the vhost is {} bytes long; AMQP allows at most 255",
-                uri.vhost.len()
-            )),
-            Ok(_) => None,
+/// The dotted keys of `config`'s serialization, in field order. An empty table (a free-form
+/// one, such as librdkafka's properties) is a key of its own.
+pub(super) fn keys(config: &Config) -> Vec<String> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        let toml::Value::Table(table) = value else {
+            out.push(prefix.to_string());
+            return;
         };
-        match problem {
-            Some(message) => {
-                self.issue(key, message);
-                default
-            }
-            None => url,
+        if table.is_empty() && !prefix.is_empty() {
+            out.push(prefix.to_string());
         }
-    }
-
-    /// A table of librdkafka properties. Dotted names may arrive nested (`linger.ms = 5` in
-    /// TOML, or `..._PROPERTIES__LINGER.MS` in the environment); they are flattened back.
-    pub(super) fn kafka_properties(&mut self, key: &str) -> KafkaProperties {
-        let table: toml::Table = self.read(key, toml::Table::new());
-        let mut out = std::collections::BTreeMap::new();
-        self.flatten_properties(key, "", &table, &mut out);
-        KafkaProperties(out)
-    }
-
-    pub(super) fn flatten_properties(
-        &mut self,
-        key: &str,
-        prefix: &str,
-        table: &toml::Table,
-        out: &mut std::collections::BTreeMap<String, String>,
-    ) {
-        for (name, value) in table {
-            let name = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}.{name}")
-            };
-            let text = match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Table(t) => {
-                    self.flatten_properties(key, &name, t, out);
-                    continue;
-                }
-                _ => {
-                    // The origin of the whole table: a property name with its own dots (or
-                    // ending in one) cannot be looked up as a figment path.
-                    self.issue_at(
-                        &format!("{key}.{name}"),
-                        key,
-                        "must be a string, number or boolean".into(),
-                    );
-                    continue;
-                }
-            };
-            out.insert(name, text);
-        }
-    }
-
-    pub(super) fn issue(&mut self, key: &str, message: String) {
-        let origin = self.origin(key);
-        self.issues.push(ConfigIssue {
-            key: key.to_string(),
-            origin,
-            message,
-        });
-    }
-
-    /// An issue about `key` whose origin is looked up under `origin_key` (a nested name that
-    /// figment may not resolve, such as a dotted librdkafka property).
-    pub(super) fn issue_at(&mut self, key: &str, origin_key: &str, message: String) {
-        let origin = self.origin(origin_key);
-        self.issues.push(ConfigIssue {
-            key: key.to_string(),
-            origin,
-            message,
-        });
-    }
-
-    pub(super) fn origin(&self, key: &str) -> String {
-        let Some(meta) = self.figment.find_metadata(key) else {
-            return "default".to_string();
-        };
-        match &meta.source {
-            Some(figment::Source::File(path)) => path.display().to_string(),
-            _ if meta.name.contains("environment") => {
-                let parts: Vec<&str> = key.split('.').collect();
-                let name = meta
-                    .interpolate(&figment::Profile::Default, &parts)
-                    .to_uppercase()
-                    .replace('.', "__");
-                if name.starts_with(ENV_PREFIX) {
-                    name
-                } else {
-                    format!("{ENV_PREFIX}{name}")
-                }
-            }
-            _ => meta.name.to_string(),
-        }
-    }
-
-    pub(super) fn check_unknown(&mut self, dict: &Dict, prefix: &str) {
-        for (name, value) in dict {
+        for (name, inner) in table {
             let key = if prefix.is_empty() {
                 name.clone()
             } else {
                 format!("{prefix}.{name}")
             };
-            if KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            match value {
-                Value::Dict(_, inner) if KEYS.iter().any(|k| k.starts_with(&format!("{key}."))) => {
-                    self.check_unknown(inner, &key)
-                }
-                _ => self.issue(&key, "unknown key".to_string()),
-            }
+            walk(&key, inner, out);
         }
     }
+    // toml keeps the serialization's order (its `preserve_order` feature is on).
+    let value = toml::Value::try_from(config).expect("the configuration serializes");
+    let mut out = Vec::new();
+    walk("", &value, &mut out);
+    out
+}
 
-    /// Reads `broker.amqp.tls_ca_file`: it must hold at least one PEM certificate and only
-    /// makes sense with an `amqps://` URL (a CA given for a plain URL would protect nothing).
-    pub(super) fn amqp_tls_ca(&mut self, c: &AmqpConfig) -> Option<String> {
-        const KEY: &str = "broker.amqp.tls_ca_file";
-        if c.tls_ca_file.is_empty() {
-            return None;
+/// Where a key's value came from: a file path, an environment variable or `default`. An entry
+/// of a free-form table that figment cannot look up (a librdkafka property with dots of its
+/// own) takes its table's.
+pub(super) fn origin(figment: &Figment, key: &str) -> String {
+    let mut lookup = key;
+    let meta = loop {
+        if let Some(meta) = figment.find_metadata(lookup) {
+            break meta;
         }
-        if !url::Url::parse(c.url.expose()).is_ok_and(|u| u.scheme() == "amqps") {
-            self.issue(KEY, "is only used with an amqps:// broker.amqp.url".into());
-            return None;
+        let known = keys(&Config::default());
+        let free_form = known.iter().any(|k| lookup.starts_with(&format!("{k}.")));
+        match lookup.rsplit_once('.') {
+            Some((parent, _)) if free_form => lookup = parent,
+            _ => return "default".to_string(),
         }
-        match std::fs::read_to_string(&c.tls_ca_file) {
-            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
-            Ok(_) => {
-                self.issue(KEY, format!("{} holds no PEM certificate", c.tls_ca_file));
-                None
+    };
+    match &meta.source {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        _ if meta.name.contains("environment") => {
+            let parts: Vec<&str> = lookup.split('.').collect();
+            let name = meta
+                .interpolate(&figment::Profile::Default, &parts)
+                .to_uppercase()
+                .replace('.', "__");
+            if name.starts_with(ENV_PREFIX) {
+                name
+            } else {
+                format!("{ENV_PREFIX}{name}")
             }
-            Err(e) => {
-                self.issue(KEY, format!("cannot read {}: {e}", c.tls_ca_file));
-                None
-            }
+        }
+        _ => meta.name.to_string(),
+    }
+}
+
+/// OUTBOX_RELAY__* values that figment 0.10 would mangle or panic on: in a quoted string it
+/// slices at the first backslash escape by character count as if it were a byte offset, so any
+/// non-ASCII character before that backslash truncates the value or panics the process.
+pub(super) fn unreadable_environment(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    for (name, value) in vars {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if mangled_by_figment(value) {
+            issues.push(ConfigIssue {
+                key: key.to_lowercase().replace("__", "."),
+                origin: name.to_string(),
+                message: "a quoted string with non-ASCII characters before its first \\ escape \
+                          cannot be read; leave the value unquoted or write them as \\u escapes"
+                    .into(),
+            });
         }
     }
+    issues
+}
+
+pub(super) fn mangled_by_figment(value: &str) -> bool {
+    let (mut in_string, mut escaped, mut seen_escape, mut non_ascii) = (false, false, false, false);
+    for c in value.chars() {
+        if !in_string {
+            if c == '"' {
+                (in_string, seen_escape, non_ascii) = (true, false, false);
+            }
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            // Only the first escape slices; after it the string is copied char by char.
+            '\\' if non_ascii && !seen_escape => return true,
+            '\\' => (seen_escape, escaped) = (true, true),
+            '"' => in_string = false,
+            c if !c.is_ascii() => non_ascii = true,
+            _ => {}
+        }
+    }
+    false
 }

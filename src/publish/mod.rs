@@ -2,80 +2,58 @@
 //! into retryable and permanent, next to the client code that knows what they mean.
 
 pub mod amqp;
+mod error;
 pub mod kafka;
 
-use std::future::Future;
+pub use error::{Failure, FailureReason, PublishError, Source};
 
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Checks;
 use crate::store::OutboxMessage;
 
-/// Why a publish failed, as a small fixed set (the `reason` label of
-/// `outbox_relay_publish_failures_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureReason {
-    /// Broker or connection not available.
-    Unavailable,
-    /// No confirm or delivery report in time.
-    Timeout,
-    /// Returned by the broker: nothing bound for the routing key.
-    Unroutable,
-    /// Negatively acknowledged or refused by the broker.
-    Rejected,
-    /// The exchange or topic does not exist.
-    NotFound,
-    /// Over the broker's size limit.
-    TooLarge,
-    /// Malformed row: headers, names or topic the protocol cannot carry.
-    Invalid,
-    /// Not allowed by the broker's access control.
-    Unauthorized,
-    Other,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Amqp,
+    Kafka,
 }
 
-impl FailureReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unavailable => "unavailable",
-            Self::Timeout => "timeout",
-            Self::Unroutable => "unroutable",
-            Self::Rejected => "rejected",
-            Self::NotFound => "not_found",
-            Self::TooLarge => "too_large",
-            Self::Invalid => "invalid",
-            Self::Unauthorized => "unauthorized",
-            Self::Other => "other",
-        }
-    }
+/// The `[broker]` section: which publisher runs, and each publisher's own table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub kind: BrokerKind,
+    pub amqp: amqp::AmqpConfig,
+    pub kafka: kafka::KafkaConfig,
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("{message}")]
-pub struct PublishError {
-    /// Permanent: can never succeed as written, the row goes `dead` at once. Otherwise it may
-    /// succeed later and is retried with backoff until `retry.max_attempts`.
-    pub permanent: bool,
-    pub reason: FailureReason,
-    pub message: String,
-}
-
-impl PublishError {
-    pub fn retryable(reason: FailureReason, message: impl Into<String>) -> Self {
+impl Default for BrokerConfig {
+    fn default() -> Self {
         Self {
-            permanent: false,
-            reason,
-            message: message.into(),
+            kind: BrokerKind::Amqp,
+            amqp: Default::default(),
+            kafka: Default::default(),
         }
     }
+}
 
-    pub fn permanent(reason: FailureReason, message: impl Into<String>) -> Self {
-        Self {
-            permanent: true,
-            reason,
-            message: message.into(),
-        }
+impl BrokerConfig {
+    pub(crate) fn check(&self, c: &mut Checks) {
+        self.amqp.check(c);
+        self.kafka.check(c);
     }
 
-    pub fn is_permanent(&self) -> bool {
-        self.permanent
+    /// Each publisher's connect timeout, by key: a claim waits on the broker's connect first.
+    pub(crate) fn connect_timeouts(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        [
+            ("broker.amqp.connect_timeout", self.amqp.connect_timeout),
+            ("broker.kafka.connect_timeout", self.kafka.connect_timeout),
+        ]
+        .into_iter()
     }
 }
 
@@ -211,8 +189,8 @@ mod tests {
                 }
                 Err(e) => {
                     proptest::prop_assert!(e.is_permanent());
-                    proptest::prop_assert_eq!(e.reason, FailureReason::Invalid);
-                    proptest::prop_assert!(e.message.contains("must be"), "{}", e);
+                    proptest::prop_assert_eq!(e.reason(), FailureReason::Invalid);
+                    proptest::prop_assert!(e.to_string().contains("must be"), "{}", e);
                 }
             }
         }

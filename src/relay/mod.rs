@@ -15,7 +15,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{RelayConfig, RetryConfig};
 use crate::health::{Health, Heartbeat};
 use crate::instruments;
 use crate::lease::{Held, Lease};
@@ -23,6 +22,7 @@ use crate::publish::{FailureReason, Publisher};
 use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
 
 mod chains;
+mod config;
 mod keys;
 mod pacing;
 mod slow;
@@ -33,6 +33,7 @@ mod window;
 mod tests;
 
 use chains::{cut_chains, into_chains, key_of};
+pub use config::{RelayConfig, RetryConfig};
 use keys::{Admitted, ChainEnd, Key, KeyGate};
 use pacing::{Found, Pacing};
 use slow::SlowDestinations;
@@ -349,7 +350,7 @@ impl<P: Publisher> Relay<P> {
         };
         let ready = self.publisher.ready().await;
         self.health.set_broker_up(ready.is_ok());
-        ready.map_err(|e| CycleError::Broker(e.to_string()))?;
+        ready.map_err(|e| CycleError::Broker(e.chain()))?;
         // Up to three statements: the window, the claim and the other keys' share.
         let claimed =
             store::within(3 * self.db_timeout, self.claim_chains(fence, held, exclude)).await;
@@ -474,13 +475,13 @@ impl<P: Publisher> Relay<P> {
                 Outcome::Published
             }
             Err(e) => {
-                if e.reason == FailureReason::Timeout {
+                if e.reason() == FailureReason::Timeout {
                     self.slow.timed_out(&message.destination, &self.backoff());
                 }
                 metrics::counter!(
                     instruments::PUBLISH_FAILURES,
                     "destination" => message.destination.clone(),
-                    "reason" => e.reason.as_str()
+                    "reason" => e.reason().as_str()
                 )
                 .increment(1);
                 let failures = u32::try_from(message.attempts).unwrap_or(0) + 1;
@@ -488,11 +489,11 @@ impl<P: Publisher> Relay<P> {
                     message_id = %message.message_id,
                     destination = %message.destination,
                     attempt = failures,
-                    error = %e,
+                    error = %e.chain(),
                     "publish failed"
                 );
                 Outcome::Failed {
-                    error: e.to_string(),
+                    error: e.chain(),
                     permanent: e.is_permanent(),
                     backoff: self.backoff().delay(failures),
                 }

@@ -4,11 +4,13 @@
 //! statement is a file in `src/store/sql/`; nothing else in the crate writes SQL.
 
 mod admin;
+mod config;
 mod error;
 mod model;
 pub mod stats;
 
 pub use admin::*;
+pub use config::{DatabaseConfig, SCHEMES};
 pub use error::{within, StoreError};
 pub use model::*;
 
@@ -16,8 +18,6 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::FromRow;
-
-use crate::config::DatabaseConfig;
 
 const MIGRATIONS_TABLE: &str = "outbox._sqlx_migrations";
 

@@ -5,6 +5,10 @@
 //! keyed record always goes to the same partition, and the idempotent producer never
 //! duplicates or reorders within a partition while it retries internally.
 
+mod config;
+
+pub use config::{KafkaConfig, KafkaProperties};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
@@ -16,26 +20,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use super::{header_pairs, FailureReason, PublishError, Publisher};
-use crate::config::KafkaConfig;
 use crate::store::OutboxMessage;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create the Kafka producer: {0}")]
 pub struct KafkaSetupError(String);
-
-/// Errors that no retry can fix: the row goes dead at once.
-const PERMANENT: &[RDKafkaErrorCode] = &[
-    RDKafkaErrorCode::MessageSizeTooLarge,
-    RDKafkaErrorCode::InvalidMessageSize,
-    RDKafkaErrorCode::MessageBatchTooLarge,
-    RDKafkaErrorCode::InvalidMessage,
-    RDKafkaErrorCode::InvalidRecord,
-    RDKafkaErrorCode::InvalidTopic,
-    RDKafkaErrorCode::TopicAuthorizationFailed,
-    RDKafkaErrorCode::ClusterAuthorizationFailed,
-    RDKafkaErrorCode::UnsupportedForMessageFormat,
-    RDKafkaErrorCode::InvalidArgument,
-];
 
 pub struct KafkaPublisher {
     client_config: ClientConfig,
@@ -140,36 +129,37 @@ fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaSetupError> {
     config.create().map_err(|e| KafkaSetupError(e.to_string()))
 }
 
-/// Retryable or permanent, by librdkafka's error code. An unknown topic is retryable: it may
-/// be created later, and `retry.max_attempts` still ends in `dead`.
-pub fn classify(error: &KafkaError) -> PublishError {
-    match error.rdkafka_error_code() {
-        Some(code) if PERMANENT.contains(&code) => {
-            PublishError::permanent(reason(code), error.to_string())
-        }
-        Some(code) => PublishError::retryable(reason(code), error.to_string()),
-        None => PublishError::retryable(FailureReason::Other, error.to_string()),
-    }
-}
-
-fn reason(code: RDKafkaErrorCode) -> FailureReason {
+/// Retryable or permanent, by librdkafka's error code: the publisher's one table. An unknown
+/// topic is retryable: it may be created later, and `retry.max_attempts` still ends in `dead`.
+pub fn classify(cause: KafkaError) -> PublishError {
+    use FailureReason as R;
     use RDKafkaErrorCode as C;
-    match code {
+    let Some(code) = cause.rdkafka_error_code() else {
+        return PublishError::retryable(R::Other, "Kafka client error").caused_by(cause);
+    };
+    // Permanent: no retry can fix the record as written.
+    let (permanent, reason) = match code {
         C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
-            FailureReason::TooLarge
+            (true, R::TooLarge)
         }
-        C::InvalidMessage | C::InvalidRecord | C::InvalidTopic | C::InvalidArgument => {
-            FailureReason::Invalid
-        }
-        C::UnsupportedForMessageFormat => FailureReason::Invalid,
-        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => FailureReason::Unauthorized,
-        C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition => {
-            FailureReason::NotFound
-        }
-        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut => FailureReason::Timeout,
-        C::AllBrokersDown | C::BrokerTransportFailure => FailureReason::Unavailable,
-        _ => FailureReason::Other,
-    }
+        C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidTopic
+        | C::InvalidArgument
+        | C::UnsupportedForMessageFormat => (true, R::Invalid),
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => (true, R::Unauthorized),
+        C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition => (false, R::NotFound),
+        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut => (false, R::Timeout),
+        C::AllBrokersDown | C::BrokerTransportFailure => (false, R::Unavailable),
+        _ => (false, R::Other),
+    };
+    let message = format!("Kafka refused the record ({code:?})");
+    let error = if permanent {
+        PublishError::permanent(reason, message)
+    } else {
+        PublishError::retryable(reason, message)
+    };
+    error.caused_by(cause)
 }
 
 fn headers(message: &OutboxMessage) -> Result<OwnedHeaders, PublishError> {
@@ -208,10 +198,7 @@ impl Publisher for KafkaPublisher {
         })
         .await
         .map_err(|e| {
-            PublishError::retryable(
-                FailureReason::Other,
-                format!("metadata request panicked: {e}"),
-            )
+            PublishError::retryable(FailureReason::Other, "metadata request panicked").caused_by(e)
         })?;
         match answer {
             Ok(()) => {
@@ -220,8 +207,9 @@ impl Publisher for KafkaPublisher {
             }
             Err(e) => Err(PublishError::retryable(
                 FailureReason::Unavailable,
-                format!("Kafka cluster not reachable: {e}"),
-            )),
+                "Kafka cluster not reachable",
+            )
+            .caused_by(e)),
         }
     }
 
@@ -248,7 +236,7 @@ impl Publisher for KafkaPublisher {
         {
             Ok(_) => Ok(()),
             Err((error, _)) => {
-                let classified = classify(&error);
+                let classified = classify(error);
                 if !classified.is_permanent() {
                     self.healthy.store(false, Ordering::Relaxed);
                 }
@@ -287,16 +275,16 @@ mod tests {
     #[test]
     fn permanent_and_retryable_errors() {
         let e = |code| KafkaError::MessageProduction(code);
-        assert!(classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)).is_permanent());
-        assert!(classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)).is_permanent());
-        assert!(classify(&e(RDKafkaErrorCode::InvalidTopic)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::UnknownTopicOrPartition)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::UnknownTopic)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::NotLeaderForPartition)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::RequestTimedOut)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::MessageTimedOut)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::QueueFull)).is_permanent());
-        assert!(!classify(&e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
+        assert!(classify(e(RDKafkaErrorCode::MessageSizeTooLarge)).is_permanent());
+        assert!(classify(e(RDKafkaErrorCode::TopicAuthorizationFailed)).is_permanent());
+        assert!(classify(e(RDKafkaErrorCode::InvalidTopic)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::UnknownTopicOrPartition)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::UnknownTopic)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::NotLeaderForPartition)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::RequestTimedOut)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::MessageTimedOut)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::QueueFull)).is_permanent());
+        assert!(!classify(e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
     }
 
     use crate::publish::testing::{any_json, message};
@@ -325,7 +313,7 @@ mod tests {
                 }
                 Err(e) => {
                     prop_assert!(e.is_permanent(), "{}", e);
-                    prop_assert_eq!(e.reason, FailureReason::Invalid);
+                    prop_assert_eq!(e.reason(), FailureReason::Invalid);
                 }
             }
         }

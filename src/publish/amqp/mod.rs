@@ -3,6 +3,11 @@
 //! One channel per destination exchange, so that a channel closed by the broker (for example
 //! `404 NOT_FOUND` for a missing exchange) fails only that destination's in-flight messages.
 
+mod config;
+
+pub(crate) use config::check_url;
+pub use config::AmqpConfig;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -16,7 +21,6 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use super::{header_pairs, FailureReason, PublishError, Publisher};
-use crate::config::AmqpConfig;
 use crate::store::OutboxMessage;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
@@ -57,8 +61,9 @@ impl AmqpPublisher {
             let runtime = lapin::runtime::default_runtime().map_err(|e| {
                 PublishError::retryable(
                     FailureReason::Unavailable,
-                    format!("cannot connect to RabbitMQ at {}: {e}", self.config.url),
+                    format!("cannot connect to RabbitMQ at {}", self.config.url),
                 )
+                .caused_by(e)
             })?;
             let tls = OwnedTLSConfig {
                 identity: None,
@@ -84,8 +89,9 @@ impl AmqpPublisher {
                 .map_err(|e| {
                     PublishError::retryable(
                         FailureReason::Unavailable,
-                        format!("cannot connect to RabbitMQ at {}: {e}", self.config.url),
+                        format!("cannot connect to RabbitMQ at {}", self.config.url),
                     )
+                    .caused_by(e)
                 })?;
             tracing::info!(url = %self.config.url, "connected to RabbitMQ");
             self.frame_max
@@ -112,19 +118,14 @@ impl AmqpPublisher {
                 PublishError::retryable(FailureReason::Unavailable, "not connected to RabbitMQ")
             })?;
         let channel = conn.create_channel().await.map_err(|e| {
-            PublishError::retryable(
-                FailureReason::Unavailable,
-                format!("cannot open channel: {e}"),
-            )
+            PublishError::retryable(FailureReason::Unavailable, "cannot open channel").caused_by(e)
         })?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| {
-                PublishError::retryable(
-                    FailureReason::Unavailable,
-                    format!("cannot enable confirms: {e}"),
-                )
+                PublishError::retryable(FailureReason::Unavailable, "cannot enable confirms")
+                    .caused_by(e)
             })?;
         state
             .channels
@@ -135,34 +136,37 @@ impl AmqpPublisher {
 
 /// A failed publish or confirm: the broker closed the channel (404 for a missing exchange, 403
 /// for access) or the connection went away. Classified by the broker's reply code, as lapin
-/// reports it, not by the text.
-fn channel_error(e: &lapin::Error) -> PublishError {
-    let message = format!("publish failed: {e}");
+/// reports it, not by the text: this is the publisher's one table of permanent and retryable
+/// replies.
+fn channel_error(e: lapin::Error) -> PublishError {
     let reply = match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-            AMQPErrorKind::Soft(code) => Some((code, amqp.get_message().as_str())),
+            AMQPErrorKind::Soft(code) => {
+                Some((code.clone(), amqp.get_message().as_str().to_owned()))
+            }
             AMQPErrorKind::Hard(_) => None,
         },
         _ => None,
     };
-    match reply {
+    let error = match reply {
         // PRECONDITION_FAILED covers other refusals too; RabbitMQ's over-size one reads
         // "message size N is larger than configured max size M", and no retry can fix it.
         Some((AMQPSoftError::PRECONDITIONFAILED, text)) if text.contains("max size") => {
-            PublishError::permanent(FailureReason::TooLarge, message)
+            PublishError::permanent(FailureReason::TooLarge, "publish failed")
         }
         // The user's permissions do not cover this exchange: like Kafka's authorization
         // failures, permanent (after fixing permissions, `dead requeue` sends it again). A
         // refused login is not a channel error: `connection` reports it, retryable.
         Some((AMQPSoftError::ACCESSREFUSED, _)) => {
-            PublishError::permanent(FailureReason::Unauthorized, message)
+            PublishError::permanent(FailureReason::Unauthorized, "publish failed")
         }
         // A missing exchange may be declared any moment: retried.
         Some((AMQPSoftError::NOTFOUND, _)) => {
-            PublishError::retryable(FailureReason::NotFound, message)
+            PublishError::retryable(FailureReason::NotFound, "publish failed")
         }
-        _ => PublishError::retryable(FailureReason::Unavailable, message),
-    }
+        _ => PublishError::retryable(FailureReason::Unavailable, "publish failed"),
+    };
+    error.caused_by(e)
 }
 
 /// Bytes of the content header frame, which carries all properties and headers and, unlike
@@ -302,8 +306,8 @@ impl AmqpPublisher {
         let confirm = channel
             .basic_publish(exchange, routing_key, options, &message.payload, properties)
             .await
-            .map_err(|e| channel_error(&e))?;
-        let confirmation = confirm.await.map_err(|e| channel_error(&e))?;
+            .map_err(channel_error)?;
+        let confirmation = confirm.await.map_err(channel_error)?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
@@ -363,7 +367,7 @@ mod tests {
         );
         let e = check_frame_size(&properties, size as u32 - 1).unwrap_err();
         assert!(e.is_permanent());
-        assert_eq!(e.reason, FailureReason::TooLarge);
+        assert_eq!(e.reason(), FailureReason::TooLarge);
         assert!(e.to_string().contains("frame_max"), "{e}");
     }
 
@@ -374,28 +378,28 @@ mod tests {
             let error = lapin::protocol::AMQPError::from_id(code, text.into()).expect("known code");
             lapin::Error::from(lapin::ErrorKind::ProtocolError(error))
         };
-        let refused = channel_error(&closed(
+        let refused = channel_error(closed(
             403,
             "ACCESS_REFUSED - write access to exchange 'x' in vhost '/' refused for user 'u'",
         ));
         assert!(refused.is_permanent(), "{refused}");
-        assert_eq!(refused.reason, FailureReason::Unauthorized);
-        let missing = channel_error(&closed(404, "NOT_FOUND - no exchange 'x' in vhost '/'"));
+        assert_eq!(refused.reason(), FailureReason::Unauthorized);
+        let missing = channel_error(closed(404, "NOT_FOUND - no exchange 'x' in vhost '/'"));
         assert!(!missing.is_permanent(), "{missing}");
-        assert_eq!(missing.reason, FailureReason::NotFound);
-        let too_large = channel_error(&closed(
+        assert_eq!(missing.reason(), FailureReason::NotFound);
+        let too_large = channel_error(closed(
             406,
             "PRECONDITION_FAILED - message size 2097152 is larger than configured max size 1048576",
         ));
         assert!(too_large.is_permanent(), "{too_large}");
-        assert_eq!(too_large.reason, FailureReason::TooLarge);
+        assert_eq!(too_large.reason(), FailureReason::TooLarge);
         // Classified by the code, not by words in the text.
-        let other = channel_error(&closed(
+        let other = channel_error(closed(
             406,
             "PRECONDITION_FAILED - ACCESS_REFUSED NOT_FOUND",
         ));
         assert!(!other.is_permanent(), "{other}");
-        assert_eq!(other.reason, FailureReason::Unavailable);
+        assert_eq!(other.reason(), FailureReason::Unavailable);
     }
 
     proptest! {
@@ -431,7 +435,7 @@ mod tests {
                 }
                 Err(e) => {
                     prop_assert!(e.is_permanent(), "{}", e);
-                    prop_assert_eq!(e.reason, FailureReason::Invalid);
+                    prop_assert_eq!(e.reason(), FailureReason::Invalid);
                 }
             }
         }
