@@ -23,12 +23,11 @@ pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseInfo>, StoreError> {
 }
 
 pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(MessageStatus, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(include_str!("sql/count_by_status.sql"))
+    let rows: Vec<(MessageStatus, i64)> = sqlx::query_as(include_str!("sql/count_by_status.sql"))
         .fetch_all(pool)
         .await?;
     let mut out: Vec<(MessageStatus, i64)> = MessageStatus::ALL.iter().map(|s| (*s, 0)).collect();
     for (status, n) in rows {
-        let status: MessageStatus = status.parse()?;
         if let Some(slot) = out.iter_mut().find(|(s, _)| *s == status) {
             slot.1 = n;
         }

@@ -14,8 +14,6 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the outbox schema is missing or out of date (run `outbox-relay migrate`): {0}")]
     SchemaMissing(String),
-    #[error("unexpected status `{0}` in outbox.messages")]
-    UnknownStatus(String),
     #[error("no answer from the database within {0:?}")]
     Timeout(Duration),
 }

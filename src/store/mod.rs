@@ -286,21 +286,35 @@ pub async fn record_outcomes(
     max_attempts: u32,
     on_published: OnPublished,
 ) -> Result<Vec<Recorded>, StoreError> {
-    let (confirmed, failed): (Vec<_>, Vec<_>) = outcomes
-        .iter()
-        .cloned()
-        .partition(|(_, o)| matches!(o, Outcome::Published));
-    let confirmed: Vec<i64> = confirmed.iter().map(|(id, _)| id.0).collect();
-    if failed.is_empty() {
+    let mut confirmed = Vec::new();
+    let mut failed = Failures::default();
+    for (id, outcome) in outcomes {
+        match outcome {
+            Outcome::Published => confirmed.push(id.0),
+            Outcome::Failed {
+                error,
+                permanent,
+                backoff,
+            } => {
+                failed.ids.push(id.0);
+                failed.errors.push(error.as_str());
+                failed.permanent.push(*permanent);
+                failed
+                    .backoff_ms
+                    .push(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
+            }
+        }
+    }
+    if failed.ids.is_empty() {
         return finish_published(pool, &confirmed, on_published).await;
     }
     if confirmed.is_empty() {
-        return update_outcomes(pool, &failed, max_attempts).await;
+        return failed.record(pool, max_attempts).await;
     }
     // Both kinds, rarely: one transaction, so that a retry after an error repeats neither half.
     let mut tx = pool.begin().await?;
     let mut recorded = finish_published(&mut *tx, &confirmed, on_published).await?;
-    recorded.extend(update_outcomes(&mut *tx, &failed, max_attempts).await?);
+    recorded.extend(failed.record(&mut *tx, max_attempts).await?);
     tx.commit().await?;
     Ok(recorded)
 }
@@ -328,50 +342,38 @@ async fn finish_published<'e>(
         .collect())
 }
 
-async fn update_outcomes<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    outcomes: &[(RowId, Outcome)],
-    max_attempts: u32,
-) -> Result<Vec<Recorded>, StoreError> {
-    let mut ids = Vec::with_capacity(outcomes.len());
-    let mut errors = Vec::with_capacity(outcomes.len());
-    let mut permanent = Vec::with_capacity(outcomes.len());
-    let mut backoff_ms = Vec::with_capacity(outcomes.len());
-    for (id, outcome) in outcomes {
-        ids.push(id.0);
-        match outcome {
-            Outcome::Published => {
-                errors.push(None);
-                permanent.push(false);
-                backoff_ms.push(0i64);
-            }
-            Outcome::Failed {
-                error,
-                permanent: p,
-                backoff,
-            } => {
-                errors.push(Some(error.as_str()));
-                permanent.push(*p);
-                backoff_ms.push(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
-            }
-        }
-    }
-    let rows: Vec<(i64, String)> = sqlx::query_as(include_str!("sql/record_outcomes.sql"))
-        .bind(&ids)
-        .bind(&errors)
-        .bind(&permanent)
-        .bind(&backoff_ms)
-        .bind(i64::from(max_attempts))
-        .fetch_all(db)
-        .await?;
-    rows.into_iter()
-        .map(|(id, status)| {
-            Ok(Recorded {
+/// Failed publishes as the columns `record_outcomes.sql` unnests.
+#[derive(Default)]
+struct Failures<'a> {
+    ids: Vec<i64>,
+    errors: Vec<&'a str>,
+    permanent: Vec<bool>,
+    backoff_ms: Vec<i64>,
+}
+
+impl Failures<'_> {
+    async fn record<'e>(
+        &self,
+        db: impl sqlx::PgExecutor<'e>,
+        max_attempts: u32,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let rows: Vec<(i64, MessageStatus)> =
+            sqlx::query_as(include_str!("sql/record_outcomes.sql"))
+                .bind(&self.ids)
+                .bind(&self.errors)
+                .bind(&self.permanent)
+                .bind(&self.backoff_ms)
+                .bind(i64::from(max_attempts))
+                .fetch_all(db)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, status)| Recorded {
                 id: RowId(id),
-                status: status.parse()?,
+                status,
             })
-        })
-        .collect()
+            .collect())
+    }
 }
 
 /// Rolls back one batch of expired prepared rows; returns how many.
@@ -391,7 +393,7 @@ pub async fn purge(
     limit: u32,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query(include_str!("sql/purge.sql"))
-        .bind(status.as_str())
+        .bind(status)
         .bind(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .execute(pool)

@@ -1,17 +1,15 @@
 //! The rows and statuses the store reads and writes.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::StoreError;
-
-/// Lifecycle of a row; mirrors the Postgres enum `outbox.message_status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Lifecycle of a row: the Postgres enum `outbox.message_status`, read and bound as itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "outbox.message_status", rename_all = "snake_case")]
 pub enum MessageStatus {
     Prepared,
     Committed,
@@ -43,16 +41,6 @@ impl MessageStatus {
 impl fmt::Display for MessageStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for MessageStatus {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| StoreError::UnknownStatus(s.to_string()))
     }
 }
 

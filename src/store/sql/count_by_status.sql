@@ -1,1 +1,1 @@
-SELECT status::text, count(*) FROM outbox.messages GROUP BY 1
+SELECT status, count(*) FROM outbox.messages GROUP BY 1

@@ -3,7 +3,7 @@
 WITH doomed AS (
     SELECT id
       FROM outbox.messages
-     WHERE status = $1::text::outbox.message_status
+     WHERE status = $1
        AND finished_at < now() - $2 * interval '1 millisecond'
      ORDER BY finished_at
      LIMIT $3
