@@ -9,10 +9,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::{BrokerKind, Config};
-use crate::gauges::Gauges;
 use crate::health::{Health, Heartbeat};
 use crate::http;
-use crate::instruments;
 use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
@@ -20,6 +18,8 @@ use crate::publish::Publisher;
 use crate::relay::Relay;
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
+use crate::telemetry::gauges::Gauges;
+use crate::telemetry::instruments;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -97,19 +97,19 @@ impl Health {
 
     pub fn set_database_up(&self, v: bool) {
         self.database_up.store(v, Ordering::Relaxed);
-        metrics::gauge!(crate::instruments::UP, "dependency" => "database")
+        metrics::gauge!(crate::telemetry::instruments::UP, "dependency" => "database")
             .set(f64::from(u8::from(v)));
     }
 
     pub fn set_broker_up(&self, v: bool) {
         self.broker_up.store(v, Ordering::Relaxed);
-        metrics::gauge!(crate::instruments::UP, "dependency" => "broker")
+        metrics::gauge!(crate::telemetry::instruments::UP, "dependency" => "broker")
             .set(f64::from(u8::from(v)));
     }
 
     pub fn set_leader(&self, v: bool) {
         self.leader.store(v, Ordering::Relaxed);
-        metrics::gauge!(crate::instruments::LEADER).set(f64::from(u8::from(v)));
+        metrics::gauge!(crate::telemetry::instruments::LEADER).set(f64::from(u8::from(v)));
     }
 
     pub fn is_leader(&self) -> bool {

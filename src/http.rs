@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Checks, DAY};
 use crate::health::Health;
-use crate::instruments::Exporter;
+use crate::telemetry::instruments::Exporter;
 
 #[derive(Clone)]
 struct AppState {

@@ -7,10 +7,11 @@
 //! - [`publish`]: the [`publish::Publisher`] trait, the RabbitMQ and Kafka publishers.
 //! - [`sweeper`]: expiry of prepared rows and purge of finished rows.
 //! - [`lease`]: which replica publishes (a lease row in Postgres).
-//! - [`http`], [`health`], [`instruments`]: `/livez`, `/readyz`, `/metrics` and metric names.
+//! - [`http`], [`health`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`app`]: wires the tasks together and shuts them down.
 //! - [`cli`], [`admin`]: command line and the admin commands (`status`, `dead ...`).
-//! - [`telemetry`], [`backoff`]: logging, retry delays.
+//! - [`telemetry`]: logging, metric names and the recorder, the database gauges.
+//! - [`backoff`]: retry delays.
 //!
 //! The SQL schema and API live in `migrations/`; `docs/ARCHITECTURE.md` explains the design.
 
@@ -19,11 +20,9 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
-pub mod gauges;
 pub mod health;
 pub mod healthcheck;
 pub mod http;
-pub mod instruments;
 pub mod lease;
 pub mod publish;
 pub mod relay;

@@ -5,7 +5,8 @@ use clap::Parser;
 use outbox_relay::cli::{Cli, Command, DeadCommand, Selection};
 use outbox_relay::config::{BrokerKind, Config};
 use outbox_relay::store::DeadSelection;
-use outbox_relay::{admin, app, healthcheck, instruments, store, telemetry};
+use outbox_relay::telemetry::{self, instruments};
+use outbox_relay::{admin, app, healthcheck, store};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors, distinct from runtime failures (1).

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Checks, DAY};
 use crate::health::Heartbeat;
-use crate::instruments;
 use crate::lease::Lease;
 use crate::store::{self, MessageStatus, StoreError};
+use crate::telemetry::instruments;
 
 pub struct Sweeper {
     pool: PgPool,

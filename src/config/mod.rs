@@ -15,7 +15,6 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use crate::http::HttpConfig;
-pub use crate::instruments::MetricsConfig;
 pub use crate::lease::HaConfig;
 pub use crate::publish::amqp::AmqpConfig;
 pub use crate::publish::kafka::{KafkaConfig, KafkaProperties};
@@ -23,6 +22,7 @@ pub use crate::publish::{BrokerConfig, BrokerKind};
 pub use crate::relay::{RelayConfig, RetryConfig};
 pub use crate::store::DatabaseConfig;
 pub use crate::sweeper::SweeperConfig;
+pub use crate::telemetry::instruments::MetricsConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};
 pub use secret::SecretUrl;
 pub use validate::{Checks, DAY};

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::health::{Health, Heartbeat};
-use crate::instruments;
 use crate::lease::{Held, Lease};
 use crate::publish::{FailureReason, Publisher};
 use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
+use crate::telemetry::instruments;
 
 mod chains;
 mod config;

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::keys::{ChainEnd, Key};
 use super::window::FenceTracker;
-use crate::instruments;
 use crate::store::{MessageStatus, OutboxMessage, Outcome, RowId, StoreError};
+use crate::telemetry::instruments;
 
 /// A publish outcome waiting to be written, with what logs and metrics need.
 pub(super) type Recordable = (RowId, Outcome, Logged);

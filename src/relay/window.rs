@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::instruments;
 use crate::store::{self, StoreError};
+use crate::telemetry::instruments;
 
 /// The claim window ([`store::ClaimWindow`], advanced by `outbox.claim_window`).
 ///

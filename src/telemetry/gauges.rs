@@ -10,9 +10,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Health, Heartbeat};
-use crate::instruments;
 use crate::relay::PassedFloor;
 use crate::store::{self, stats};
+use crate::telemetry::instruments;
 
 /// A horizon older than this, in time or in transactions, is logged with its holder (once per
 /// holder), so that the operator reading the vacuum alert finds who to ask without a label
