@@ -1,0 +1,355 @@
+//! The rig of one broker's run: the database and broker behind proxies, the relay replicas,
+//! the verifier's consumer; starting relays and services, waiting for recovery, draining.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use nix::sys::signal::Signal;
+use rdkafka::admin::AdminOptions;
+
+use crate::admin::{bind_queue, create_topic, declare_exchange, kafka_admin, rabbit_admin};
+use crate::common::{self, RelayProcess, TestDb};
+use crate::proxy::Proxy;
+use crate::settings::Settings;
+use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
+use crate::Broker;
+
+pub const KAFKA_PARTITIONS: i32 = 4;
+
+/// Everything one broker's run needs.
+pub struct Rig<'a> {
+    pub settings: &'a Settings,
+    pub broker: Broker,
+    pub db: TestDb,
+    pub db_proxy: Proxy,
+    pub broker_proxy: Proxy,
+    pub relay_db_url: String,
+    pub relay_env: Vec<(String, String)>,
+    pub relays: Vec<RelayProcess>,
+    pub destination: String,
+    pub queue: String,
+    pub deliveries: Deliveries,
+    pub consumer: Option<ConsumerTask>,
+    /// Deliveries recorded before the current Kafka topic was created.
+    pub incarnation_base: usize,
+    pub faults: Vec<FaultWindow>,
+}
+
+impl<'a> Rig<'a> {
+    /// The database proxy, the destination and the broker proxy, and the verifier's consumer;
+    /// no relay yet.
+    pub async fn set_up(settings: &'a Settings, broker: Broker) -> Rig<'a> {
+        println!("== {}: setting up", broker.name());
+        let db = TestDb::new().await;
+        let db_proxy = Proxy::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ([127, 0, 0, 1], settings.pg_port).into(),
+        )
+        .await;
+        let mut relay_db_url = url::Url::parse(&db.url).unwrap();
+        relay_db_url.set_port(Some(db_proxy.addr.port())).unwrap();
+        let destination = common::unique("faults");
+        let deliveries = Deliveries::default();
+        let mut relay_env: Vec<(String, String)> = [
+            ("OUTBOX_RELAY__HA__LEASE_NAME", destination.as_str()),
+            ("OUTBOX_RELAY__HA__LEASE_TTL", "2s"),
+            ("OUTBOX_RELAY__DATABASE__CONNECT_TIMEOUT", "2s"),
+            ("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50"),
+            ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", "3s"),
+            ("OUTBOX_RELAY__RELAY__SHUTDOWN_GRACE", "5s"),
+            ("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "100000"),
+            ("OUTBOX_RELAY__SWEEPER__INTERVAL", "250ms"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (broker_proxy, queue, consumer) = match broker {
+            Broker::Amqp => {
+                let proxy = Proxy::start(
+                    "127.0.0.1:0".parse().unwrap(),
+                    ([127, 0, 0, 1], settings.amqp_port).into(),
+                )
+                .await;
+                let mut url = url::Url::parse(&settings.amqp_url).unwrap();
+                url.set_port(Some(proxy.addr.port())).unwrap();
+                relay_env.push(("OUTBOX_RELAY__BROKER__AMQP__URL".into(), url.to_string()));
+                relay_env.push((
+                    "OUTBOX_RELAY__BROKER__AMQP__CONNECT_TIMEOUT".into(),
+                    "2s".into(),
+                ));
+                let queue = common::unique("faults_q");
+                let admin = rabbit_admin(settings).await;
+                declare_exchange(&admin, &destination, Some(&queue)).await;
+                bind_queue(&admin, &queue, &destination).await;
+                let consumer = verify::consume_rabbit(
+                    settings.amqp_url.clone(),
+                    queue.clone(),
+                    deliveries.clone(),
+                );
+                (proxy, queue, consumer)
+            }
+            Broker::Kafka => {
+                // tansu advertises the proxy's port (OUTBOX_KAFKA_ADVERTISED_PORT), so every
+                // connection after the bootstrap also passes through the proxy.
+                let proxy = Proxy::start(
+                    ([127, 0, 0, 1], settings.kafka_proxy_port).into(),
+                    ([127, 0, 0, 1], settings.kafka_port).into(),
+                )
+                .await;
+                let bootstrap = proxy.addr.to_string();
+                relay_env.push(("OUTBOX_RELAY__BROKER__KIND".into(), "kafka".into()));
+                relay_env.push((
+                    "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS".into(),
+                    bootstrap.clone(),
+                ));
+                relay_env.push((
+                    "OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT".into(),
+                    "2s".into(),
+                ));
+                // Longer than any stall injected here (6 s at most): a message timeout also makes
+                // librdkafka bump the producer's epoch (see Fault::runs_on). Shorter than the
+                // recovery bound: a message librdkafka still holds when its topic is deleted and
+                // recreated gets no delivery report until it times out, and is then sent again.
+                relay_env.push(("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT".into(), "20s".into()));
+                create_topic(&bootstrap, &destination).await;
+                let consumer = verify::consume_kafka(
+                    &bootstrap,
+                    &destination,
+                    KAFKA_PARTITIONS,
+                    deliveries.clone(),
+                );
+                (proxy, String::new(), consumer)
+            }
+        };
+        Rig {
+            settings,
+            broker,
+            db,
+            db_proxy,
+            broker_proxy,
+            relay_db_url: relay_db_url.to_string(),
+            relay_env,
+            relays: Vec::new(),
+            destination,
+            queue,
+            deliveries,
+            consumer: Some(consumer),
+            incarnation_base: 0,
+            faults: Vec::new(),
+        }
+    }
+
+    pub fn spawn_relay(&self) -> RelayProcess {
+        let env: Vec<(&str, &str)> = self
+            .relay_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        RelayProcess::spawn(&self.relay_db_url, &env)
+    }
+
+    pub async fn services(&self, action: &str, service: &str) {
+        let status = tokio::process::Command::new(&self.settings.services)
+            .args([action, service])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("run services.sh");
+        assert!(status.success(), "services.sh {action} {service}: {status}");
+    }
+
+    /// tansu's storage task can panic and leave the broker answering nothing but errors;
+    /// that is the broker's failure, not the relay's, and is reported as such.
+    pub fn broker_crash(&self) -> Option<String> {
+        if self.broker != Broker::Kafka {
+            return None;
+        }
+        let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local");
+        let dir = format!("tansu-{}", self.settings.kafka_port);
+        [local.join(&dir), local.join("services").join(&dir)]
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("tansu.log")).ok())
+            .find_map(|log| {
+                log.lines()
+                    .find(|l| l.contains("panicked at"))
+                    .map(|l| format!("tansu {l} (see its tansu.log)"))
+            })
+    }
+
+    pub fn broker_service(&self) -> &'static str {
+        match self.broker {
+            Broker::Amqp => "rabbitmq",
+            Broker::Kafka => "kafka",
+        }
+    }
+
+    /// The relay has recovered when the backlog that existed at `end` is published: no row
+    /// committed by then (commit_seq at most the highest one then) is still waiting.
+    pub async fn wait_recovered(&self, end: Instant) -> Instant {
+        let bound = self.settings.recovery_bound * 2;
+        let pool = &self.db.pool;
+        let high: i64 = retry_query(bound, || async {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT max(commit_seq) FROM outbox.messages WHERE status <> 'prepared'",
+            )
+            .fetch_one(pool)
+            .await
+            .map(|v| v.unwrap_or(0))
+        })
+        .await
+        .unwrap_or(i64::MAX);
+        let drained = retry_query(bound.saturating_sub(end.elapsed()), || async {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM outbox.messages
+                                 WHERE status = 'committed' AND commit_seq <= $1)",
+            )
+            .bind(high)
+            .fetch_one(pool)
+            .await?;
+            if waiting {
+                Err(sqlx::Error::RowNotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        if drained.is_none() {
+            println!("   the relay did not recover within {bound:?}");
+        }
+        Instant::now()
+    }
+
+    /// After the load: every prepared row resolved, every committed row published and
+    /// delivered; then the relays stop.
+    pub async fn finish(&mut self) {
+        let pool = &self.db.pool;
+        let settled = retry_query(Duration::from_secs(90), || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM outbox.messages WHERE status IN ('prepared', 'committed')",
+            )
+            .fetch_one(pool)
+            .await?;
+            if open == 0 {
+                Ok(())
+            } else {
+                Err(sqlx::Error::RowNotFound)
+            }
+        })
+        .await;
+        if settled.is_none() {
+            println!("   prepared or committed rows remain after 90 s");
+        }
+        let published: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT message_id FROM outbox.messages WHERE status = 'published'")
+                .fetch_all(pool)
+                .await
+                .expect("published rows");
+        let mut all_arrived = self.all_arrived(&published, Duration::from_secs(20)).await;
+        if !all_arrived && self.broker == Broker::Amqp {
+            // What the broker holds is what the relay delivered: a verifier consumer that went
+            // silent (it happened once, after 39 faults) must not count its backlog as lost.
+            let waiting = self.queue_depth().await;
+            println!(
+                "   the verifier is missing published messages after 20 s ({waiting:?} in the \
+                 queue, {} consumer sessions ended): reading on with a new consumer",
+                self.deliveries.sessions_ended()
+            );
+            if let Some(c) = self.consumer.take() {
+                c.stop().await;
+            }
+            self.consumer = Some(verify::consume_rabbit(
+                self.settings.amqp_url.clone(),
+                self.queue.clone(),
+                self.deliveries.clone(),
+            ));
+            all_arrived = self.all_arrived(&published, Duration::from_secs(40)).await;
+        }
+        if !all_arrived {
+            println!("   not every published message arrived at the verifier");
+        }
+        for mut r in self.relays.drain(..) {
+            r.signal(Signal::SIGTERM);
+            r.wait_exit(Duration::from_secs(30)).await;
+        }
+        if let Some(c) = self.consumer.take() {
+            c.stop().await;
+        }
+    }
+
+    pub async fn all_arrived(&self, published: &[uuid::Uuid], within: Duration) -> bool {
+        let deliveries = &self.deliveries;
+        retry_query(within, || async {
+            let seen = deliveries.distinct();
+            if published.iter().all(|id| seen.contains(id)) {
+                Ok(())
+            } else {
+                Err(sqlx::Error::RowNotFound)
+            }
+        })
+        .await
+        .is_some()
+    }
+
+    /// Messages ready in the verifier's queue, as the broker counts them.
+    pub async fn queue_depth(&self) -> Option<u32> {
+        let admin = rabbit_admin(self.settings).await;
+        admin
+            .1
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()
+            .map(|q| q.message_count())
+    }
+
+    pub async fn cleanup(&self) {
+        match self.broker {
+            Broker::Amqp => {
+                let admin = rabbit_admin(self.settings).await;
+                let _ = admin
+                    .1
+                    .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+                let _ = admin
+                    .1
+                    .exchange_delete(
+                        self.destination.as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+            }
+            Broker::Kafka => {
+                let _ = kafka_admin(&self.broker_proxy.addr.to_string())
+                    .delete_topics(&[self.destination.as_str()], &AdminOptions::new())
+                    .await;
+            }
+        }
+    }
+}
+
+/// Runs `attempt` every 50 ms until it succeeds or `timeout` passes; errors (the database
+/// restarting, a condition not met yet) are retried.
+pub async fn retry_query<T, F, Fut>(timeout: Duration, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(v) = attempt().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
