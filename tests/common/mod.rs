@@ -37,6 +37,40 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:56729/%2f".into())
 }
 
+/// The broker a relay publishes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    Amqp,
+    Kafka,
+}
+
+impl Broker {
+    /// As people write it: `RabbitMQ`, `Kafka`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Broker::Amqp => "RabbitMQ",
+            Broker::Kafka => "Kafka",
+        }
+    }
+
+    /// In lower case: the service of `scripts/services.sh`, the fault suite's
+    /// `FAULTS_BROKERS` and the names of the bench's parts (`rabbitmq`, `kafka`).
+    pub fn id(self) -> &'static str {
+        match self {
+            Broker::Amqp => "rabbitmq",
+            Broker::Kafka => "kafka",
+        }
+    }
+
+    /// The relay's `broker.kind`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Broker::Amqp => "amqp",
+            Broker::Kafka => "kafka",
+        }
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", Uuid::new_v4().simple())
 }

@@ -7,12 +7,12 @@ use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::common::Broker;
 use crate::fault::{random_between, Fault, FAULTS};
 use crate::load::Load;
 use crate::rig::Rig;
 use crate::settings::Settings;
 use crate::verify::{self, Summary};
-use crate::Broker;
 
 /// How far before a fault's start a confirm may have been received whose update the fault
 /// then prevented (the relay records a batch's outcomes while it publishes the next).
@@ -33,7 +33,7 @@ pub async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
     let first = rig.wait_recovered(Instant::now()).await;
     println!(
         "== {}: relay publishing after {:.2?}",
-        broker.name(),
+        broker.id(),
         first.elapsed()
     );
 
@@ -54,7 +54,7 @@ pub async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
             }
             println!(
                 "   {} round {round}: {:<34} recovered in {:.2?}",
-                broker.name(),
+                broker.id(),
                 window.name,
                 window.recovery
             );
@@ -62,7 +62,7 @@ pub async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
         }
     }
 
-    println!("== {}: stopping the load, draining", broker.name());
+    println!("== {}: stopping the load, draining", broker.id());
     let write_errors = load.stop().await;
     rig.finish().await;
     let rows = verify::outbox_rows(&rig.db.pool).await;
@@ -70,7 +70,7 @@ pub async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
     let summary = verify::check(&rows, &log, redeliveries, &rig.faults, DUPLICATE_SLACK);
     println!(
         "== {}: {} writes failed during faults (expected; the outbox is the source of truth)",
-        broker.name(),
+        broker.id(),
         write_errors
     );
     rig.cleanup().await;

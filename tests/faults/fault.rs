@@ -8,10 +8,10 @@ use rand::Rng;
 
 use crate::admin::{bind_queue, create_topic, declare_exchange, delete_topic, rabbit_admin};
 use crate::common;
+use crate::common::Broker;
 use crate::proxy::{Mode, Proxy};
 use crate::rig::{retry_query, Rig, KAFKA_PARTITIONS};
 use crate::verify::{self, FaultWindow};
-use crate::Broker;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Side {
@@ -169,7 +169,7 @@ impl Rig<'_> {
             }
             Fault::BrokerRestart => {
                 let start = Instant::now();
-                let service = self.broker_service();
+                let service = self.broker.id();
                 self.services("stop", service).await;
                 tokio::time::sleep(random_between(500, 2000)).await;
                 self.services("start", service).await;

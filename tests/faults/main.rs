@@ -44,28 +44,13 @@ fn main() -> ExitCode {
     runtime.block_on(run())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Broker {
-    Amqp,
-    Kafka,
-}
-
-impl Broker {
-    pub fn name(self) -> &'static str {
-        match self {
-            Broker::Amqp => "rabbitmq",
-            Broker::Kafka => "kafka",
-        }
-    }
-}
-
 async fn run() -> ExitCode {
     let settings = Settings::from_env();
     let started = Instant::now();
     let mut results = Vec::new();
     for &broker in &settings.brokers {
         let summary = driver::run_broker(&settings, broker).await;
-        results.push((broker.name().to_string(), summary));
+        results.push((broker.id().to_string(), summary));
     }
     let mut total = Summary::default();
     for (_, s) in &results {

@@ -10,11 +10,11 @@ use nix::sys::signal::Signal;
 use rdkafka::admin::AdminOptions;
 
 use crate::admin::{bind_queue, create_topic, declare_exchange, kafka_admin, rabbit_admin};
+use crate::common::Broker;
 use crate::common::{self, RelayProcess, TestDb};
 use crate::proxy::Proxy;
 use crate::settings::Settings;
 use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
-use crate::Broker;
 
 pub const KAFKA_PARTITIONS: i32 = 4;
 
@@ -41,7 +41,7 @@ impl<'a> Rig<'a> {
     /// The database proxy, the destination and the broker proxy, and the verifier's consumer;
     /// no relay yet.
     pub async fn set_up(settings: &'a Settings, broker: Broker) -> Rig<'a> {
-        println!("== {}: setting up", broker.name());
+        println!("== {}: setting up", broker.id());
         let db = TestDb::new().await;
         let db_proxy = Proxy::start(
             "127.0.0.1:0".parse().unwrap(),
@@ -176,13 +176,6 @@ impl<'a> Rig<'a> {
                     .find(|l| l.contains("panicked at"))
                     .map(|l| format!("tansu {l} (see its tansu.log)"))
             })
-    }
-
-    pub fn broker_service(&self) -> &'static str {
-        match self.broker {
-            Broker::Amqp => "rabbitmq",
-            Broker::Kafka => "kafka",
-        }
     }
 
     /// The relay has recovered when the backlog that existed at `end` is published: no row

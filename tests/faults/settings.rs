@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::common;
-use crate::Broker;
+use crate::common::Broker;
 
 pub struct Settings {
     pub rounds: usize,
