@@ -8,6 +8,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
@@ -93,8 +94,52 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// An admin client for `bootstrap`.
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    client_config(bootstrap)
+        .create()
+        .expect("kafka admin client")
+}
+
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     create_topic_with(&client_config(bootstrap), topic, partitions).await
+}
+
+/// Creates the topic, retrying for up to 30 s while a deletion of the same name is still in
+/// progress.
+pub async fn create_topic_retrying(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin = admin(bootstrap);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    wait_for(
+        &format!("topic {topic} created"),
+        Duration::from_secs(30),
+        || async {
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            match admin.create_topics(&[new], &options).await {
+                Ok(results) => match results.into_iter().find_map(|r| r.err()) {
+                    None => Some(()),
+                    Some(e) => {
+                        eprintln!("   create topic {topic}: {e:?}");
+                        None
+                    }
+                },
+                Err(e) => {
+                    eprintln!("   create topic {topic}: {e}");
+                    None
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Deletes the topic: the request's error, or the topic's own.
+pub async fn delete_topic(bootstrap: &str, topic: &str) -> KafkaResult<()> {
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin(bootstrap).delete_topics(&[topic], &options).await? {
+        r.map_err(|(_, code)| KafkaError::AdminOp(code))?;
+    }
+    Ok(())
 }
 
 pub async fn create_topic_with(client: &ClientConfig, topic: &str, partitions: i32) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -43,38 +43,78 @@ impl Rabbit {
     }
 
     pub async fn declare_exchange_of(&self, name: &str, kind: ExchangeKind) {
+        self.declare_exchange_with(name, kind, ExchangeDeclareOptions::default())
+            .await
+    }
+
+    /// An exchange with `options` (durable, auto-delete).
+    pub async fn declare_exchange_with(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeDeclareOptions,
+    ) {
         self.channel
-            .exchange_declare(
-                name.into(),
-                kind,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            )
+            .exchange_declare(name.into(), kind, options, FieldTable::default())
             .await
             .expect("declare exchange");
     }
 
-    pub async fn delete_exchange(&self, name: &str) {
+    pub async fn delete_exchange(&self, name: &str) -> lapin::Result<()> {
         self.channel
             .exchange_delete(name.into(), ExchangeDeleteOptions::default())
             .await
-            .expect("delete exchange");
     }
 
-    /// A new exclusive queue bound to `exchange` with `routing_key`.
-    pub async fn bound_queue(&self, exchange: &str, routing_key: &str) -> String {
-        let queue = unique("q");
+    /// A queue named `name` with `options` (durable, exclusive) and `arguments` (such as
+    /// `x-max-length`), not bound.
+    pub async fn declare_queue(
+        &self,
+        name: &str,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) {
+        self.channel
+            .queue_declare(name.into(), options, arguments)
+            .await
+            .expect("declare queue");
+    }
+
+    /// Deletes the queue; the number of messages it held.
+    pub async fn delete_queue(&self, name: &str) -> lapin::Result<u32> {
+        self.channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await
+    }
+
+    /// Messages ready in `queue`, as the broker counts them; `None` if it does not exist.
+    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
         self.channel
             .queue_declare(
-                queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
-                    exclusive: true,
+                    passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
             )
             .await
-            .expect("declare queue");
+            .ok()
+            .map(|q| q.message_count())
+    }
+
+    /// A new exclusive queue bound to `exchange` with `routing_key`.
+    pub async fn bound_queue(&self, exchange: &str, routing_key: &str) -> String {
+        let queue = unique("q");
+        self.declare_queue(
+            &queue,
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
         self.bind(&queue, exchange, routing_key).await;
         queue
     }

@@ -2,15 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::ExchangeDeleteOptions;
 use nix::sys::signal::Signal;
 use rand::Rng;
 
-use crate::admin::{bind_queue, create_topic, declare_exchange, delete_topic, rabbit_admin};
-use crate::common;
-use crate::common::Broker;
+use crate::common::{self, Broker, Rabbit};
 use crate::proxy::{Mode, Proxy};
-use crate::rig::{retry_query, Rig, KAFKA_PARTITIONS};
+use crate::rig::{declare_destination, retry_query, Rig, KAFKA_PARTITIONS};
 use crate::verify::{self, FaultWindow};
 
 #[derive(Debug, Clone, Copy)]
@@ -242,20 +239,16 @@ impl Rig<'_> {
             Broker::Amqp => {
                 // Messages already routed stay in the queue; the relay meets a missing
                 // exchange (404), then an exchange without a binding (returned, unroutable).
-                let admin = rabbit_admin(self.settings).await;
+                let rabbit = Rabbit::connect().await;
                 let start = Instant::now();
-                admin
-                    .1
-                    .exchange_delete(
-                        self.destination.as_str().into(),
-                        ExchangeDeleteOptions::default(),
-                    )
+                rabbit
+                    .delete_exchange(&self.destination)
                     .await
                     .expect("delete exchange");
                 tokio::time::sleep(random_between(500, 2000)).await;
-                declare_exchange(&admin, &self.destination, None).await;
+                declare_destination(&rabbit, &self.destination).await;
                 tokio::time::sleep(random_between(0, 1000)).await;
-                bind_queue(&admin, &self.queue, &self.destination).await;
+                rabbit.bind(&self.queue, &self.destination, "").await;
                 (start, Instant::now())
             }
             Broker::Kafka => {
@@ -288,9 +281,16 @@ impl Rig<'_> {
                 if let Some(c) = self.consumer.take() {
                     c.stop().await;
                 }
-                delete_topic(&bootstrap, &self.destination).await;
+                common::kafka::delete_topic(&bootstrap, &self.destination)
+                    .await
+                    .expect("delete topic");
                 tokio::time::sleep(random_between(200, 1000)).await;
-                create_topic(&bootstrap, &self.destination).await;
+                common::kafka::create_topic_retrying(
+                    &bootstrap,
+                    &self.destination,
+                    KAFKA_PARTITIONS,
+                )
+                .await;
                 for r in &self.relays {
                     r.signal(Signal::SIGCONT);
                 }

@@ -11,7 +11,6 @@
 //! It restarts the services it uses, so it refuses to run against the shared default ports;
 //! `scripts/faults.sh` starts a separate set and runs it.
 
-mod admin;
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;

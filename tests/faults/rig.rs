@@ -4,14 +4,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::ExchangeKind;
 use nix::sys::signal::Signal;
-use rdkafka::admin::AdminOptions;
 
-use crate::admin::{bind_queue, create_topic, declare_exchange, kafka_admin, rabbit_admin};
-use crate::common::Broker;
-use crate::common::{self, RelayProcess, TestDb};
+use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
 use crate::proxy::Proxy;
 use crate::settings::Settings;
 use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
@@ -80,9 +78,19 @@ impl<'a> Rig<'a> {
                     "2s".into(),
                 ));
                 let queue = common::unique("faults_q");
-                let admin = rabbit_admin(settings).await;
-                declare_exchange(&admin, &destination, Some(&queue)).await;
-                bind_queue(&admin, &queue, &destination).await;
+                let rabbit = Rabbit::connect().await;
+                declare_destination(&rabbit, &destination).await;
+                rabbit
+                    .declare_queue(
+                        &queue,
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                rabbit.bind(&queue, &destination, "").await;
                 let consumer = verify::consume_rabbit(
                     settings.amqp_url.clone(),
                     queue.clone(),
@@ -113,7 +121,8 @@ impl<'a> Rig<'a> {
                 // recovery bound: a message librdkafka still holds when its topic is deleted and
                 // recreated gets no delivery report until it times out, and is then sent again.
                 relay_env.push(("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT".into(), "20s".into()));
-                create_topic(&bootstrap, &destination).await;
+                common::kafka::create_topic_retrying(&bootstrap, &destination, KAFKA_PARTITIONS)
+                    .await;
                 let consumer = verify::consume_kafka(
                     &bootstrap,
                     &destination,
@@ -287,45 +296,39 @@ impl<'a> Rig<'a> {
 
     /// Messages ready in the verifier's queue, as the broker counts them.
     pub async fn queue_depth(&self) -> Option<u32> {
-        let admin = rabbit_admin(self.settings).await;
-        admin
-            .1
-            .queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()
-            .map(|q| q.message_count())
+        Rabbit::connect().await.queue_depth(&self.queue).await
     }
 
     pub async fn cleanup(&self) {
         match self.broker {
             Broker::Amqp => {
-                let admin = rabbit_admin(self.settings).await;
-                let _ = admin
-                    .1
-                    .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-                let _ = admin
-                    .1
-                    .exchange_delete(
-                        self.destination.as_str().into(),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
+                let rabbit = Rabbit::connect().await;
+                let _ = rabbit.delete_queue(&self.queue).await;
+                let _ = rabbit.delete_exchange(&self.destination).await;
             }
             Broker::Kafka => {
-                let _ = kafka_admin(&self.broker_proxy.addr.to_string())
-                    .delete_topics(&[self.destination.as_str()], &AdminOptions::new())
-                    .await;
+                let _ = common::kafka::delete_topic(
+                    &self.broker_proxy.addr.to_string(),
+                    &self.destination,
+                )
+                .await;
             }
         }
     }
+}
+
+/// The destination exchange: a durable fanout, as it must survive broker restarts.
+pub async fn declare_destination(rabbit: &Rabbit, exchange: &str) {
+    rabbit
+        .declare_exchange_with(
+            exchange,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
+        .await
 }
 
 /// Runs `attempt` every 50 ms until it succeeds or `timeout` passes; errors (the database
