@@ -89,14 +89,40 @@ pub struct TestDb {
     pub pool: PgPool,
 }
 
+/// How [`TestDb::create`] makes the database; the default is the tests' way.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// The start of its name, before a unique suffix: the bench finds its own by it.
+    pub prefix: &'static str,
+    /// Connections of [`TestDb::pool`].
+    pub max_connections: u32,
+    /// [`TestDb::pool`] with the relay's own session settings (`store::connect_options`:
+    /// generic plans, no JIT, statement_timeout), as the bench measures the relay's path.
+    pub relay_session: bool,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "t",
+            max_connections: 5,
+            relay_session: false,
+        }
+    }
+}
+
 impl TestDb {
     pub async fn new() -> Self {
+        Self::create(&DbOptions::default()).await
+    }
+
+    pub async fn create(options: &DbOptions) -> Self {
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&admin_database_url())
             .await
             .expect("connect to the test Postgres (run scripts/services.sh up)");
-        let name = unique("t");
+        let name = unique(options.prefix);
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
@@ -105,11 +131,14 @@ impl TestDb {
         let mut url = url::Url::parse(&admin_database_url()).unwrap();
         url.set_path(&name);
         let url = url.to_string();
-        let pool = PgPoolOptions::new()
-            .max_connections(5)
-            .connect(&url)
-            .await
-            .expect("connect to test database");
+        let pool = PgPoolOptions::new().max_connections(options.max_connections);
+        let pool = if options.relay_session {
+            let session = outbox_relay::store::connect_options(&url).expect("the relay's options");
+            pool.connect_with(session).await
+        } else {
+            pool.connect(&url).await
+        }
+        .expect("connect to test database");
         outbox_relay::store::migrate(&pool).await.expect("migrate");
         create_relay_login(&pool).await;
         let mut relay_url = url::Url::parse(&url).unwrap();

@@ -1,15 +1,31 @@
 //! The relay binary as a child process, and plain HTTP requests to its listener.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{amqp_url, unique, wait_for};
+use super::{amqp_url, kafka, unique, wait_for, Broker};
 
 /// The relay binary as a child process, configured through environment variables, its
-/// stderr (text logs) and stdout captured to one file.
+/// stderr (text logs) and stdout captured to one file or, as the bench has it, two.
 pub struct RelayProcess {
     pub child: std::process::Child,
-    pub log: std::path::PathBuf,
+    /// Its stdout (and stderr, unless [`RelayOptions::log`] put that apart).
+    pub log: PathBuf,
     pub http: std::net::SocketAddr,
+}
+
+/// How [`RelayProcess::spawn_with`] starts the relay; the default is the tests' way.
+#[derive(Debug, Clone, Default)]
+pub struct RelayOptions {
+    /// Sets `broker.kind` and the Kafka bootstrap servers ([`kafka::bootstrap`]); `None`
+    /// leaves both to the relay's defaults and the caller's variables.
+    pub broker: Option<Broker>,
+    /// The relay's own defaults for the lease, polling, backoff, gauges and log level (what
+    /// the bench measures) instead of the tests' short intervals.
+    pub default_timing: bool,
+    /// stdout to this file and stderr beside it (extension `stderr`), instead of both to one
+    /// new file in the temporary directory.
+    pub log: Option<PathBuf>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -22,31 +38,80 @@ pub fn free_port() -> u16 {
 }
 
 impl RelayProcess {
+    /// The tests' relay: short lease, polling, backoff and gauge intervals, RabbitMQ at
+    /// [`amqp_url`]; `extra_env` (OUTBOX_RELAY__* variables) comes last.
     pub fn spawn(db_url: &str, extra_env: &[(&str, &str)]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("relay")));
-        let file = std::fs::File::create(&log).expect("log file");
+        Self::spawn_with(db_url, &RelayOptions::default(), extra_env)
+    }
+
+    pub fn spawn_with(db_url: &str, options: &RelayOptions, extra_env: &[(&str, &str)]) -> Self {
+        let (log, stdout, stderr) = match &options.log {
+            None => {
+                let log = std::env::temp_dir().join(format!("{}.log", unique("relay")));
+                let file = std::fs::File::create(&log).expect("log file");
+                (log, file.try_clone().expect("log file"), file)
+            }
+            Some(log) => (
+                log.clone(),
+                std::fs::File::create(log).expect("relay log"),
+                std::fs::File::create(log.with_extension("stderr")).expect("relay log"),
+            ),
+        };
         let http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
         cmd.arg("run")
             .env("OUTBOX_RELAY__HTTP__LISTEN", http.to_string())
-            .env("OUTBOX_RELAY__HA__LEASE_TTL", "1s")
-            .env("OUTBOX_RELAY__METRICS__BACKLOG_INTERVAL", "200ms")
             .env_remove("OUTBOX_RELAY_CONFIG")
             .env("OUTBOX_RELAY__DATABASE__URL", db_url)
             .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
-            .env("OUTBOX_RELAY__RELAY__POLL_INTERVAL", "20ms")
-            .env("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF", "50ms")
-            .env("OUTBOX_RELAY__RETRY__MAX_BACKOFF", "500ms")
             .env("OUTBOX_RELAY__LOG__FORMAT", "text")
-            .env("OUTBOX_RELAY__LOG__LEVEL", "info")
             .env("NO_COLOR", "1")
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
+            .stdout(stdout)
+            .stderr(stderr);
+        if !options.default_timing {
+            cmd.env("OUTBOX_RELAY__HA__LEASE_TTL", "1s")
+                .env("OUTBOX_RELAY__METRICS__BACKLOG_INTERVAL", "200ms")
+                .env("OUTBOX_RELAY__RELAY__POLL_INTERVAL", "20ms")
+                .env("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF", "50ms")
+                .env("OUTBOX_RELAY__RETRY__MAX_BACKOFF", "500ms")
+                .env("OUTBOX_RELAY__LOG__LEVEL", "info");
+        }
+        if let Some(broker) = options.broker {
+            cmd.env("OUTBOX_RELAY__BROKER__KIND", broker.kind()).env(
+                "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
+                kafka::bootstrap(),
+            );
+        }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn outbox-relay");
         Self { child, log, http }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far, in MiB (VmHWM).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib / 1024.0
+    }
+
+    /// User plus system CPU time so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // /proc reports in USER_HZ, which is 100 on every Linux architecture we run on.
+        ticks / 100.0
     }
 
     /// GET a path on the relay's HTTP listener: (status code, body), or None if unreachable.
@@ -99,6 +164,16 @@ impl RelayProcess {
             .find(|l| l.contains(needle))
             .unwrap()
             .to_string()
+    }
+
+    /// SIGTERM, then waits for the exit whatever its status, blocking the thread: for the
+    /// bench, between measurements. Tests use [`Self::terminate`].
+    pub fn stop_blocking(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then a clean exit within `timeout`.
