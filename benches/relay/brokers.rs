@@ -3,24 +3,20 @@
 use super::*;
 
 /// A fanout exchange `name` bound to a bounded queue `{name}.q`, both there as long as the
-/// returned connection is open.
-pub(crate) async fn amqp_exchange(url: &str, name: &str) -> Connection {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ");
-    let ch = conn.create_channel().await.unwrap();
+/// returned connection is open (dropping it closes it).
+pub(crate) async fn amqp_exchange(name: &str) -> Rabbit {
+    let rabbit = Rabbit::connect().await;
     // Gone with its queue's binding.
-    ch.exchange_declare(
-        name.into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    rabbit
+        .declare_exchange_with(
+            name,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+        )
+        .await;
     let queue = format!("{name}.q");
     let args = {
         // A bounded queue that drops the oldest, so the bench never fills the disk.
@@ -35,26 +31,18 @@ pub(crate) async fn amqp_exchange(url: &str, name: &str) -> Connection {
     // an auto-delete queue goes only after a consumer leaves, and the drains' queue never has
     // one. Left behind, each run's queue kept up to 100,000 messages in RabbitMQ's memory,
     // and RabbitMQ's work on them landed in later runs' figures (docs/performance.md).
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        name.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    conn
+    rabbit
+        .declare_queue(
+            &queue,
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await;
+    rabbit.bind(&queue, name, "").await;
+    rabbit
 }
 
 /// RabbitMQ alone: confirms, persistent, mandatory, the relay's in-flight limit.
@@ -97,23 +85,6 @@ pub(crate) async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
         c.await.unwrap();
     }
     n as f64 / started.elapsed().as_secs_f64()
-}
-
-pub(crate) async fn kafka_topic(bootstrap: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
 }
 
 /// A producer with the relay's client settings.

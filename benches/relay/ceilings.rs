@@ -8,7 +8,7 @@ pub(crate) async fn ceiling_outbox(
     outbox: Outbox<'_>,
     published_retention: Duration,
 ) -> (PgPool, Config) {
-    let (pool, url) = fresh_db(outbox.admin_url).await;
+    let (pool, url) = fresh_db().await;
     fill(&pool, outbox.exchange, outbox.rows).await;
     let mut config = Config::default();
     config.database.url = SecretUrl::new(url);
@@ -82,7 +82,6 @@ pub(crate) async fn both_halves_way<P: Publisher>(
 /// A fresh outbox of `rows` committed rows for `exchange`, in a database of its own.
 #[derive(Clone, Copy)]
 pub(crate) struct Outbox<'a> {
-    pub(crate) admin_url: &'a str,
     pub(crate) exchange: &'a str,
     pub(crate) rows: i64,
 }
@@ -124,10 +123,10 @@ pub(crate) async fn drain(
 ) -> DrainFigures {
     let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
     let started = Instant::now();
-    let relay = RelayProcess::spawn(db_url, broker, label, settings);
+    let relay = spawn_relay(db_url, broker, label, settings);
     wait_drained(pool).await;
     let rate = rows as f64 / started.elapsed().as_secs_f64();
-    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, relay.pid());
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
     DrainFigures {
         rate,
         cpu_by_command,

@@ -21,36 +21,29 @@ pub(crate) async fn drop_bench_databases(admin: &PgPool) {
     }
 }
 
-pub(crate) async fn admin_pool(admin_url: &str) -> PgPool {
+pub(crate) async fn admin_pool() -> PgPool {
     PgPoolOptions::new()
         .max_connections(1)
-        .connect(admin_url)
+        .connect(&admin_database_url())
         .await
         .expect("admin connection")
 }
 
-/// A new database for the next part of the run. The databases of the parts before are dropped
-/// first: their autovacuum work would otherwise land in this part's figures.
-pub(crate) async fn fresh_db(admin_url: &str) -> (PgPool, String) {
-    let admin = admin_pool(admin_url).await;
+/// A new database for the next part of the run: its pool (with the relay's own session
+/// settings, so that the database ceiling measures its path) and its URL. The databases of the
+/// parts before are dropped first: their autovacuum work would otherwise land in this part's
+/// figures.
+pub(crate) async fn fresh_db() -> (PgPool, String) {
+    let admin = admin_pool().await;
     drop_bench_databases(&admin).await;
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
     admin.close().await;
-    let mut url = url::Url::parse(admin_url).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
-    // The relay's own session settings, so that the database ceiling measures its path.
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(store::connect_options(&url).unwrap())
-        .await
-        .unwrap();
-    store::migrate(&pool).await.unwrap();
-    (pool, url)
+    let db = TestDb::create(&DbOptions {
+        prefix: "bench",
+        max_connections: 4,
+        relay_session: true,
+    })
+    .await;
+    (db.pool, db.url)
 }
 
 pub(crate) async fn fill(pool: &PgPool, destination: &str, rows: i64) {

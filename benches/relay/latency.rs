@@ -2,17 +2,6 @@
 
 use super::*;
 
-pub(crate) fn amqp_url() -> String {
-    env(
-        "OUTBOX_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:56729/%2f",
-    )
-}
-
-pub(crate) fn bootstrap() -> String {
-    env("OUTBOX_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:59092")
-}
-
 /// Commit-to-receive latency percentiles, in milliseconds.
 pub(crate) struct Latency {
     pub(crate) p50: f64,
@@ -42,14 +31,14 @@ pub(crate) async fn consume(
     let mut got = Receipts::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     if broker == Broker::Kafka {
-        kafka_topic(&bootstrap(), &destination).await;
+        create_topic(&bootstrap(), &destination, KAFKA_PARTITIONS).await;
     }
     let done =
         |got: &Receipts| got.len() >= expected.load(Ordering::Acquire) || Instant::now() > deadline;
     match broker {
         Broker::Amqp => {
-            let conn = amqp_exchange(&amqp_url(), &destination).await;
-            let ch = conn.create_channel().await.unwrap();
+            let rabbit = amqp_exchange(&destination).await;
+            let ch = rabbit.conn.create_channel().await.unwrap();
             let mut deliveries = ch
                 .basic_consume(
                     format!("{destination}.q").as_str().into(),
@@ -86,7 +75,7 @@ pub(crate) async fn consume(
                 .create()
                 .unwrap();
             let mut partitions = TopicPartitionList::new();
-            for p in 0..3 {
+            for p in 0..KAFKA_PARTITIONS {
                 partitions
                     .add_partition_offset(&destination, p, Offset::Beginning)
                     .unwrap();
@@ -119,14 +108,13 @@ pub(crate) async fn consume(
 /// over all keys, with the relay running; measures committed_at to consumer receipt.
 /// `settings`: OUTBOX_RELAY__* variables for this run, such as delete on publish.
 pub(crate) async fn latency(
-    admin_url: &str,
     broker: Broker,
     rate: u32,
     secs: u64,
     label: &str,
     settings: &[(&str, &str)],
 ) -> Latency {
-    let (pool, url) = fresh_db(admin_url).await;
+    let (pool, url) = fresh_db().await;
     let writers = PgPoolOptions::new()
         .max_connections(16)
         .connect(&url)
@@ -146,7 +134,7 @@ pub(crate) async fn latency(
         subscribed,
     ));
     ready.await.unwrap();
-    let relay = RelayProcess::spawn(&url, broker, label, settings);
+    let relay = spawn_relay(&url, broker, label, settings);
     // The relay is up once its lease row exists; load before that would measure start-up.
     while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox.relay_leases")
         .fetch_one(&pool)
@@ -209,10 +197,10 @@ pub(crate) async fn latency(
         sent += n;
     }
     let _ = in_flight.acquire_many(64).await.unwrap();
-    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, relay.pid());
+    let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
     expected.store(sent as usize, Ordering::Release);
     let receipts = consumer.await.unwrap();
-    relay.stop();
+    relay.stop_blocking();
     assert_eq!(
         receipts.len() as u64,
         sent,

@@ -23,7 +23,7 @@ use futures::{FutureExt, StreamExt};
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -33,10 +33,8 @@ use outbox_relay::health::Health;
 use outbox_relay::publish::amqp::AmqpPublisher;
 use outbox_relay::publish::kafka::{client_config, KafkaPublisher};
 use outbox_relay::publish::{PublishError, Publisher};
-use outbox_relay::store::{self, OutboxMessage};
+use outbox_relay::store::OutboxMessage;
 use rand::Rng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -46,6 +44,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 const KEYS: i64 = 1000;
+/// Partitions of the bench's topics.
+const KAFKA_PARTITIONS: i32 = 3;
 const PAYLOAD_BYTES: usize = 256;
 /// The relay's `relay.max_in_flight` (as overridden with BENCH_RELAY__RELAY__MAX_IN_FLIGHT),
 /// so that the broker ceilings keep as many messages unconfirmed as the relay may.
@@ -113,6 +113,8 @@ impl Publisher for PacedPublisher {
 
 mod brokers;
 mod ceilings;
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod db;
 mod latency;
 mod process;
@@ -120,6 +122,10 @@ mod report;
 
 use brokers::*;
 use ceilings::*;
+use common::kafka::{bootstrap, create_topic};
+use common::{
+    admin_database_url, amqp_url, Broker, DbOptions, Rabbit, RelayOptions, RelayProcess, TestDb,
+};
 use db::*;
 use latency::*;
 use process::*;
@@ -139,28 +145,23 @@ async fn main() {
         .expect("BENCH_IDLE_SECS");
     let only = env("BENCH_ONLY", "");
     let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-    let admin_url = env(
-        "OUTBOX_TEST_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:54329/postgres",
-    );
     let amqp_url = amqp_url();
     let bootstrap = bootstrap();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut f = Figures(Vec::new());
 
-    let (admin, _) = fresh_db(&admin_url).await;
+    let (admin, _) = fresh_db().await;
     let machine = machine(&admin).await;
     admin.close().await;
     println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
     println!("machine: {machine}");
 
     let exchange = format!("bench.{run}");
-    let _amqp = amqp_exchange(&amqp_url, &exchange).await;
+    let _amqp = amqp_exchange(&exchange).await;
     let topic = format!("bench-{run}");
-    kafka_topic(&bootstrap, &topic).await;
+    create_topic(&bootstrap, &topic, KAFKA_PARTITIONS).await;
 
     let outbox = Outbox {
-        admin_url: &admin_url,
         exchange: &exchange,
         rows,
     };
@@ -312,13 +313,13 @@ async fn main() {
     for (mode, (suffix, database_ceiling, settings)) in modes.into_iter().enumerate() {
         for broker in [Broker::Amqp, Broker::Kafka] {
             let part = match mode {
-                0 => format!("drain-{}", broker.name().to_lowercase()),
+                0 => format!("drain-{}", broker.id()),
                 _ => "delete".to_string(),
             };
             if !wanted(&part) {
                 continue;
             }
-            let (pool, url) = fresh_db(&admin_url).await;
+            let (pool, url) = fresh_db().await;
             fill(
                 &pool,
                 if broker == Broker::Amqp {
@@ -362,12 +363,12 @@ async fn main() {
                     "%",
                 );
             }
-            d.relay.stop();
+            d.relay.stop_blocking();
         }
     }
 
     if wanted("vacuum") {
-        let (pool, url) = fresh_db(&admin_url).await;
+        let (pool, url) = fresh_db().await;
         fill(&pool, &exchange, rows).await;
         // A REPEATABLE READ snapshot in the same database keeps every row version the relay
         // updates from being pruned or vacuumed for the whole drain.
@@ -381,7 +382,7 @@ async fn main() {
             .await
             .unwrap();
         let d = drain(&pool, &url, Broker::Amqp, rows, "drain-held-back", &[]).await;
-        d.relay.stop();
+        d.relay.stop_blocking();
         holder.rollback().await.unwrap();
         let rate = f.add(
             "drain to RabbitMQ, REPEATABLE READ held open",
@@ -394,7 +395,7 @@ async fn main() {
     }
 
     if wanted("naive") {
-        let (pool, _) = fresh_db(&admin_url).await;
+        let (pool, _) = fresh_db().await;
         fill(&pool, &exchange, naive_rows).await;
         let config = Config::default();
         let mut amqp_config = config.broker.amqp.clone();
@@ -424,7 +425,7 @@ async fn main() {
     for (broker, suffix, settings) in latency_parts {
         let part = format!(
             "latency-{}{}",
-            broker.name().to_lowercase(),
+            broker.id(),
             if settings.is_empty() { "" } else { "-delete" }
         );
         if !wanted(&part) {
@@ -435,7 +436,7 @@ async fn main() {
             .map(|r| r.parse::<u32>().expect("BENCH_RATES"))
         {
             let label = format!("{part}-{rate}");
-            let l = latency(&admin_url, broker, rate, latency_secs, &label, settings).await;
+            let l = latency(broker, rate, latency_secs, &label, settings).await;
             let name = format!("latency to {}{suffix} at {rate} msg/s", broker.name());
             f.add(format!("{name}: p50"), l.p50, "ms");
             f.add(format!("{name}: p99"), l.p99, "ms");
@@ -474,7 +475,7 @@ async fn main() {
     let out = out_dir().join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     println!("figures written to {}", out.display());
-    let admin = admin_pool(&admin_url).await;
+    let admin = admin_pool().await;
     drop_bench_databases(&admin).await;
     admin.close().await;
 }

@@ -1,26 +1,6 @@
-//! The relay binary as a child process, and the CPU and ports it uses.
+//! The relay binary as the bench starts it, and the CPU and ports it and the machine use.
 
 use super::*;
-
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Broker {
-    Amqp,
-    Kafka,
-}
-
-impl Broker {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Broker::Amqp => "RabbitMQ",
-            Broker::Kafka => "Kafka",
-        }
-    }
-}
-
-/// The relay binary with its default configuration, publishing from `db_url`.
-pub(crate) struct RelayProcess {
-    pub(crate) child: std::process::Child,
-}
 
 /// `target/` of the repository, where the relay logs and `bench.json` go; created if the build
 /// went to another `CARGO_TARGET_DIR`.
@@ -30,78 +10,35 @@ pub(crate) fn out_dir() -> std::path::PathBuf {
     dir
 }
 
-impl RelayProcess {
-    /// `settings`: OUTBOX_RELAY__* variables for this run, such as delete on publish.
-    pub(crate) fn spawn(
-        db_url: &str,
-        broker: Broker,
-        label: &str,
-        settings: &[(&str, &str)],
-    ) -> Self {
-        let log = out_dir().join(format!("bench-relay-{label}.log"));
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-        cmd.arg("run")
-            .env_remove("OUTBOX_RELAY_CONFIG")
-            .env("OUTBOX_RELAY__DATABASE__URL", db_url)
-            .env(
-                "OUTBOX_RELAY__BROKER__KIND",
-                match broker {
-                    Broker::Amqp => "amqp",
-                    Broker::Kafka => "kafka",
-                },
-            )
-            .env("OUTBOX_RELAY__BROKER__AMQP__URL", amqp_url())
-            .env(
-                "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
-                bootstrap(),
-            )
-            .env("OUTBOX_RELAY__HTTP__LISTEN", "127.0.0.1:0")
-            .env("OUTBOX_RELAY__LOG__FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .stdout(std::fs::File::create(&log).expect("relay log"))
-            .stderr(std::fs::File::create(log.with_extension("stderr")).expect("relay log"));
-        cmd.envs(settings.iter().copied());
-        for (k, v) in std::env::vars() {
-            // BENCH_RELAY__X__Y=v sets OUTBOX_RELAY__X__Y=v, to try settings without editing.
-            if let Some(rest) = k.strip_prefix("BENCH_RELAY__") {
-                cmd.env(format!("OUTBOX_RELAY__{rest}"), v);
-            }
-        }
-        Self {
-            child: cmd.spawn().expect("spawn outbox-relay"),
-        }
-    }
-
-    pub(crate) fn pid(&self) -> Option<u32> {
-        Some(self.child.id())
-    }
-
-    /// Peak resident set size so far, in MiB (VmHWM).
-    pub(crate) fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kib / 1024.0
-    }
-
-    /// User plus system CPU time so far.
-    pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        // /proc reports in USER_HZ, which is 100 on every Linux architecture we run on.
-        ticks / 100.0
-    }
-
-    pub(crate) fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
+/// The relay binary with its default configuration, publishing from `db_url` to `broker`;
+/// `settings`: OUTBOX_RELAY__* variables for this run, such as delete on publish. It logs to
+/// `target/bench-relay-{label}.log`.
+pub(crate) fn spawn_relay(
+    db_url: &str,
+    broker: Broker,
+    label: &str,
+    settings: &[(&str, &str)],
+) -> RelayProcess {
+    // BENCH_RELAY__X__Y=v sets OUTBOX_RELAY__X__Y=v, to try settings without editing.
+    let overrides: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(k, v)| {
+            Some((
+                format!("OUTBOX_RELAY__{}", k.strip_prefix("BENCH_RELAY__")?),
+                v,
+            ))
+        })
+        .collect();
+    let env: Vec<(&str, &str)> = settings
+        .iter()
+        .copied()
+        .chain(overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .collect();
+    let options = RelayOptions {
+        broker: Some(broker),
+        default_timing: true,
+        log: Some(out_dir().join(format!("bench-relay-{label}.log"))),
+    };
+    RelayProcess::spawn_with(db_url, &options, &env)
 }
 
 pub(crate) struct DrainFigures {
