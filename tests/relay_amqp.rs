@@ -104,37 +104,17 @@ async fn committed_message_is_delivered_with_mapped_properties() {
 async fn prepared_rolled_back_and_expired_are_never_delivered() {
     let (db, rabbit, exchange, queue, relay) = direct_exchange_with_relay("k").await;
 
-    let prepare = |ttl: &'static str| {
-        let pool = db.pool.clone();
-        let exchange = exchange.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>(
-                "SELECT outbox.prepare($1, '{\"key\":\"k\",\"n\":0}', message_key => 'k', ttl => $2::interval)",
-            )
-            .bind(exchange)
-            .bind(ttl)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
+    let prepare = |ttl| db.prepare_with_ttl(&exchange, Some("k"), json!({"key": "k", "n": 0}), ttl);
     let undecided = prepare("1 hour").await;
     let rolled_back = prepare("1 hour").await;
     let expiring = prepare("100 milliseconds").await;
-    let rolled: bool = sqlx::query_scalar("SELECT outbox.rollback($1)")
-        .bind(rolled_back)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(rolled);
+    assert!(db.rollback(rolled_back).await);
     // The sweeper (every 50 ms in tests) expires the short-lived one.
     db.wait_status(expiring, "rolled_back").await;
-    let late_commit: bool = sqlx::query_scalar("SELECT outbox.commit($1)")
-        .bind(expiring)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(!late_commit, "an expired message cannot be committed");
+    assert!(
+        !db.commit(expiring).await,
+        "an expired message cannot be committed"
+    );
 
     // A committed marker after all of them: once it is published, the relay has passed them.
     let marker = db

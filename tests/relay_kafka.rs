@@ -39,39 +39,18 @@ async fn committed_messages_round_trip_with_keys_headers_and_order() {
         .enqueue(&topic, None, json!({"key": "none", "n": 1}))
         .await;
     expected.push(keyless);
-    let prepared: Uuid = sqlx::query_scalar(
-        "SELECT outbox.prepare($1, '{\"key\": \"p\", \"n\": 1}', message_key => 'p')",
-    )
-    .bind(&topic)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let committed: bool = sqlx::query_scalar("SELECT outbox.commit($1)")
-        .bind(prepared)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(committed);
+    let prepared = db
+        .prepare(&topic, Some("p"), json!({"key": "p", "n": 1}))
+        .await;
+    assert!(db.commit(prepared).await);
     expected.push(prepared);
-    let rolled_back: Uuid = sqlx::query_scalar(
-        "SELECT outbox.prepare($1, '{\"key\": \"r\", \"n\": 1}', message_key => 'r')",
-    )
-    .bind(&topic)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let _: bool = sqlx::query_scalar("SELECT outbox.rollback($1)")
-        .bind(rolled_back)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let undecided: Uuid = sqlx::query_scalar(
-        "SELECT outbox.prepare($1, '{\"key\": \"u\", \"n\": 1}', message_key => 'u')",
-    )
-    .bind(&topic)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let rolled_back = db
+        .prepare(&topic, Some("r"), json!({"key": "r", "n": 1}))
+        .await;
+    db.rollback(rolled_back).await;
+    let undecided = db
+        .prepare(&topic, Some("u"), json!({"key": "u", "n": 1}))
+        .await;
 
     for id in &expected {
         db.wait_status(*id, "published").await;

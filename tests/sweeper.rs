@@ -85,11 +85,8 @@ async fn purge_deletes_only_rows_past_their_retention_in_batches() {
 async fn expiry_rolls_back_every_expired_prepared_row_and_nothing_else() {
     let db = TestDb::new().await;
     for ttl in ["1 millisecond"; 5].into_iter().chain(["1 hour"]) {
-        sqlx::query("SELECT outbox.prepare('d', '{}', ttl => $1::interval)")
-            .bind(ttl)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        db.prepare_with_ttl("d", None, serde_json::json!({}), ttl)
+            .await;
     }
     db.enqueue("d", None, serde_json::json!({})).await;
     sqlx::query("SELECT pg_sleep(0.01)")
@@ -131,11 +128,9 @@ async fn sweeper_runs_only_on_the_lease_holder() {
     use std::sync::Arc;
 
     let db = TestDb::new().await;
-    let id: uuid::Uuid =
-        sqlx::query_scalar("SELECT outbox.prepare('d', '{}', ttl => '1 millisecond')")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let id = db
+        .prepare_with_ttl("d", None, serde_json::json!({}), "1 millisecond")
+        .await;
     let config = test_config(&db);
     // Another replica holds the lease.
     store::acquire_lease(

@@ -198,6 +198,60 @@ impl TestDb {
         .expect("enqueue many")
     }
 
+    /// `outbox.prepare` with its default ttl: the prepared message's id.
+    pub async fn prepare(
+        &self,
+        destination: &str,
+        key: Option<&str>,
+        payload: serde_json::Value,
+    ) -> Uuid {
+        sqlx::query_scalar("SELECT outbox.prepare($1, $2, message_key => $3)")
+            .bind(destination)
+            .bind(payload)
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .expect("prepare")
+    }
+
+    /// `outbox.prepare` expiring after `ttl`, an interval such as `1 hour`.
+    pub async fn prepare_with_ttl(
+        &self,
+        destination: &str,
+        key: Option<&str>,
+        payload: serde_json::Value,
+        ttl: &str,
+    ) -> Uuid {
+        sqlx::query_scalar(
+            "SELECT outbox.prepare($1, $2, message_key => $3, ttl => $4::text::interval)",
+        )
+        .bind(destination)
+        .bind(payload)
+        .bind(key)
+        .bind(ttl)
+        .fetch_one(&self.pool)
+        .await
+        .expect("prepare with a ttl")
+    }
+
+    /// `outbox.commit`: whether the message went from prepared to committed.
+    pub async fn commit(&self, id: Uuid) -> bool {
+        sqlx::query_scalar("SELECT outbox.commit($1)")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("commit")
+    }
+
+    /// `outbox.rollback`: whether the message went from prepared to rolled back.
+    pub async fn rollback(&self, id: Uuid) -> bool {
+        sqlx::query_scalar("SELECT outbox.rollback($1)")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("rollback")
+    }
+
     pub async fn status(&self, id: Uuid) -> String {
         sqlx::query_scalar("SELECT status::text FROM outbox.messages WHERE message_id = $1")
             .bind(id)

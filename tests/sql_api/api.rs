@@ -23,17 +23,9 @@ async fn plain_insert_is_a_committed_publishable_message() {
 #[tokio::test]
 async fn commit_seq_follows_the_order_rows_become_committed() {
     let db = TestDb::new().await;
-    let prepared: Uuid = sqlx::query_scalar("SELECT outbox.prepare('d', '{}')")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let prepared = db.prepare("d", None, json!({})).await;
     let later = db.enqueue("d", None, json!({})).await;
-    let committed: bool = sqlx::query_scalar("SELECT outbox.commit($1)")
-        .bind(prepared)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(committed);
+    assert!(db.commit(prepared).await);
     let seq = |id: Uuid| {
         let pool = db.pool.clone();
         async move {
@@ -88,45 +80,23 @@ async fn enqueue_stores_payload_headers_and_delay() {
 #[tokio::test]
 async fn prepare_commit_and_rollback_transitions() {
     let db = TestDb::new().await;
-    let prep = |ttl: &'static str| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT outbox.prepare('d', '{}', ttl => $1::interval)")
-                .bind(ttl)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
-    let call = |f: &'static str, id: Uuid| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(format!("SELECT outbox.{f}($1)")))
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
+    let prep = |ttl| db.prepare_with_ttl("d", None, json!({}), ttl);
 
     let a = prep("5 minutes").await;
     assert_eq!(db.status(a).await, "prepared");
-    assert!(call("commit", a).await);
+    assert!(db.commit(a).await);
     assert_eq!(db.status(a).await, "committed");
+    assert!(!db.commit(a).await, "second commit is not a transition");
     assert!(
-        !call("commit", a).await,
-        "second commit is not a transition"
-    );
-    assert!(
-        !call("rollback", a).await,
+        !db.rollback(a).await,
         "a committed message cannot be rolled back"
     );
 
     let b = prep("5 minutes").await;
-    assert!(call("rollback", b).await);
+    assert!(db.rollback(b).await);
     assert_eq!(db.status(b).await, "rolled_back");
     assert!(
-        !call("commit", b).await,
+        !db.commit(b).await,
         "a rolled back message cannot be committed"
     );
 
@@ -136,10 +106,10 @@ async fn prepare_commit_and_rollback_transitions() {
         .execute(&db.pool)
         .await
         .unwrap();
-    assert!(!call("commit", c).await);
+    assert!(!db.commit(c).await);
     assert_eq!(db.status(c).await, "prepared");
 
-    assert!(!call("commit", Uuid::new_v4()).await, "unknown id");
+    assert!(!db.commit(Uuid::new_v4()).await, "unknown id");
 }
 
 #[tokio::test]
@@ -328,11 +298,9 @@ async fn commit_rollback_and_requeue_change_nothing_they_do_not_own() {
         .unwrap();
         ids.push(id);
     }
-    let expired: Uuid =
-        sqlx::query_scalar("SELECT outbox.prepare('d', '{}', ttl => '1 millisecond')")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let expired = db
+        .prepare_with_ttl("d", None, json!({}), "1 millisecond")
+        .await;
     common::wait_for(
         "the prepared row to expire",
         Duration::from_secs(5),
@@ -438,10 +406,7 @@ async fn generated_message_ids_are_time_ordered_uuid_v7() {
             .await
             .unwrap();
     let first = db.enqueue("d", Some("k"), json!({})).await;
-    let prepared: Uuid = sqlx::query_scalar("SELECT outbox.prepare('d', '{}')")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let prepared = db.prepare("d", None, json!({})).await;
     let after: i64 =
         sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1")
             .fetch_one(&db.pool)
