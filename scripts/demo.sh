@@ -5,8 +5,18 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-# Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
-services_env=$(scripts/services.sh up)
+# Only the services this demo uses: BROKER=kafka starts Kafka and no RabbitMQ, the default
+# RabbitMQ and no Kafka. Assigned first: a failing `up` inside eval "$(...)" would not stop
+# the script.
+case "${BROKER:-amqp}" in
+  amqp) broker_service=rabbitmq ;;
+  kafka) broker_service=kafka ;;
+  *)
+    echo "BROKER must be amqp or kafka, not ${BROKER}" >&2
+    exit 2
+    ;;
+esac
+services_env=$(scripts/services.sh up postgres "$broker_service")
 eval "$services_env"
 cargo build --quiet --bin outbox-relay --example demo
 
@@ -20,7 +30,7 @@ export DEMO_AMQP_URL=$OUTBOX_TEST_AMQP_URL
 export OUTBOX_RELAY__DATABASE__URL=$DEMO_DATABASE_URL
 export OUTBOX_RELAY__BROKER__AMQP__URL=$DEMO_AMQP_URL
 export OUTBOX_RELAY__LOG__FORMAT=text
-# BROKER=kafka runs the same demo against the local Kafka-protocol broker.
+# BROKER=kafka runs the same demo against the local Apache Kafka broker.
 export DEMO_BROKER=${BROKER:-amqp}
 export DEMO_KAFKA_BOOTSTRAP=$OUTBOX_TEST_KAFKA_BOOTSTRAP
 export OUTBOX_RELAY__BROKER__KIND=$DEMO_BROKER

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Starts (or stops) the local Postgres, RabbitMQ and Kafka-protocol broker (tansu) that the demo and the tests use.
+# Starts (or stops) the local Postgres, RabbitMQ and Apache Kafka that the demo and the tests use.
 # Everything runs as plain processes bound to 127.0.0.1 on non-default ports, with data under
-# .local/ in the repository. Idempotent: `up` installs what is missing and starts what is not running.
+# .local/ in the repository. Idempotent: `up` installs what is missing and starts what is not
+# running, and only the services it is given.
 #
-#   scripts/services.sh up     install if needed, start, print the environment to use
+#   scripts/services.sh up [SERVICE...]   install if needed, start, print the environment to use;
+#                      SERVICE: postgres, rabbitmq, kafka, promtool (installed, not started);
+#                      all of them without an argument
 #   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
-#   scripts/services.sh kafka-log   the path of the Kafka-protocol broker's log
-#   scripts/services.sh stop|start postgres|rabbitmq|kafka   one service (the fault-injection suite)
+#   scripts/services.sh kafka-log [N]   the path of the Kafka broker's log (node N of the cluster)
+#   scripts/services.sh stop|start|kill postgres|rabbitmq|kafka [N]   one service, or one Kafka
+#                      broker of the cluster (the fault-injection suite); kill is kafka only
 #   scripts/services.sh drop-scratch-dbs [t|bench]   drop the databases earlier test (t_<hex>)
 #                      or bench (bench_<hex>) runs left; both kinds without an argument
 #
 # OUTBOX_PG_PORT / OUTBOX_AMQP_PORT / OUTBOX_KAFKA_PORT choose other ports; a service on a
 # non-default port keeps its data in its own directory, so two sets never share state.
-# OUTBOX_KAFKA_ADVERTISED_PORT is the port tansu tells clients to connect to (default: its own;
-# the fault suite points it at a TCP proxy).
+# Kafka is Apache Kafka from Maven Central, run by scripts/kafka.sh (read it for its ports):
+# one broker, or with OUTBOX_KAFKA_CLUSTER=1 three (the fault suite). OUTBOX_KAFKA_ADVERTISED_PORT
+# (OUTBOX_KAFKA_ADVERTISED_PORTS="a,b,c" for the cluster) is the port each broker tells clients
+# to connect to (default: its own; the fault suite points them at TCP proxies).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,13 +33,12 @@ RABBIT_DIST_PORT=$((AMQP_PORT + 1))
 # RabbitMQ's TLS (amqps) listener. +5, not +10: other instances are commonly started ten ports apart.
 AMQPS_PORT=${OUTBOX_AMQPS_PORT:-$((AMQP_PORT + 5))}
 KAFKA_PORT=${OUTBOX_KAFKA_PORT:-59092}
-KAFKA_ADVERTISED_PORT=${OUTBOX_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
-TANSU_VERSION=0.6.0
+export OUTBOX_KAFKA_PORT=$KAFKA_PORT
+KAFKA_CLUSTER=${OUTBOX_KAFKA_CLUSTER:-0}
 RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
 # Set by choose_state_dir once the service users exist.
 PG_DIR=""
 RABBIT_DIR=""
-KAFKA_DIR=""
 TLS_DIR=""
 
 log() { echo "services: $*" >&2; }
@@ -62,7 +67,7 @@ apt_install() {
 choose_state_dir() {
   mkdir -p "$LOCAL"
   local state="$LOCAL"
-  if ! su postgres -s /bin/sh -c "cd '$LOCAL'" 2>/dev/null || ! su rabbitmq -s /bin/sh -c "cd '$LOCAL'" 2>/dev/null; then
+  if ! reachable_by postgres || ! reachable_by rabbitmq; then
     state="/var/tmp/outbox-relay-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
     mkdir -p "$state"
     chmod 755 "$state"
@@ -70,8 +75,12 @@ choose_state_dir() {
   fi
   PG_DIR="$state/pg$(port_suffix "$PG_PORT" 54329)"
   RABBIT_DIR="$state/rabbitmq$(port_suffix "$AMQP_PORT" 56729)"
-  KAFKA_DIR="$state/tansu$(port_suffix "$KAFKA_PORT" 59092)"
   TLS_DIR="$state/tls"
+}
+
+# A user that does not exist yet (its service not installed) has nothing to reach.
+reachable_by() {
+  ! id "$1" >/dev/null 2>&1 || su "$1" -s /bin/sh -c "cd '$LOCAL'" 2>/dev/null
 }
 
 # Empty for the default port (the directories keep their historical names), else "-PORT".
@@ -144,35 +153,36 @@ tls_copy_for() {
   chmod 600 "$dir/server.key"
 }
 
+# Installs what the given services need: Debian packages for Postgres, RabbitMQ and promtool
+# (the tests check /metrics with it), the broker's jars from Maven Central for Kafka.
 install_missing() {
   if ! command -v openssl >/dev/null 2>&1; then
     apt_install openssl
   fi
-  if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
-    apt_install postgresql
-  fi
-  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
-    apt_install rabbitmq-server
-  fi
-  if ! command -v promtool >/dev/null 2>&1; then
-    # promtool checks the /metrics output in the tests; the server is not started.
-    apt_install prometheus
-  fi
-  if [ -z "$(tansu_bin)" ]; then
-    # A Kafka-protocol broker from crates.io; the build takes 10-16 minutes on 2 cores, once.
-    # dynostore + libsql give the memory and SQLite (durable) storage engines.
-    log "installing tansu $TANSU_VERSION with cargo (slow, once)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql >&2
-  fi
-}
-
-tansu_bin() {
-  local candidate
-  for candidate in "$(command -v tansu 2>/dev/null || true)" "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"; do
-    if [ -n "$candidate" ] && [ -x "$candidate" ]; then
-      echo "$candidate"
-      return
-    fi
+  local service
+  for service in "$@"; do
+    case "$service" in
+      postgres)
+        if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+          apt_install postgresql
+        fi
+        ;;
+      rabbitmq)
+        if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+          apt_install rabbitmq-server
+        fi
+        ;;
+      promtool)
+        if ! command -v promtool >/dev/null 2>&1; then
+          apt_install prometheus
+        fi
+        ;;
+      kafka) "$ROOT/scripts/kafka.sh" install ;;
+      *)
+        echo "unknown service: $service (postgres, rabbitmq, kafka, promtool)" >&2
+        exit 2
+        ;;
+    esac
   done
 }
 
@@ -180,49 +190,24 @@ port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-kafka_up() {
-  mkdir -p "$KAFKA_DIR"
-  if port_open "$KAFKA_PORT"; then
-    log "tansu (Kafka protocol) already running on 127.0.0.1:$KAFKA_PORT"
-    return
-  fi
-  # SQLite storage (a path relative to the working directory) keeps acknowledged messages
-  # across a broker restart.
-  # Started from a subshell in $KAFKA_DIR, detached from our stdout so that callers reading
-  # this script's output (eval "$(services.sh up)") are not held open by the broker.
-  (
-    cd "$KAFKA_DIR" || exit 1
-    nohup "$(tansu_bin)" broker \
-      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_ADVERTISED_PORT" \
-      --storage-engine "sqlite://tansu.db" </dev/null >tansu.log 2>&1 &
-    echo $! > tansu.pid
-  )
-  local i
-  for i in $(seq 1 120); do
-    port_open "$KAFKA_PORT" && break
-    sleep 0.5
-  done
-  if ! port_open "$KAFKA_PORT"; then
-    log "tansu did not start; see $KAFKA_DIR/tansu.log"
-    exit 1
-  fi
-  log "tansu (Kafka protocol) running on 127.0.0.1:$KAFKA_PORT"
+kafka() {
+  "$ROOT/scripts/kafka.sh" "$@"
 }
 
-kafka_down() {
-  if [ -f "$KAFKA_DIR/tansu.pid" ] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
-    local pid i
-    pid=$(cat "$KAFKA_DIR/tansu.pid")
-    kill "$pid" || true
-    # Gone before we return, so that a following `start` does not find the old listener.
-    for i in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    log "tansu stopped"
+kafka_up() {
+  if [ "$KAFKA_CLUSTER" = 1 ]; then
+    kafka up-cluster
+  else
+    OUTBOX_KAFKA_TLS_DIR=$TLS_DIR kafka up
   fi
-  rm -f "$KAFKA_DIR/tansu.pid"
+}
+
+kafka_bootstrap() {
+  if [ "$KAFKA_CLUSTER" = 1 ]; then
+    echo "127.0.0.1:$KAFKA_PORT,127.0.0.1:$((KAFKA_PORT + 2)),127.0.0.1:$((KAFKA_PORT + 4))"
+  else
+    echo "127.0.0.1:$KAFKA_PORT"
+  fi
 }
 
 pg_up() {
@@ -369,7 +354,9 @@ print_env() {
 export OUTBOX_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export OUTBOX_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
 export OUTBOX_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:$AMQPS_PORT/%2f
-export OUTBOX_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export OUTBOX_TEST_KAFKA_BOOTSTRAP=$(kafka_bootstrap)
+export OUTBOX_TEST_KAFKA_TLS_BOOTSTRAP=127.0.0.1:$((KAFKA_PORT + 3000))
+export OUTBOX_TEST_KAFKA_WRONG_HOST_BOOTSTRAP=127.0.0.1:$((KAFKA_PORT + 3001))
 export OUTBOX_TEST_TLS_DIR=$TLS_DIR
 export OUTBOX_TEST_CA=$TLS_DIR/ca.pem
 export OUTBOX_TEST_OTHER_CA=$TLS_DIR/other-ca.pem
@@ -378,18 +365,27 @@ ENV
 
 case "${1:-up}" in
   up)
-    install_missing
+    shift || true
+    services=("$@")
+    if [ ${#services[@]} = 0 ]; then
+      services=(postgres rabbitmq kafka promtool)
+    fi
+    install_missing "${services[@]}"
     choose_state_dir
     tls_up
-    pg_up
-    rabbit_up
-    kafka_up
+    for service in "${services[@]}"; do
+      case "$service" in
+        postgres) pg_up ;;
+        rabbitmq) rabbit_up ;;
+        kafka) kafka_up ;;
+      esac
+    done
     print_env > "$LOCAL/env$(port_suffix "$PG_PORT" 54329)"
     print_env
     ;;
   down)
     choose_state_dir
-    kafka_down
+    kafka down
     rabbit_down
     pg_down
     ;;
@@ -398,18 +394,19 @@ case "${1:-up}" in
     print_env
     ;;
   kafka-log)
-    # The broker's log of its current start (each start rewrites it).
-    choose_state_dir
-    echo "$KAFKA_DIR/tansu.log"
+    # The broker's log of its current start (each start moves the one before aside).
+    kafka log ${2:-}
     ;;
-  stop|start)
+  stop|start|kill)
     choose_state_dir
-    case "${2:-}" in
-      postgres) if [ "$1" = start ]; then pg_up; else pg_down; fi ;;
-      rabbitmq) if [ "$1" = start ]; then rabbit_up; else rabbit_down; fi ;;
-      kafka) if [ "$1" = start ]; then kafka_up; else kafka_down; fi ;;
+    case "${2:-}:$1" in
+      postgres:start) pg_up ;;
+      postgres:stop) pg_down ;;
+      rabbitmq:start) rabbit_up ;;
+      rabbitmq:stop) rabbit_down ;;
+      kafka:*) OUTBOX_KAFKA_TLS_DIR=$TLS_DIR kafka "$1" ${3:-} ;;
       *)
-        echo "usage: $0 $1 postgres|rabbitmq|kafka" >&2
+        echo "usage: $0 stop|start postgres|rabbitmq|kafka [N], or kill kafka [N]" >&2
         exit 2
         ;;
     esac
@@ -419,7 +416,7 @@ case "${1:-up}" in
     pg_drop_scratch "${2:-}"
     ;;
   *)
-    echo "usage: $0 [up|down|env|stop|start SERVICE|drop-scratch-dbs [t|bench]]" >&2
+    echo "usage: $0 [up [SERVICE...]|down|env|stop|start|kill SERVICE [N]|drop-scratch-dbs [t|bench]]" >&2
     exit 2
     ;;
 esac

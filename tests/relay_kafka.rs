@@ -1,10 +1,10 @@
-//! The relay publishing to a real Kafka-protocol broker (tansu, a separate process).
+//! The relay publishing to a real Apache Kafka broker (a separate process, scripts/kafka.sh).
 
 mod common;
 
 use std::time::Duration;
 
-use common::kafka::{bootstrap, consume, create_topic, record_count, OwnTansu};
+use common::kafka::{bootstrap, consume, create_topic, record_count};
 use common::{assert_in_order, kafka_test_config, start_relay, unique, TestDb};
 use serde_json::json;
 use uuid::Uuid;
@@ -92,13 +92,12 @@ async fn committed_messages_round_trip_with_keys_headers_and_order() {
 
 #[tokio::test]
 async fn unknown_topic_is_retried_then_dead_while_others_flow() {
-    // Timed-out messages make the idempotent producer bump its epoch, which tansu 0.6 may not
-    // survive: a broker of this test's own.
-    let kafka = OwnTansu::start().await;
+    // Timed-out messages make the idempotent producer bump its epoch: the shared broker takes it.
+    let bootstrap = bootstrap();
     let db = TestDb::new().await;
     let topic = unique("t");
-    create_topic(&kafka.bootstrap, &topic, 1).await;
-    let mut config = kafka_test_config(&db, &kafka.bootstrap);
+    create_topic(&bootstrap, &topic, 1).await;
+    let mut config = kafka_test_config(&db, &bootstrap);
     config.relay.publish_timeout = Duration::from_secs(1);
     config.retry.max_attempts = 2.try_into().unwrap();
     let relay = start_relay(config);

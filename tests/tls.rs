@@ -167,9 +167,9 @@ fn kafka_relay(db: &TestDb, kafka: &TlsKafka, ca: &str) -> RelayProcess {
     RelayProcess::spawn(&db.relay_url, &env)
 }
 
-/// A TLS-only Kafka broker of the test's own with one topic, and a test database.
+/// The Kafka TLS listener presenting `cert`, a topic of the test's own, and a test database.
 async fn tls_kafka_with_topic(cert: &str) -> (TlsKafka, String, TestDb) {
-    let kafka = TlsKafka::start(cert).await;
+    let kafka = TlsKafka::listener(cert);
     let topic = common::unique("t");
     create_topic_with(&kafka.client(), &topic, 1).await;
     (kafka, topic, TestDb::new().await)
@@ -191,7 +191,7 @@ async fn kafka_over_tls_with_the_local_ca_delivers() {
 /// The relay publishing to a TLS broker presenting `cert`, trusting `ca`: it reports the
 /// refused certificate and publishes nothing.
 async fn assert_kafka_refused(cert: &str, ca: &str) {
-    let kafka = TlsKafka::start(cert).await;
+    let kafka = TlsKafka::listener(cert);
     let db = TestDb::new().await;
     let id = db
         .enqueue(&common::unique("t"), None, serde_json::json!({}))

@@ -1,8 +1,6 @@
 //! Kafka helpers: topics and a consumer that reads everything from the beginning.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -13,75 +11,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use super::{free_port, unique, wait_for};
-
-/// A tansu broker of one test's own, in memory. For tests whose Kafka traffic tansu 0.6 may not
-/// survive (an idempotent producer's epoch bump after a timed-out message can make its storage
-/// task panic), so that such a crash cannot take the shared broker down for every other test.
-pub struct OwnTansu {
-    pub bootstrap: String,
-    child: Child,
-}
-
-impl OwnTansu {
-    pub async fn start() -> Self {
-        let port = free_port();
-        Self::listening(port, port).await
-    }
-
-    /// Listens on `port`, tells clients to connect to `advertised_port` (a proxy in front).
-    pub async fn listening(port: u16, advertised_port: u16) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("tansu")));
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--silent", "--storage-engine", "memory://tansu/"])
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{port}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{advertised_port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tansu (run scripts/services.sh up to install it)");
-        wait_for(
-            &format!("tansu on port {port} (log {})", log.display()),
-            Duration::from_secs(30),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
-        Self {
-            bootstrap: format!("127.0.0.1:{advertised_port}"),
-            child,
-        }
-    }
-}
-
-impl Drop for OwnTansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("OUTBOX_TEST_TANSU") {
-        return path.into();
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
-    let installed = home.join("bin/tansu");
-    if installed.is_file() {
-        installed
-    } else {
-        PathBuf::from("tansu")
-    }
-}
+use super::wait_for;
 
 pub fn bootstrap() -> String {
     std::env::var("OUTBOX_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:59092".into())

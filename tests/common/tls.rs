@@ -12,9 +12,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use super::free_port;
-use super::kafka::OwnTansu;
-
 /// Where services.sh put the certificates (`OUTBOX_TEST_TLS_DIR`).
 pub fn tls_dir() -> PathBuf {
     std::env::var_os("OUTBOX_TEST_TLS_DIR")
@@ -104,27 +101,22 @@ impl Drop for TlsProxy {
     }
 }
 
-/// A tansu broker of this test's own, in memory, behind a TLS-terminating proxy. tansu takes
-/// `--cert`/`--key` but does not serve TLS (0.6), so the proxy presents the services' server
-/// certificate; tansu advertises the proxy's address, so that clients reconnecting to the
-/// advertised broker after bootstrap stay on TLS.
+/// The shared Kafka broker's TLS listeners (scripts/kafka.sh): one presents the server
+/// certificate for 127.0.0.1/localhost, the other one of the same CA for another host name.
 pub struct TlsKafka {
     pub bootstrap: String,
-    _tansu: OwnTansu,
-    _proxy: TlsProxy,
 }
 
 impl TlsKafka {
-    /// Presents the certificate `cert` (see [`TlsProxy`]).
-    pub async fn start(cert: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tls_port = listener.local_addr().unwrap().port();
-        let plain_port = free_port();
-        let tansu = OwnTansu::listening(plain_port, tls_port).await;
+    /// The listener presenting `cert`: `server` or `wrong-host`.
+    pub fn listener(cert: &str) -> Self {
+        let (var, default) = match cert {
+            "server" => ("OUTBOX_TEST_KAFKA_TLS_BOOTSTRAP", "127.0.0.1:62092"),
+            "wrong-host" => ("OUTBOX_TEST_KAFKA_WRONG_HOST_BOOTSTRAP", "127.0.0.1:62093"),
+            other => panic!("no Kafka TLS listener presents `{other}`"),
+        };
         Self {
-            bootstrap: format!("127.0.0.1:{tls_port}"),
-            _tansu: tansu,
-            _proxy: TlsProxy::serve(listener, cert, plain_port),
+            bootstrap: std::env::var(var).unwrap_or_else(|_| default.to_string()),
         }
     }
 
