@@ -6,7 +6,7 @@
 //! message at a time, in `commit_seq` order; a failure stops the rest of its chain for this
 //! batch, and the claim query keeps later rows back until the failed one is due again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ mod chains;
 mod config;
 mod keys;
 mod pacing;
+mod pipeline;
 mod slow;
 mod state;
 mod window;
@@ -34,8 +35,9 @@ mod tests;
 
 use chains::{cut_chains, into_chains, key_of};
 pub use config::{RelayConfig, RetryConfig};
-use keys::{Admitted, ChainEnd, Key, KeyGate};
+use keys::ChainEnd;
 use pacing::{Found, Pacing};
+use pipeline::Pipeline;
 use slow::SlowDestinations;
 use state::*;
 use window::FenceTracker;
@@ -130,31 +132,23 @@ impl<P: Publisher> Relay<P> {
     /// claim starts whenever less than half a batch of claimed rows is still unpublished (at
     /// once while the outbox has a backlog, after the [`Pacing`] wait otherwise) and leaves out
     /// every row in hand. Each claimed chain may start as soon as nothing of its key is in flight
-    /// ([`KeyGate`]), so no chain waits for the slowest chain of an earlier claim; it starts, in
-    /// claim order, once fewer than `relay.max_in_flight` chains run. One outcome update runs at
-    /// a time and takes everything answered since the last one, once half a batch is answered
-    /// or the oldest answer has waited [`RECORD_DELAY`].
+    /// ([`KeyGate`](keys::KeyGate)), so no chain waits for the slowest chain of an earlier
+    /// claim; it starts, in claim order, once fewer than `relay.max_in_flight` chains run. One
+    /// outcome update runs at a time and takes everything answered since the last one, once half
+    /// a batch is answered or the oldest answer has waited [`RECORD_DELAY`].
+    ///
+    /// This loop holds what runs (the claim, the outcome update, the chains) and the timers;
+    /// the rows in hand and the chains waiting for a slot are the [`Pipeline`]'s, which it tells
+    /// of every event.
     pub async fn run(self, shutdown: CancellationToken, beat: &Heartbeat) {
         let this = &self;
         let shutdown = &shutdown;
         let batch_size = self.config.batch_size.get() as usize;
         let max_in_flight = self.config.max_in_flight.get() as usize;
-        // Admitted chains waiting for a slot, in claim order; bounded, as their rows are in hand
-        // (claims stop at four batches, see `room`). A chain holds its slot from its first
-        // publish to its last instead of taking a permit per message: a chain future waiting
-        // for a permit has to be polled and woken through the semaphore, which measured slower
-        // (docs/performance.md), and the window is the same, one message per chain.
-        let mut ready: VecDeque<Queued> = VecDeque::new();
+        let mut pipeline = Pipeline::new(batch_size);
         let mut fence = Some(FenceTracker::new(self.passed.clone()));
         let mut pacing = Pacing::default();
         let mut trouble = 0u32;
-        let mut gate: KeyGate<Queued> = KeyGate::default();
-        let mut batches = Batches::default();
-        // Every claimed row until its outcome is written or it goes back unpublished: the
-        // claims leave these out.
-        let mut in_hand: HashSet<i64> = HashSet::new();
-        let mut unrecorded: Vec<Recordable> = Vec::new();
-        let mut failed_keys: Vec<Key> = Vec::new();
         let mut recording: Option<Recording<'_>> = None;
         let mut claiming: Option<Claiming<'_>> = None;
         let mut chains = FuturesUnordered::new();
@@ -164,41 +158,29 @@ impl<P: Publisher> Relay<P> {
         loop {
             let stopping = shutdown.is_cancelled();
             let now = tokio::time::Instant::now();
-            let answered = unrecorded.len() + recording.as_ref().map_or(0, |r| r.ids.len());
-            let unpublished = in_hand.len().saturating_sub(answered);
-            // Backpressure: claim only while the publishers are short of work, and stop while
-            // the outcome updates fall behind.
-            let room = unpublished < batch_size.div_ceil(2) && in_hand.len() < 4 * batch_size;
+            let room = pipeline.room();
             if claiming.is_none() && !stopping && room && now >= claim_at {
-                let number = gate.claim_started();
-                let exclude: Vec<i64> = in_hand.iter().copied().collect();
+                let exclude = pipeline.claim_started();
                 let mut tracker = fence.take().expect("one claim at a time");
-                claiming = Some(Claiming {
-                    number,
-                    done: Box::pin(async move {
-                        let claimed = this.claim(&mut tracker, &exclude).await;
-                        (tracker, claimed)
-                    }),
-                });
+                claiming = Some(Box::pin(async move {
+                    let claimed = this.claim(&mut tracker, &exclude).await;
+                    (tracker, claimed)
+                }));
             }
-            if !unrecorded.is_empty() {
+            if pipeline.unrecorded() > 0 {
                 record_at.get_or_insert(now + RECORD_DELAY);
             }
             if recording.is_none()
-                && record_due(unrecorded.len(), batch_size, record_at, now, stopping)
+                && record_due(pipeline.unrecorded(), batch_size, record_at, now, stopping)
             {
                 record_at = None;
-                let outcomes = std::mem::take(&mut unrecorded);
-                recording = Some(Recording {
-                    ids: outcomes.iter().map(|(id, _, _)| id.0).collect(),
-                    failed_keys: std::mem::take(&mut failed_keys),
-                    done: Box::pin(this.record(outcomes, shutdown, beat)),
-                });
+                let outcomes = pipeline.take_outcomes();
+                recording = Some(Box::pin(this.record(outcomes, shutdown, beat)));
             }
             // Each chain publishes one message at a time, so running chains are publishes in
             // flight. Draining, the rest start too: they stop before their first publish.
             while chains.len() < max_in_flight || stopping {
-                let Some(queued) = ready.pop_front() else {
+                let Some(queued) = pipeline.next_chain() else {
                     break;
                 };
                 chains.push(this.publish_chain(queued, shutdown));
@@ -223,10 +205,10 @@ impl<P: Publisher> Relay<P> {
             );
             let event = tokio::select! {
                 Some(ended) = chains.next(), if !chains.is_empty() => Event::Chain(ended),
-                (tracker, claimed) = in_progress(claiming.as_mut().map(|c| &mut c.done)) => {
+                (tracker, claimed) = in_progress(claiming.as_mut()) => {
                     Event::Claimed(tracker, claimed)
                 }
-                () = in_progress(recording.as_mut().map(|r| &mut r.done)) => Event::Recorded,
+                () = in_progress(recording.as_mut()) => Event::Recorded,
                 () = tokio::time::sleep_until(claim_at), if waiting_to_claim => Event::Wake,
                 () = sleep_until_some(record_at), if recording.is_none() => Event::Wake,
                 () = shutdown.cancelled(), if !stopping => Event::Wake,
@@ -235,38 +217,13 @@ impl<P: Publisher> Relay<P> {
                 }
             };
             match event {
-                Event::Chain(ended) => {
-                    let Ended {
-                        batch,
-                        key,
-                        end,
-                        outcomes,
-                        unattempted,
-                    } = ended;
-                    for id in unattempted {
-                        in_hand.remove(&id);
-                    }
-                    unrecorded.extend(outcomes);
-                    batches.chain_done(batch);
-                    let (next, dropped) = gate.ended(key.as_ref(), end);
-                    if let (ChainEnd::Failed, Some(key)) = (end, key) {
-                        failed_keys.push(key);
-                    }
-                    if let Some(queued) = dropped {
-                        release(queued, &mut in_hand, &mut batches);
-                    }
-                    if let Some(queued) = next {
-                        ready.push_back(queued);
-                    }
-                }
+                Event::Chain(ended) => pipeline.chain_ended(ended),
                 Event::Claimed(tracker, claimed) => {
-                    let number = claiming.take().expect("a claim was running").number;
+                    claiming = None;
                     fence = Some(tracker);
-                    gate.claim_done(number);
-                    match claimed {
-                        Ok(claimed) if stopping => {
-                            drop(claimed);
-                        }
+                    let admit = match claimed {
+                        // Draining: nothing more is published; the claimed rows stay committed.
+                        Ok(_) if stopping => Vec::new(),
                         Ok(claimed) => {
                             trouble = 0;
                             let count: usize = claimed.iter().map(Vec::len).sum();
@@ -283,24 +240,7 @@ impl<P: Publisher> Relay<P> {
                                 metrics::histogram!(instruments::BATCH_MESSAGES)
                                     .record(count as f64);
                             }
-                            let batch = batches.open();
-                            // A destination may have timed out since the claim began.
-                            let held_back = self.slow.held_back();
-                            for chain in claimed {
-                                if held_back.contains(&chain[0].destination) {
-                                    continue;
-                                }
-                                in_hand.extend(chain.iter().map(|m| m.id.0));
-                                batches.chain_admitted(batch);
-                                let key = key_of(&chain[0]);
-                                match gate.admit(key.as_ref(), Queued { batch, chain }) {
-                                    Admitted::Start(queued) => ready.push_back(queued),
-                                    Admitted::Queued => {}
-                                    Admitted::Dropped(queued) => {
-                                        release(queued, &mut in_hand, &mut batches)
-                                    }
-                                }
-                            }
+                            claimed
                         }
                         Err(e) => {
                             if let Some(f) = fence.as_mut() {
@@ -310,17 +250,15 @@ impl<P: Publisher> Relay<P> {
                             let delay = self.backoff().delay(trouble);
                             tracing::warn!(error = %e, retry_in = ?delay, "relay cycle failed");
                             claim_at = tokio::time::Instant::now() + delay;
+                            Vec::new()
                         }
-                    }
+                    };
+                    // A destination may have timed out since the claim began.
+                    pipeline.claimed(admit, &self.slow.held_back());
                 }
                 Event::Recorded => {
-                    let done = recording.take().expect("an update was running");
-                    for id in &done.ids {
-                        in_hand.remove(id);
-                    }
-                    for key in &done.failed_keys {
-                        gate.failure_recorded(key);
-                    }
+                    recording = None;
+                    pipeline.recorded();
                 }
                 Event::GraceOver => {
                     tracing::warn!(
@@ -328,7 +266,7 @@ impl<P: Publisher> Relay<P> {
                         "shutdown grace elapsed before every confirm arrived; unconfirmed messages stay committed and will be sent again"
                     );
                     chains.clear();
-                    ready.clear();
+                    pipeline.grace_over();
                 }
                 Event::Wake => {}
             }
@@ -448,7 +386,7 @@ impl<P: Publisher> Relay<P> {
             // Draining: start nothing new. Or the lease ran out (paused, cut off): another
             // replica may own the outbox now.
             if shutdown.is_cancelled() || self.lease.current().is_none() {
-                unattempted.push(message.id.0);
+                unattempted.push(message.id);
                 break ChainEnd::Stopped;
             }
             let outcome = self.publish_one(&message).await;
@@ -458,7 +396,7 @@ impl<P: Publisher> Relay<P> {
                 break ChainEnd::Failed;
             }
         };
-        unattempted.extend(rest.map(|m| m.id.0));
+        unattempted.extend(rest.map(|m| m.id));
         Ended {
             batch,
             key,

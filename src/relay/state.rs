@@ -1,7 +1,5 @@
 //! The relay loop's own types: what runs beside it (the claim, the outcome update, the
-//! chains), what woke it, and what it keeps about rows in hand.
-
-use std::collections::{HashMap, HashSet};
+//! chains), what woke it, and what logs and metrics carry about a row.
 
 use super::keys::{ChainEnd, Key};
 use super::window::FenceTracker;
@@ -11,19 +9,15 @@ use crate::telemetry::instruments;
 /// A publish outcome waiting to be written, with what logs and metrics need.
 pub(super) type Recordable = (RowId, Outcome, Logged);
 
-/// The outcome update running alongside claims and publishes, and the rows it covers.
-pub(super) struct Recording<'a> {
-    pub(super) ids: Vec<i64>,
-    /// Keys stopped by a failure in this update: free again once it is written.
-    pub(super) failed_keys: Vec<Key>,
-    pub(super) done: BoxFuture<'a, ()>,
-}
+/// The outcome update running alongside claims and publishes (its rows: [`Pipeline`]).
+///
+/// [`Pipeline`]: super::pipeline::Pipeline
+pub(super) type Recording<'a> = BoxFuture<'a, ()>;
 
-/// The claim running alongside the publishes, numbered for the [`KeyGate`].
-pub(super) struct Claiming<'a> {
-    pub(super) number: u64,
-    pub(super) done: BoxFuture<'a, (FenceTracker, Claimed)>,
-}
+/// The claim running alongside the publishes (its number for the key gate: [`Pipeline`]).
+///
+/// [`Pipeline`]: super::pipeline::Pipeline
+pub(super) type Claiming<'a> = BoxFuture<'a, (FenceTracker, Claimed)>;
 
 /// A claim's chains, or why it failed.
 pub(super) type Claimed = Result<Vec<Vec<OutboxMessage>>, CycleError>;
@@ -44,7 +38,7 @@ pub(super) struct Ended {
     pub(super) end: ChainEnd,
     pub(super) outcomes: Vec<Recordable>,
     /// Rows not attempted: they go back to the database as they were.
-    pub(super) unattempted: Vec<i64>,
+    pub(super) unattempted: Vec<RowId>,
 }
 
 /// Whether to write the `answered` outcomes now: half a batch of them, the oldest waiting
@@ -75,46 +69,6 @@ pub(super) enum Event {
     Recorded,
     GraceOver,
     Wake,
-}
-
-/// Claims whose chains are not all answered yet, for the batch duration histogram.
-#[derive(Debug, Default)]
-pub(super) struct Batches {
-    pub(super) next: u64,
-    pub(super) open: HashMap<u64, (std::time::Instant, usize)>,
-}
-
-impl Batches {
-    pub(super) fn open(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    pub(super) fn chain_admitted(&mut self, batch: u64) {
-        self.open
-            .entry(batch)
-            .or_insert_with(|| (std::time::Instant::now(), 0))
-            .1 += 1;
-    }
-
-    pub(super) fn chain_done(&mut self, batch: u64) {
-        let Some((started, chains)) = self.open.get_mut(&batch) else {
-            return;
-        };
-        *chains -= 1;
-        if *chains == 0 {
-            metrics::histogram!(instruments::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-            self.open.remove(&batch);
-        }
-    }
-}
-
-/// Gives a chain's rows back unpublished: they stay committed for a later claim.
-pub(super) fn release(queued: Queued, in_hand: &mut HashSet<i64>, batches: &mut Batches) {
-    for m in &queued.chain {
-        in_hand.remove(&m.id.0);
-    }
-    batches.chain_done(queued.batch);
 }
 
 /// Awaits a future that may not exist; without one it never resolves.
