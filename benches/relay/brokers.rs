@@ -2,47 +2,72 @@
 
 use super::*;
 
-/// A fanout exchange `name` bound to a bounded queue `{name}.q`, both there as long as the
-/// returned connection is open (dropping it closes it).
-pub(crate) async fn amqp_exchange(name: &str) -> Rabbit {
+/// The kind of durable queue behind a bench exchange: what users run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueKind {
+    Classic,
+    Quorum,
+}
+
+/// A fanout exchange `name` bound to a durable, bounded queue `{name}.q` of `kind`. Delete it
+/// with [`BenchQueue::delete`] when done: a durable queue outlives the connection. One a run
+/// did not delete (it failed) expires half an hour after its last use.
+pub(crate) struct BenchQueue {
+    pub(crate) rabbit: Rabbit,
+    pub(crate) queue: String,
+}
+
+impl BenchQueue {
+    pub(crate) async fn delete(self) {
+        let _ = self.rabbit.delete_queue(&self.queue).await;
+    }
+}
+
+pub(crate) async fn amqp_exchange(name: &str, kind: QueueKind) -> BenchQueue {
     let rabbit = Rabbit::connect().await;
-    // Gone with its queue's binding.
     rabbit
         .declare_exchange_with(
             name,
             ExchangeKind::Fanout,
             ExchangeDeclareOptions {
+                durable: true,
+                // Gone with its queue's binding.
                 auto_delete: true,
                 ..Default::default()
             },
         )
         .await;
     let queue = format!("{name}.q");
-    let args = {
-        // A bounded queue that drops the oldest, so the bench never fills the disk.
-        let mut t = FieldTable::default();
-        t.insert(
-            "x-max-length".into(),
-            lapin::types::AMQPValue::LongLongInt(100_000),
+    let mut args = FieldTable::default();
+    // Bounded, dropping the oldest, so the bench never fills the disk. Left behind, each run's
+    // queue kept up to 100,000 messages in RabbitMQ's memory and its work on them landed in
+    // later runs' figures (docs/performance.md); x-expires removes a queue a failed run left.
+    args.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(100_000),
+    );
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongLongInt(30 * 60 * 1000),
+    );
+    if kind == QueueKind::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
         );
-        t
-    };
-    // Exclusive, so that RabbitMQ deletes it with this connection, the bench's end included:
-    // an auto-delete queue goes only after a consumer leaves, and the drains' queue never has
-    // one. Left behind, each run's queue kept up to 100,000 messages in RabbitMQ's memory,
-    // and RabbitMQ's work on them landed in later runs' figures (docs/performance.md).
+    }
     rabbit
         .declare_queue(
             &queue,
             QueueDeclareOptions {
-                exclusive: true,
+                durable: true,
                 ..Default::default()
             },
             args,
         )
         .await;
     rabbit.bind(&queue, name, "").await;
-    rabbit
+    BenchQueue { rabbit, queue }
 }
 
 /// RabbitMQ alone: confirms, persistent, mandatory, the relay's in-flight limit.

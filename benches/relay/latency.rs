@@ -37,8 +37,8 @@ pub(crate) async fn consume(
         |got: &Receipts| got.len() >= expected.load(Ordering::Acquire) || Instant::now() > deadline;
     match broker {
         Broker::Amqp => {
-            let rabbit = amqp_exchange(&destination).await;
-            let ch = rabbit.conn.create_channel().await.unwrap();
+            let bench_queue = amqp_exchange(&destination, QueueKind::Classic).await;
+            let ch = bench_queue.rabbit.conn.create_channel().await.unwrap();
             let mut deliveries = ch
                 .basic_consume(
                     format!("{destination}.q").as_str().into(),
@@ -64,6 +64,9 @@ pub(crate) async fn consume(
                     got.entry(id.as_str().parse().unwrap()).or_insert(now);
                 }
             }
+            drop(deliveries);
+            let _ = ch.close(200, "done".into()).await;
+            bench_queue.delete().await;
         }
         Broker::Kafka => {
             let consumer: StreamConsumer = ClientConfig::new()
@@ -246,4 +249,69 @@ pub(crate) async fn latency(
         machine_busy,
         cpu_by_command,
     }
+}
+
+/// Kafka alone at `rate` messages a second for `secs` seconds: the relay's producer settings,
+/// keys spread as in the relay's runs, produce to consumer receipt, no relay and no database.
+/// The broker's own share of commit-to-receive latency, measured in the same run.
+pub(crate) async fn kafka_alone_latency(rate: u32, secs: u64) -> (f64, f64) {
+    let topic = format!(
+        "bench-alone-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let total = u64::from(rate) * secs;
+    let expected = Arc::new(AtomicUsize::new(total as usize));
+    let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(consume(Broker::Kafka, topic.clone(), expected, subscribed));
+    ready.await.unwrap();
+    let producer = bench_producer(&bootstrap());
+    let body = payload();
+    let mut sent_at = Receipts::new();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let started = tokio::time::Instant::now();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+        // Within the relay's in-flight limit, as the relay would be.
+        while pending.len() >= in_flight() {
+            pending.next().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            Some(()) = pending.next(), if !pending.is_empty() => {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        let id = uuid::Uuid::new_v4();
+        sent_at.insert(id, SystemTime::now());
+        let (producer, topic, body) = (producer.clone(), topic.clone(), body.clone());
+        pending.push(async move {
+            let key = format!("k{}", i as i64 % KEYS);
+            let id = id.to_string();
+            let record = FutureRecord::to(&topic).payload(&body).key(&key).headers(
+                OwnedHeaders::new().insert(Header {
+                    key: "message_id",
+                    value: Some(&id),
+                }),
+            );
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+                .unwrap();
+        });
+    }
+    while pending.next().await.is_some() {}
+    let receipts = consumer.await.unwrap();
+    let mut ms: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(id, sent)| receipts.get(id)?.duration_since(*sent).ok())
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    assert_eq!(
+        ms.len(),
+        total as usize,
+        "every message reached the consumer"
+    );
+    p50_p99(&mut ms)
 }

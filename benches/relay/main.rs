@@ -36,7 +36,7 @@ use outbox_relay::publish::{PublishError, Publisher};
 use outbox_relay::store::OutboxMessage;
 use rand::Rng;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::postgres::PgPoolOptions;
@@ -131,6 +131,10 @@ use latency::*;
 use process::*;
 use report::*;
 
+/// The RabbitMQ targets, by the kind of durable queue behind the exchange.
+const CLASSIC: &str = "RabbitMQ (classic queue)";
+const QUORUM: &str = "RabbitMQ (quorum queue)";
+
 #[tokio::main]
 async fn main() {
     let rows: i64 = env("BENCH_ROWS", "200000").parse().expect("BENCH_ROWS");
@@ -156,8 +160,11 @@ async fn main() {
     println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
     println!("machine: {machine}");
 
+    // Durable queues, classic and quorum: what users run.
     let exchange = format!("bench.{run}");
-    let _amqp = amqp_exchange(&exchange).await;
+    let classic = amqp_exchange(&exchange, QueueKind::Classic).await;
+    let quorum_exchange = format!("bench.{run}.quorum");
+    let quorum = amqp_exchange(&quorum_exchange, QueueKind::Quorum).await;
     let topic = format!("bench-{run}");
     create_topic(&bootstrap, &topic, KAFKA_PARTITIONS).await;
 
@@ -167,20 +174,33 @@ async fn main() {
     };
     // Per broker, the drain is compared with the lower of its own ceiling and the database's.
     let mut broker_ceiling: HashMap<&'static str, f64> = HashMap::new();
+    let targets = [
+        (Broker::Amqp, CLASSIC, exchange.as_str(), "drain-rabbitmq"),
+        (
+            Broker::Amqp,
+            QUORUM,
+            quorum_exchange.as_str(),
+            "drain-rabbitmq-quorum",
+        ),
+        (Broker::Kafka, "Kafka", topic.as_str(), "drain-kafka"),
+    ];
     let mut database_ceiling = f64::MAX;
     if wanted("ceilings") {
         let measures = [
             (
-                Broker::Amqp,
+                CLASSIC,
                 amqp_ceiling(&amqp_url, &exchange, rows as usize).boxed(),
             ),
             (
-                Broker::Kafka,
+                QUORUM,
+                amqp_ceiling(&amqp_url, &quorum_exchange, rows as usize).boxed(),
+            ),
+            (
+                "Kafka",
                 kafka_ceiling(&bootstrap, &topic, rows as usize).boxed(),
             ),
         ];
-        for (broker, measure) in measures {
-            let name = broker.name();
+        for (name, measure) in measures {
             let rate = ceiling(&mut f, &format!("ceiling: {name} alone"), measure).await;
             broker_ceiling.insert(name, rate);
         }
@@ -311,30 +331,23 @@ async fn main() {
         ),
     ];
     for (mode, (suffix, database_ceiling, settings)) in modes.into_iter().enumerate() {
-        for broker in [Broker::Amqp, Broker::Kafka] {
+        for (broker, target, destination, drain_part) in targets {
             let part = match mode {
-                0 => format!("drain-{}", broker.id()),
-                _ => "delete".to_string(),
+                0 => drain_part,
+                // Delete on publish: one RabbitMQ figure is enough.
+                _ if target == QUORUM => continue,
+                _ => "delete",
             };
-            if !wanted(&part) {
+            if !wanted(part) {
                 continue;
             }
             let (pool, url) = fresh_db().await;
-            fill(
-                &pool,
-                if broker == Broker::Amqp {
-                    &exchange
-                } else {
-                    &topic
-                },
-                rows,
-            )
-            .await;
-            let label = format!("drain-{}{}", broker.name(), ["", "-delete"][mode]);
+            fill(&pool, destination, rows).await;
+            let label = format!("{drain_part}{}", ["", "-delete"][mode]);
             let d = drain(&pool, &url, broker, rows, &label, settings).await;
-            let name = format!("{}{suffix}", broker.name());
+            let name = format!("{target}{suffix}");
             let rate = f.add(format!("drain: relay to {name}"), d.rate, "msg/s");
-            if let Some(own) = broker_ceiling.get(broker.name()) {
+            if let Some(own) = broker_ceiling.get(target) {
                 f.add(
                     format!("drain to {name} / lower of its ceiling and the database's"),
                     rate / own.min(database_ceiling),
@@ -355,7 +368,10 @@ async fn main() {
             for (comm, used) in &d.cpu_by_command {
                 f.add(format!("drain to {name}: CPU of {comm}"), *used, "s");
             }
-            if broker == Broker::Amqp && mode == 0 {
+            if let Some(rss) = broker_rss_mib(broker) {
+                f.add(format!("drain to {name}: broker RSS after"), rss, "MiB");
+            }
+            if target == CLASSIC && mode == 0 {
                 drain_amqp = Some(rate);
                 f.add(
                     format!("idle for {idle_secs} s: relay CPU (share of one core)"),
@@ -412,7 +428,7 @@ async fn main() {
         }
     }
 
-    // RabbitMQ only with delete on publish: Kafka's latency is bounded by tansu.
+    // Delete on publish for RabbitMQ only: it changes the database path, which both share.
     let latency_parts = [
         (Broker::Amqp, "", &[][..]),
         (Broker::Kafka, "", &[][..]),
@@ -459,8 +475,17 @@ async fn main() {
             for (comm, used) in &l.cpu_by_command {
                 f.add(format!("{name}: CPU of {comm}"), *used, "s");
             }
+            if broker == Broker::Kafka && settings.is_empty() {
+                // The broker's own share, in the same run: produce to consume at this rate.
+                let (p50, p99) = kafka_alone_latency(rate, latency_secs.min(30)).await;
+                let alone = format!("Kafka alone at {rate} msg/s, produce to consumer");
+                f.add(format!("{alone}: p50"), p50, "ms");
+                f.add(format!("{alone}: p99"), p99, "ms");
+            }
         }
     }
+    classic.delete().await;
+    quorum.delete().await;
 
     let json = serde_json::json!({
         "rows": rows,

@@ -164,3 +164,25 @@ pub(crate) fn cpu_since(
 pub(crate) fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
     (after.0 - before.0) / (after.1 - before.1) * 100.0
 }
+
+/// The resident memory of the broker's processes now, in MiB: Kafka's JVM (java) or
+/// RabbitMQ's Erlang VM (beam.smp). The bench runs no other process of those names.
+pub(crate) fn broker_rss_mib(broker: Broker) -> Option<f64> {
+    let comm = match broker {
+        Broker::Amqp => "beam.smp",
+        Broker::Kafka => "java",
+    };
+    let mut kib = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let dir = entry.path();
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == comm) {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+            kib += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    (kib > 0).then(|| kib as f64 / 1024.0)
+}

@@ -38,7 +38,7 @@ pub(crate) async fn machine(pool: &PgPool) -> serde_json::Value {
         "cpu": cpu,
         "postgres": postgres,
         "rabbitmq": command("dpkg-query", &["-W", "-f=${Version}", "rabbitmq-server"]),
-        "kafka_broker": format!("tansu {}", command("tansu", &["--version"]).trim_start_matches("tansu ")),
+        "kafka_broker": format!("Apache Kafka {}", kafka_version()),
     })
 }
 
@@ -53,4 +53,19 @@ impl Figures {
         self.0.push((name, value, unit));
         value
     }
+}
+
+/// The broker version pinned in scripts/kafka/pom.xml, which scripts/kafka.sh runs.
+fn kafka_version() -> String {
+    let pom = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka/pom.xml"),
+    )
+    .unwrap_or_default();
+    pom.lines()
+        .find_map(|line| {
+            let rest = line.trim().strip_prefix("<kafka.version>")?;
+            rest.strip_suffix("</kafka.version>")
+        })
+        .unwrap_or("unknown")
+        .to_string()
 }

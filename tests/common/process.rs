@@ -58,7 +58,11 @@ impl RelayProcess {
             ),
         };
         let http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+        // OUTBOX_TEST_RELAY_BIN runs another build of the relay under the same harness: the
+        // bench compares builds with it (docs/performance.md).
+        let binary = std::env::var_os("OUTBOX_TEST_RELAY_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_outbox-relay").into());
+        let mut cmd = std::process::Command::new(binary);
         cmd.arg("run")
             .env("OUTBOX_RELAY__HTTP__LISTEN", http.to_string())
             .env_remove("OUTBOX_RELAY_CONFIG")
