@@ -5,7 +5,7 @@
 demo:
 	scripts/demo.sh
 
-# The whole test suite against real Postgres, RabbitMQ and a Kafka-protocol broker.
+# The whole test suite against real Postgres, RabbitMQ and Apache Kafka.
 test:
 	scripts/test.sh
 
