@@ -35,16 +35,25 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     create_topic_with(&client_config(bootstrap), topic, partitions).await
 }
 
-/// Creates the topic, retrying for up to 30 s while a deletion of the same name is still in
-/// progress.
-pub async fn create_topic_retrying(bootstrap: &str, topic: &str, partitions: i32) {
+/// Creates the topic with `replicas` replicas and the topic `config`, retrying for up to 30 s
+/// while a deletion of the same name is still in progress.
+pub async fn create_topic_retrying(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replicas: i32,
+    config: &[(&str, &str)],
+) {
     let admin = admin(bootstrap);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     wait_for(
         &format!("topic {topic} created"),
         Duration::from_secs(30),
         || async {
-            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            let new = config.iter().fold(
+                NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas)),
+                |new, (k, v)| new.set(k, v),
+            );
             match admin.create_topics(&[new], &options).await {
                 Ok(results) => match results.into_iter().find_map(|r| r.err()) {
                     None => Some(()),

@@ -8,7 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::common::Broker;
-use crate::fault::{random_between, Fault, FAULTS};
+use crate::fault::{self, random_between};
 use crate::load::Load;
 use crate::rig::Rig;
 use crate::settings::Settings;
@@ -30,35 +30,50 @@ pub async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
     );
     let relay = rig.spawn_relay();
     rig.relays.push(relay);
-    let first = rig.wait_recovered(Instant::now()).await;
+    let started = Instant::now();
+    let first = rig.wait_recovered(started).await.unwrap_or(started);
     println!(
         "== {}: relay publishing after {:.2?}",
         broker.id(),
-        first.elapsed()
+        first.duration_since(started)
     );
 
-    for round in 1..=settings.rounds {
-        let mut order: Vec<Fault> = FAULTS
-            .iter()
-            .copied()
-            .filter(|f| settings.only.is_empty() || f.name().contains(&settings.only))
-            .filter(|f| settings.kafka_all || f.runs_on(broker))
+    'rounds: for round in 1..=settings.rounds {
+        let mut order: Vec<_> = fault::catalogue(broker, round, settings.kafka_ports.len())
+            .into_iter()
+            .filter(|f| settings.selects(&f.name()))
             .collect();
         shuffle(&mut order);
         for fault in order {
             // Faults land at random moments of the stream, mid-batch included.
             tokio::time::sleep(random_between(200, 1500)).await;
+            // UTC, as the relays log.
+            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             let window = rig.inject(fault).await;
-            if let Some(crash) = rig.broker_crash() {
-                panic!("the broker crashed during {}: {crash}", window.name);
-            }
             println!(
-                "   {} round {round}: {:<34} recovered in {:.2?}",
+                "   {} round {round} {}: {:<40} recovered in {:>8.2?}  {}",
                 broker.id(),
+                &at[11..19],
                 window.name,
-                window.recovery
+                window.recovery,
+                window.detail
             );
+            if let Some(failure) = &window.failure {
+                println!("   FAILED: {failure}");
+            }
+            if broker == Broker::Kafka {
+                let waited = rig.wait_in_sync().await;
+                if waited > Duration::from_secs(1) {
+                    println!("   (replicas back in sync {waited:.1?} later)");
+                }
+            }
+            let stuck = window.stuck;
             rig.faults.push(window);
+            if stuck {
+                // Every later fault would only wait out the same backlog.
+                println!("   the relay is stuck: the remaining faults are skipped");
+                break 'rounds;
+            }
         }
     }
 

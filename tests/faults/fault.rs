@@ -5,23 +5,38 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use rand::Rng;
 
+use crate::cluster;
 use crate::common::{self, Broker, Rabbit};
 use crate::proxy::{Mode, Proxy};
-use crate::rig::{declare_destination, retry_query, Rig, KAFKA_PARTITIONS};
+use crate::rig::{
+    declare_destination, retry_query, Rig, KAFKA_PARTITIONS, KAFKA_REPLICAS, KAFKA_TOPIC_CONFIG,
+};
 use crate::verify::{self, FaultWindow};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Database,
     Broker,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     KillRelay,
     KillLeader,
     PauseLeader,
+    /// RabbitMQ stopped and started again.
     BrokerRestart,
+    /// One Kafka broker (its node number) stopped cleanly and started again.
+    KafkaRestart(u8),
+    /// kill -9 of one Kafka broker (its node number), started again after a pause.
+    KafkaKill(u8),
+    /// kill -9 of the broker that leads one of the topic's partitions.
+    KillPartitionLeader,
+    /// Every Kafka broker stopped for longer than the publish timeout, then started again.
+    ClusterDown,
+    /// Every relay-broker proxy stalled for longer than the publish timeout: messages time out
+    /// with produce requests in flight, and librdkafka bumps the producer's epoch.
+    EpochBump,
     PostgresRestart,
     TerminateBackends,
     Latency(Side),
@@ -30,33 +45,40 @@ pub enum Fault {
     DeleteDestination,
 }
 
-pub const FAULTS: [Fault; 13] = [
-    Fault::KillRelay,
-    Fault::KillLeader,
-    Fault::PauseLeader,
-    Fault::BrokerRestart,
-    Fault::PostgresRestart,
-    Fault::TerminateBackends,
-    Fault::Latency(Side::Database),
-    Fault::Latency(Side::Broker),
-    Fault::Stall(Side::Database),
-    Fault::Stall(Side::Broker),
-    Fault::Reset(Side::Database),
-    Fault::Reset(Side::Broker),
-    Fault::DeleteDestination,
-];
+/// The faults of one round against `broker`; Kafka's single-broker faults take node `round`
+/// (kill -9) and the next one (clean restart) of its `nodes`, so that rounds go through them all.
+pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
+    let mut faults = vec![
+        Fault::KillRelay,
+        Fault::KillLeader,
+        Fault::PauseLeader,
+        Fault::PostgresRestart,
+        Fault::TerminateBackends,
+        Fault::Latency(Side::Database),
+        Fault::Latency(Side::Broker),
+        Fault::Stall(Side::Database),
+        Fault::Stall(Side::Broker),
+        Fault::Reset(Side::Database),
+        Fault::Reset(Side::Broker),
+        Fault::DeleteDestination,
+    ];
+    match broker {
+        Broker::Amqp => faults.push(Fault::BrokerRestart),
+        Broker::Kafka => {
+            let node = |offset: usize| ((round - 1 + offset) % nodes + 1) as u8;
+            faults.extend([
+                Fault::KafkaKill(node(0)),
+                Fault::KafkaRestart(node(1)),
+                Fault::KillPartitionLeader,
+                Fault::ClusterDown,
+                Fault::EpochBump,
+            ]);
+        }
+    }
+    faults
+}
 
 impl Fault {
-    /// Cutting the relay's broker connections while produce requests are in flight makes
-    /// librdkafka bump the idempotent producer's epoch (InitProducerId with the current id),
-    /// which tansu 0.6 does not implement: its storage task panics and the broker serves
-    /// nothing but errors until restarted, and the producer's next request crashes it again.
-    /// So against tansu those two faults are skipped; broker outages with Kafka are covered
-    /// by librdkafka's mock cluster in tests/kafka_faults.rs.
-    pub fn runs_on(self, broker: Broker) -> bool {
-        broker == Broker::Amqp || !matches!(self, Fault::BrokerRestart | Fault::Reset(Side::Broker))
-    }
-
     pub fn name(self) -> String {
         let side = |s: Side| match s {
             Side::Database => "relay-postgres",
@@ -67,6 +89,11 @@ impl Fault {
             Fault::KillLeader => "kill -9 publishing replica".into(),
             Fault::PauseLeader => "SIGSTOP publishing replica".into(),
             Fault::BrokerRestart => "broker restart".into(),
+            Fault::KafkaRestart(n) => format!("broker {n} restart"),
+            Fault::KafkaKill(n) => format!("kill -9 broker {n}"),
+            Fault::KillPartitionLeader => "kill -9 partition leader".into(),
+            Fault::ClusterDown => "cluster down > publish timeout".into(),
+            Fault::EpochBump => "epoch bump (publish timeouts mid-flight)".into(),
             Fault::PostgresRestart => "postgres restart".into(),
             Fault::TerminateBackends => "pg_terminate_backend".into(),
             Fault::Latency(s) => format!("latency {}", side(s)),
@@ -83,10 +110,19 @@ pub fn random_between(from_ms: u64, to_ms: u64) -> Duration {
 
 /// How each fault is injected.
 impl Rig<'_> {
-    pub fn side(&self, side: Side) -> &Proxy {
+    /// The proxies of a side. The broker side is every Kafka broker's proxy at once: the relay
+    /// writes to the leaders of all partitions, spread over the brokers, so a fault on one proxy
+    /// would reach some keys only; kill -9 and restarts of single brokers cover partial outages.
+    pub fn side(&self, side: Side) -> &[Proxy] {
         match side {
-            Side::Database => &self.db_proxy,
-            Side::Broker => &self.broker_proxy,
+            Side::Database => std::slice::from_ref(&self.db_proxy),
+            Side::Broker => &self.broker_proxies,
+        }
+    }
+
+    pub fn set_mode(&self, side: Side, mode: Mode) {
+        for p in self.side(side) {
+            p.set(mode);
         }
     }
 
@@ -125,6 +161,11 @@ impl Rig<'_> {
 
     /// Injects one fault; returns when the relay has recovered from it.
     pub async fn inject(&mut self, fault: Fault) -> FaultWindow {
+        let ids_before = match self.broker {
+            Broker::Kafka => self.producer_ids(),
+            Broker::Amqp => cluster::ProducerIds::default(),
+        };
+        let mut detail = String::new();
         let (start, end) = match fault {
             Fault::KillRelay => {
                 let start = Instant::now();
@@ -166,17 +207,21 @@ impl Rig<'_> {
             }
             Fault::BrokerRestart => {
                 let start = Instant::now();
-                let service = self.broker.id();
-                self.services("stop", service).await;
+                self.services(&["stop", "rabbitmq"]).await;
                 tokio::time::sleep(random_between(500, 2000)).await;
-                self.services("start", service).await;
+                self.services(&["start", "rabbitmq"]).await;
                 (start, Instant::now())
             }
+            Fault::KafkaRestart(_)
+            | Fault::KafkaKill(_)
+            | Fault::KillPartitionLeader
+            | Fault::ClusterDown
+            | Fault::EpochBump => self.inject_kafka(fault, &mut detail).await,
             Fault::PostgresRestart => {
                 let start = Instant::now();
-                self.services("stop", "postgres").await;
+                self.services(&["stop", "postgres"]).await;
                 tokio::time::sleep(random_between(500, 2000)).await;
-                self.services("start", "postgres").await;
+                self.services(&["start", "postgres"]).await;
                 (start, Instant::now())
             }
             Fault::TerminateBackends => {
@@ -206,31 +251,56 @@ impl Rig<'_> {
             }
             Fault::Latency(side) => {
                 let start = Instant::now();
-                self.side(side).set(Mode::Latency(random_between(50, 400)));
+                self.set_mode(side, Mode::Latency(random_between(50, 400)));
                 tokio::time::sleep(random_between(2000, 4000)).await;
-                self.side(side).set(Mode::Pass);
+                self.set_mode(side, Mode::Pass);
                 (start, Instant::now())
             }
             Fault::Stall(side) => {
+                // Shorter than the Kafka relay's publish timeout: nothing times out (the epoch
+                // bump fault is the one that outlasts it).
                 let start = Instant::now();
-                self.side(side).set(Mode::Stall);
+                self.set_mode(side, Mode::Stall);
                 tokio::time::sleep(random_between(1500, 6000)).await;
-                self.side(side).set(Mode::Pass);
+                self.set_mode(side, Mode::Pass);
                 (start, Instant::now())
             }
             Fault::Reset(side) => {
                 let start = Instant::now();
-                self.side(side).reset();
+                for p in self.side(side) {
+                    p.reset();
+                }
                 (start, start)
             }
             Fault::DeleteDestination => self.delete_destination().await,
         };
         let recovered = self.wait_recovered(end).await;
+        let stuck = recovered.is_none();
+        let recovered = recovered.unwrap_or_else(Instant::now);
+        let mut failure = None;
+        if self.broker == Broker::Kafka {
+            let bumps = self.epoch_bumps_since(ids_before.bumps, fault).await;
+            let new_ids = self.producer_ids().new_ids - ids_before.new_ids;
+            let mut caused = vec![format!("epoch bumps {bumps}")];
+            if new_ids > 0 {
+                caused.push(format!("new producer ids {new_ids}"));
+            }
+            if !detail.is_empty() {
+                caused.insert(0, detail);
+            }
+            detail = caused.join(", ");
+            if fault == Fault::EpochBump && bumps == 0 {
+                failure = Some("librdkafka did not bump the producer's epoch".to_string());
+            }
+        }
         FaultWindow {
             name: fault.name(),
+            detail,
             start,
             recovered,
             recovery: recovered.duration_since(end),
+            failure,
+            stuck,
         }
     }
 
@@ -253,47 +323,45 @@ impl Rig<'_> {
             }
             Broker::Kafka => {
                 // Deleting a topic destroys its records. So that "lost" keeps meaning lost by
-                // the relay, the relay is paused while the verifier reads the old topic to its
-                // end. It resumes once the topic exists again, with metadata, producer state and
-                // in-flight requests for the old one: tansu 0.6's SQLite engine panics on a
-                // produce to a missing topic and stops serving, so the relay cannot be let
-                // loose on the gap itself (the RabbitMQ run covers a missing destination).
-                let bootstrap = self.broker_proxy.addr.to_string();
+                // the relay, the relay is paused while the verifier reads the topic to its end
+                // and the topic is deleted. It resumes before the topic exists again: it meets
+                // a missing topic with metadata, producer state and requests for the old one.
+                let bootstrap = self.kafka_bootstrap.clone();
                 for r in &self.relays {
                     r.signal(Signal::SIGSTOP);
                 }
                 let start = Instant::now();
+                // Produce requests sent just before the pause land.
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 let base = self.incarnation_base;
                 common::wait_for(
                     "the verifier to read the topic to its end",
                     Duration::from_secs(60),
                     || async {
-                        let in_topic = common::kafka::record_count(
-                            &bootstrap,
-                            &self.destination,
-                            KAFKA_PARTITIONS,
-                        )
-                        .await;
-                        ((self.deliveries.len() - base) as i64 == in_topic).then_some(())
+                        let in_topic = cluster::record_count(&bootstrap, &self.destination).await;
+                        (Some((self.deliveries.len() - base) as i64) == in_topic).then_some(())
                     },
                 )
                 .await;
                 if let Some(c) = self.consumer.take() {
                     c.stop().await;
                 }
-                common::kafka::delete_topic(&bootstrap, &self.destination)
-                    .await
-                    .expect("delete topic");
-                tokio::time::sleep(random_between(200, 1000)).await;
+                cluster::delete_topic(&bootstrap, &self.destination).await;
+                // Gone from the brokers' metadata before the relay may write again: a record
+                // appended to the old topic now would be destroyed with it.
+                cluster::wait_topic_gone(&bootstrap, &self.destination).await;
+                for r in &self.relays {
+                    r.signal(Signal::SIGCONT);
+                }
+                tokio::time::sleep(random_between(500, 2000)).await;
                 common::kafka::create_topic_retrying(
                     &bootstrap,
                     &self.destination,
                     KAFKA_PARTITIONS,
+                    KAFKA_REPLICAS,
+                    KAFKA_TOPIC_CONFIG,
                 )
                 .await;
-                for r in &self.relays {
-                    r.signal(Signal::SIGCONT);
-                }
                 self.incarnation_base = self.deliveries.len();
                 self.consumer = Some(verify::consume_kafka(
                     &bootstrap,

@@ -1,16 +1,20 @@
 //! The fault-injection suite (`make faults`; not part of `make test`).
 //!
-//! Per broker (RabbitMQ, then Kafka): writers produce a stream of messages through the SQL API
-//! (enqueued, prepared then committed, prepared then rolled back, prepared and abandoned) over
-//! many keys while faults are injected one after another, each repeated `FAULTS_ROUNDS` times
-//! in random order: kill -9 of the relay, of the publishing replica of two, SIGSTOP of it past
-//! its lease, broker and Postgres restarts, terminated database sessions, latency, stalls and
-//! resets on TCP proxies between the relay and both services, the destination deleted and
-//! recreated. A verifier consumes everything and checks it against the outbox afterwards.
+//! Per broker (RabbitMQ, then a three-broker Kafka cluster): writers produce a stream of messages
+//! through the SQL API (enqueued, prepared then committed, prepared then rolled back, prepared
+//! and abandoned) over many keys while faults are injected one after another, each repeated
+//! `FAULTS_ROUNDS` times in random order: kill -9 of the relay, of the publishing replica of
+//! two, SIGSTOP of it past its lease, broker and Postgres restarts, terminated database
+//! sessions, latency, stalls and resets on TCP proxies between the relay and both services, the
+//! destination deleted and recreated; with Kafka also kill -9 of a broker (each in turn, and
+//! the leader of a partition), the whole cluster down past the publish timeout, and the
+//! producer's epoch bump. A verifier consumes everything and checks it against the outbox
+//! afterwards.
 //!
 //! It restarts the services it uses, so it refuses to run against the shared default ports;
 //! `scripts/faults.sh` starts a separate set and runs it.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;
@@ -103,4 +107,26 @@ fn print_table(rows: &[(String, Summary)]) {
         "(wrong = prepared, rolled back or expired yet delivered; order = first deliveries of a key \
          out of commit order; unexplained = duplicates whose first delivery lies outside every fault)"
     );
+    for (name, s) in rows.iter().filter(|(name, _)| name != "total") {
+        if s.lost > 0 {
+            println!(
+                "lost {name}: {} still committed in the outbox (not published by the end), {} \
+                 published or dead",
+                s.lost_unpublished,
+                s.lost - s.lost_unpublished
+            );
+        }
+        if s.duplicates_by_fault.is_empty() {
+            continue;
+        }
+        let by_fault: Vec<String> = s
+            .duplicates_by_fault
+            .iter()
+            .map(|(fault, n)| format!("{fault} {n}"))
+            .collect();
+        println!(
+            "duplicates {name}, by the fault their first delivery fell in: {}",
+            by_fault.join(", ")
+        );
+    }
 }

@@ -9,12 +9,23 @@ use lapin::types::FieldTable;
 use lapin::ExchangeKind;
 use nix::sys::signal::Signal;
 
+use crate::cluster;
 use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
 use crate::proxy::Proxy;
 use crate::settings::Settings;
 use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
 
 pub const KAFKA_PARTITIONS: i32 = 4;
+/// Every partition on all three brokers (which allow writes with two in sync).
+pub const KAFKA_REPLICAS: i32 = 3;
+/// The topic's settings: the broker stamps each record with the time it appended it, which the
+/// verifier takes as the time of its delivery (see verify::consume_kafka).
+pub const KAFKA_TOPIC_CONFIG: &[(&str, &str)] = &[("message.timestamp.type", "LogAppendTime")];
+/// The Kafka relay's `relay.publish_timeout`, librdkafka's `message.timeout.ms`. Longer than a
+/// partition goes without a leader after a kill -9 of its broker (the brokers' 6 s session
+/// timeout) and than the stalls of `stall relay-broker` (6 s at most), so that those faults
+/// time nothing out; the cluster-down and epoch-bump faults outlast it on purpose.
+pub const KAFKA_PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Everything one broker's run needs.
 pub struct Rig<'a> {
@@ -22,10 +33,16 @@ pub struct Rig<'a> {
     pub broker: Broker,
     pub db: TestDb,
     pub db_proxy: Proxy,
-    pub broker_proxy: Proxy,
+    /// Between the relay and the broker: RabbitMQ's one, or one in front of each Kafka broker
+    /// (node 1 first), on the port that broker advertises.
+    pub broker_proxies: Vec<Proxy>,
+    /// Kafka: the proxies, as the relay and the verifier bootstrap.
+    pub kafka_bootstrap: String,
     pub relay_db_url: String,
     pub relay_env: Vec<(String, String)>,
     pub relays: Vec<RelayProcess>,
+    /// The logs of every relay started in this run, the killed ones' too.
+    pub relay_logs: Vec<PathBuf>,
     pub destination: String,
     pub queue: String,
     pub deliveries: Deliveries,
@@ -63,7 +80,8 @@ impl<'a> Rig<'a> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let (broker_proxy, queue, consumer) = match broker {
+        let mut kafka_bootstrap = String::new();
+        let (broker_proxies, queue, consumer) = match broker {
             Broker::Amqp => {
                 let proxy = Proxy::start(
                     "127.0.0.1:0".parse().unwrap(),
@@ -96,40 +114,72 @@ impl<'a> Rig<'a> {
                     queue.clone(),
                     deliveries.clone(),
                 );
-                (proxy, queue, consumer)
+                (vec![proxy], queue, consumer)
             }
             Broker::Kafka => {
-                // tansu advertises the proxy's port (OUTBOX_KAFKA_ADVERTISED_PORT), so every
-                // connection after the bootstrap also passes through the proxy.
-                let proxy = Proxy::start(
-                    ([127, 0, 0, 1], settings.kafka_proxy_port).into(),
-                    ([127, 0, 0, 1], settings.kafka_port).into(),
+                // Each broker advertises its proxy's port (OUTBOX_KAFKA_ADVERTISED_PORTS), so
+                // every client connection after the bootstrap passes through a proxy too.
+                let mut proxies = Vec::new();
+                for (&listen, &broker) in
+                    settings.kafka_proxy_ports.iter().zip(&settings.kafka_ports)
+                {
+                    proxies.push(
+                        Proxy::start(
+                            ([127, 0, 0, 1], listen).into(),
+                            ([127, 0, 0, 1], broker).into(),
+                        )
+                        .await,
+                    );
+                }
+                kafka_bootstrap = proxies
+                    .iter()
+                    .map(|p| p.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                // A cluster started with other advertised ports would be reached around the
+                // proxies, and their faults would not reach the relay.
+                let mut expected = settings.kafka_proxy_ports.clone();
+                expected.sort_unstable();
+                assert_eq!(
+                    cluster::advertised_ports(&kafka_bootstrap).await,
+                    expected,
+                    "the Kafka brokers must advertise the proxies' ports (restart them with \
+                     OUTBOX_KAFKA_ADVERTISED_PORTS, as scripts/faults.sh sets it)"
+                );
+                let timeout = format!("{}ms", KAFKA_PUBLISH_TIMEOUT.as_millis());
+                for (k, v) in [
+                    ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
+                    (
+                        "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
+                        &kafka_bootstrap,
+                    ),
+                    ("OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT", "2s"),
+                    ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", &timeout),
+                    // librdkafka's idempotence events (producer ids, epoch bumps) in the log,
+                    // where the suite counts the epoch bumps.
+                    (
+                        "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__DEBUG",
+                        &settings.kafka_debug,
+                    ),
+                    ("OUTBOX_RELAY__LOG__LEVEL", "info,librdkafka=debug"),
+                ] {
+                    relay_env.push((k.into(), v.into()));
+                }
+                common::kafka::create_topic_retrying(
+                    &kafka_bootstrap,
+                    &destination,
+                    KAFKA_PARTITIONS,
+                    KAFKA_REPLICAS,
+                    KAFKA_TOPIC_CONFIG,
                 )
                 .await;
-                let bootstrap = proxy.addr.to_string();
-                relay_env.push(("OUTBOX_RELAY__BROKER__KIND".into(), "kafka".into()));
-                relay_env.push((
-                    "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS".into(),
-                    bootstrap.clone(),
-                ));
-                relay_env.push((
-                    "OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT".into(),
-                    "2s".into(),
-                ));
-                // Longer than any stall injected here (6 s at most): a message timeout also makes
-                // librdkafka bump the producer's epoch (see Fault::runs_on). Shorter than the
-                // recovery bound: a message librdkafka still holds when its topic is deleted and
-                // recreated gets no delivery report until it times out, and is then sent again.
-                relay_env.push(("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT".into(), "20s".into()));
-                common::kafka::create_topic_retrying(&bootstrap, &destination, KAFKA_PARTITIONS)
-                    .await;
                 let consumer = verify::consume_kafka(
-                    &bootstrap,
+                    &kafka_bootstrap,
                     &destination,
                     KAFKA_PARTITIONS,
                     deliveries.clone(),
                 );
-                (proxy, String::new(), consumer)
+                (proxies, String::new(), consumer)
             }
         };
         Rig {
@@ -137,10 +187,12 @@ impl<'a> Rig<'a> {
             broker,
             db,
             db_proxy,
-            broker_proxy,
+            broker_proxies,
+            kafka_bootstrap,
             relay_db_url: relay_db_url.to_string(),
             relay_env,
             relays: Vec::new(),
+            relay_logs: Vec::new(),
             destination,
             queue,
             deliveries,
@@ -150,46 +202,38 @@ impl<'a> Rig<'a> {
         }
     }
 
-    pub fn spawn_relay(&self) -> RelayProcess {
+    pub fn spawn_relay(&mut self) -> RelayProcess {
         let env: Vec<(&str, &str)> = self
             .relay_env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        RelayProcess::spawn(&self.relay_db_url, &env)
+        let relay = RelayProcess::spawn(&self.relay_db_url, &env);
+        self.relay_logs.push(relay.log.clone());
+        relay
     }
 
-    pub async fn services(&self, action: &str, service: &str) {
+    /// `scripts/services.sh` with `args` (such as `stop kafka 2`); fails the run if it fails.
+    pub async fn services(&self, args: &[&str]) {
+        self.services_with(&[], args).await
+    }
+
+    /// [`Self::services`] with more environment variables.
+    pub async fn services_with(&self, env: &[(&str, &str)], args: &[&str]) {
         let status = tokio::process::Command::new(&self.settings.services)
-            .args([action, service])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .status()
             .await
             .expect("run services.sh");
-        assert!(status.success(), "services.sh {action} {service}: {status}");
-    }
-
-    /// tansu's storage task can panic and leave the broker answering nothing but errors;
-    /// that is the broker's failure, not the relay's, and is reported as such.
-    pub fn broker_crash(&self) -> Option<String> {
-        if self.broker != Broker::Kafka {
-            return None;
-        }
-        let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local");
-        let dir = format!("tansu-{}", self.settings.kafka_port);
-        [local.join(&dir), local.join("services").join(&dir)]
-            .iter()
-            .filter_map(|d| std::fs::read_to_string(d.join("tansu.log")).ok())
-            .find_map(|log| {
-                log.lines()
-                    .find(|l| l.contains("panicked at"))
-                    .map(|l| format!("tansu {l} (see its tansu.log)"))
-            })
+        assert!(status.success(), "services.sh {}: {status}", args.join(" "));
     }
 
     /// The relay has recovered when the backlog that existed at `end` is published: no row
-    /// committed by then (commit_seq at most the highest one then) is still waiting.
-    pub async fn wait_recovered(&self, end: Instant) -> Instant {
+    /// committed by then (commit_seq at most the highest one then) is still waiting. Waits up
+    /// to twice the recovery bound; `None` if the backlog was still there then.
+    pub async fn wait_recovered(&self, end: Instant) -> Option<Instant> {
         let bound = self.settings.recovery_bound * 2;
         let pool = &self.db.pool;
         let high: i64 = retry_query(bound, || async {
@@ -220,7 +264,7 @@ impl<'a> Rig<'a> {
         if drained.is_none() {
             println!("   the relay did not recover within {bound:?}");
         }
-        Instant::now()
+        drained.map(|()| Instant::now())
     }
 
     /// After the load: every prepared row resolved, every committed row published and
@@ -307,11 +351,7 @@ impl<'a> Rig<'a> {
                 let _ = rabbit.delete_exchange(&self.destination).await;
             }
             Broker::Kafka => {
-                let _ = common::kafka::delete_topic(
-                    &self.broker_proxy.addr.to_string(),
-                    &self.destination,
-                )
-                .await;
+                let _ = common::kafka::delete_topic(&self.kafka_bootstrap, &self.destination).await;
             }
         }
     }

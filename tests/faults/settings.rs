@@ -8,10 +8,14 @@ use crate::common::Broker;
 
 pub struct Settings {
     pub rounds: usize,
-    /// Only the faults whose name contains this (FAULTS_ONLY), for reproducing one.
-    pub only: String,
-    /// Also the Kafka faults that tansu 0.6 cannot survive (FAULTS_KAFKA_ALL=1).
-    pub kafka_all: bool,
+    /// Only the faults whose name contains one of these (FAULTS_ONLY, comma-separated), for
+    /// reproducing one.
+    pub only: Vec<String>,
+    /// Not the faults whose name contains one of these (FAULTS_SKIP, comma-separated).
+    pub skip: Vec<String>,
+    /// librdkafka's debug contexts in the Kafka relays' logs (FAULTS_KAFKA_DEBUG); "eos" at
+    /// least, from which the suite counts the producer's epoch bumps.
+    pub kafka_debug: String,
     pub rate: f64,
     pub writers: usize,
     pub keys_per_writer: usize,
@@ -20,8 +24,11 @@ pub struct Settings {
     pub services: PathBuf,
     pub amqp_url: String,
     pub amqp_port: u16,
-    pub kafka_port: u16,
-    pub kafka_proxy_port: u16,
+    /// The Kafka brokers' own client ports, node 1 first.
+    pub kafka_ports: Vec<u16>,
+    /// The client port each Kafka broker advertises, node 1 first: the suite's proxy in front
+    /// of it listens there (OUTBOX_KAFKA_ADVERTISED_PORTS, as scripts/faults.sh sets it).
+    pub kafka_proxy_ports: Vec<u16>,
     pub pg_port: u16,
 }
 
@@ -32,6 +39,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={v} is not a valid value")),
         Err(_) => default,
     }
+}
+
+fn list(name: &str) -> Vec<String> {
+    env_or(name, String::new())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn port_of(url: &str) -> u16 {
@@ -47,12 +62,26 @@ impl Settings {
         let pg_port = port_of(&common::admin_database_url());
         let amqp_url = common::amqp_url();
         let amqp_port = port_of(&amqp_url);
-        let kafka_port = port_of(&common::kafka::bootstrap());
+        let kafka_ports: Vec<u16> = common::kafka::bootstrap().split(',').map(port_of).collect();
+        let kafka_proxy_ports: Vec<u16> = match std::env::var("OUTBOX_KAFKA_ADVERTISED_PORTS") {
+            Ok(ports) => ports
+                .split(',')
+                .map(|p| p.trim().parse().expect("OUTBOX_KAFKA_ADVERTISED_PORTS"))
+                .collect(),
+            Err(_) => kafka_ports.iter().map(|p| p + 1).collect(),
+        };
+        assert_eq!(
+            kafka_ports.len(),
+            kafka_proxy_ports.len(),
+            "one advertised port per Kafka broker"
+        );
         // Restarting the shared services would break everyone else's tests.
+        let shared = [54329, 56729, 59092, 59094, 59096];
         assert!(
-            ![54329, 56729, 59092].contains(&pg_port)
-                && ![54329, 56729, 59092].contains(&amqp_port)
-                && ![54329, 56729, 59092].contains(&kafka_port),
+            ![pg_port, amqp_port]
+                .iter()
+                .chain(&kafka_ports)
+                .any(|p| shared.contains(p)),
             "the fault suite restarts its services: run it with its own (scripts/faults.sh)"
         );
         let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka".to_string())
@@ -65,8 +94,9 @@ impl Settings {
             .collect();
         Self {
             rounds: env_or("FAULTS_ROUNDS", 3),
-            only: env_or("FAULTS_ONLY", String::new()),
-            kafka_all: env_or("FAULTS_KAFKA_ALL", 0) == 1,
+            only: list("FAULTS_ONLY"),
+            skip: list("FAULTS_SKIP"),
+            kafka_debug: env_or("FAULTS_KAFKA_DEBUG", "eos".to_string()),
             rate: env_or("FAULTS_RATE", 200.0),
             writers: env_or("FAULTS_WRITERS", 4),
             keys_per_writer: env_or("FAULTS_KEYS_PER_WRITER", 25),
@@ -75,9 +105,15 @@ impl Settings {
             services: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"),
             amqp_url,
             amqp_port,
-            kafka_port,
-            kafka_proxy_port: env_or("OUTBOX_KAFKA_ADVERTISED_PORT", kafka_port + 1),
+            kafka_ports,
+            kafka_proxy_ports,
             pg_port,
         }
+    }
+
+    /// Whether FAULTS_ONLY and FAULTS_SKIP let the fault of this name run.
+    pub fn selects(&self, fault: &str) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|o| fault.contains(o.as_str())))
+            && !self.skip.iter().any(|s| fault.contains(s.as_str()))
     }
 }

@@ -1,9 +1,9 @@
 //! The verifier: consumers that record every delivery with its arrival time, and the checks
 //! of those deliveries against the outbox once the load has stopped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,8 @@ pub struct Deliveries {
 struct Inner {
     log: Vec<Delivery>,
     seen: HashSet<Uuid>,
-    /// RabbitMQ re-deliveries to the verifier itself (after a broker restart): not the relay's.
+    /// Re-deliveries to the verifier itself, not the relay's: RabbitMQ's after a broker restart,
+    /// Kafka records read again at an offset already read.
     consumer_redeliveries: u64,
     /// RabbitMQ consumer sessions that ended (each is followed by a new one).
     sessions_ended: u64,
@@ -42,17 +43,17 @@ struct Inner {
 
 impl Deliveries {
     fn record(&self, id: Uuid, key: String, redelivered: bool) {
+        self.record_at(id, key, redelivered, Instant::now())
+    }
+
+    fn record_at(&self, id: Uuid, key: String, redelivered: bool, at: Instant) {
         let mut inner = self.inner.lock().expect("deliveries");
         if redelivered && inner.seen.contains(&id) {
             inner.consumer_redeliveries += 1;
             return;
         }
         inner.seen.insert(id);
-        inner.log.push(Delivery {
-            id,
-            key,
-            at: Instant::now(),
-        });
+        inner.log.push(Delivery { id, key, at });
     }
 
     pub fn len(&self) -> usize {
@@ -177,7 +178,9 @@ async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
     into.inner.lock().expect("deliveries").sessions_ended += 1;
 }
 
-/// Reads every partition of `topic` from the beginning through `bootstrap`.
+/// Reads every partition of `topic` from the beginning through `bootstrap`. A record's time is
+/// when the broker appended it (the topic's LogAppendTime), not when the verifier read it: the
+/// verifier's own connections pass through the stalled proxies and wait for restarted brokers.
 pub fn consume_kafka(
     bootstrap: &str,
     topic: &str,
@@ -202,6 +205,8 @@ pub fn consume_kafka(
     let stop = CancellationToken::new();
     let token = stop.clone();
     let handle = tokio::spawn(async move {
+        // The next offset of each partition: a record below it was read before.
+        let mut next_offset: HashMap<i32, i64> = HashMap::new();
         loop {
             let m = tokio::select! {
                 _ = token.cancelled() => return,
@@ -209,17 +214,34 @@ pub fn consume_kafka(
             };
             // Transport errors while the broker or the proxy misbehaves; librdkafka retries.
             let Ok(m) = m else { continue };
+            let next = next_offset.entry(m.partition()).or_insert(0);
+            let reread = m.offset() < *next;
+            *next = (*next).max(m.offset() + 1);
             let id = m.headers().and_then(|h| {
                 h.iter()
                     .find(|h| h.key == "message_id")
                     .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<Uuid>().ok())
             });
             if let Some(id) = id {
-                into.record(id, key_of(m.payload().unwrap_or_default()), false);
+                let key = key_of(m.payload().unwrap_or_default());
+                into.record_at(id, key, reread, appended_at(m.timestamp()));
             }
         }
     });
     ConsumerTask { stop, handle }
+}
+
+/// A record's LogAppendTime as an `Instant` of this process (the brokers share its clock).
+fn appended_at(timestamp: Timestamp) -> Instant {
+    let now = Instant::now();
+    let Timestamp::LogAppendTime(ms) = timestamp else {
+        return now;
+    };
+    let appended = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let ago = SystemTime::now()
+        .duration_since(appended)
+        .unwrap_or_default();
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// One row of the outbox as the verifier needs it.
@@ -243,9 +265,15 @@ pub async fn outbox_rows(pool: &PgPool) -> HashMap<Uuid, Row> {
 #[derive(Debug, Clone)]
 pub struct FaultWindow {
     pub name: String,
+    /// What the fault hit and what it caused (the broker, the producer's epoch bumps).
+    pub detail: String,
     pub start: Instant,
     pub recovered: Instant,
     pub recovery: Duration,
+    /// The fault did not do what it is there for (the epoch bump fault without a bump).
+    pub failure: Option<String>,
+    /// The relay had not recovered when the suite stopped waiting (twice the recovery bound).
+    pub stuck: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -256,6 +284,8 @@ pub struct Summary {
     pub rolled_back: usize,
     pub delivered: usize,
     pub lost: usize,
+    /// Of the lost, those the relay had not published when the run ended (still committed).
+    pub lost_unpublished: usize,
     pub dead: usize,
     pub wrongly_published: usize,
     pub order_violations: usize,
@@ -264,6 +294,10 @@ pub struct Summary {
     pub consumer_redeliveries: u64,
     pub longest_recovery: Duration,
     pub longest_recovery_fault: String,
+    /// Explained duplicates by the fault whose window holds their first delivery.
+    pub duplicates_by_fault: BTreeMap<String, usize>,
+    /// Faults that did not do what they are there for.
+    pub fault_failures: Vec<String>,
 }
 
 /// A duplicate can only come from a confirm that was not recorded, which needs a fault:
@@ -297,11 +331,15 @@ pub fn check(
     for d in deliveries {
         if let Some(first) = first_at.get(&d.id) {
             s.duplicates += 1;
-            let explained = faults
+            // The latest fault that may have caused it: a confirm cut off by a fault comes
+            // before the fault, so a window's slack overlaps the previous fault's.
+            let explained_by = faults
                 .iter()
-                .any(|f| *first + slack >= f.start && *first <= f.recovered + slack);
-            if !explained {
-                s.unexplained_duplicates += 1;
+                .filter(|f| *first + slack >= f.start && *first <= f.recovered + slack)
+                .max_by_key(|f| f.start);
+            match explained_by {
+                Some(f) => *s.duplicates_by_fault.entry(f.name.clone()).or_default() += 1,
+                None => s.unexplained_duplicates += 1,
             }
             continue;
         }
@@ -324,17 +362,24 @@ pub fn check(
         }
     }
     s.delivered = first_at.len();
-    s.lost = rows
+    let lost: Vec<&Row> = rows
         .iter()
         .filter(|(id, row)| {
             matches!(row.status.as_str(), "published" | "committed" | "dead")
                 && !first_at.contains_key(id)
         })
-        .count();
+        .map(|(_, row)| row)
+        .collect();
+    s.lost = lost.len();
+    s.lost_unpublished = lost.iter().filter(|r| r.status == "committed").count();
     if let Some(f) = faults.iter().max_by_key(|f| f.recovery) {
         s.longest_recovery = f.recovery;
         s.longest_recovery_fault = f.name.clone();
     }
+    s.fault_failures = faults
+        .iter()
+        .filter_map(|f| Some(format!("{}: {}", f.name, f.failure.as_ref()?)))
+        .collect();
     s
 }
 
@@ -352,6 +397,7 @@ impl Summary {
                 v.push(format!("{what}: {n}"));
             }
         }
+        v.extend(self.fault_failures.iter().cloned());
         if self.longest_recovery > recovery_bound {
             v.push(format!(
                 "recovery from {} took {:?}, over the bound {recovery_bound:?}",
@@ -368,6 +414,7 @@ impl Summary {
         self.rolled_back += o.rolled_back;
         self.delivered += o.delivered;
         self.lost += o.lost;
+        self.lost_unpublished += o.lost_unpublished;
         self.dead += o.dead;
         self.wrongly_published += o.wrongly_published;
         self.order_violations += o.order_violations;
@@ -378,5 +425,9 @@ impl Summary {
             self.longest_recovery = o.longest_recovery;
             self.longest_recovery_fault = o.longest_recovery_fault.clone();
         }
+        for (fault, n) in &o.duplicates_by_fault {
+            *self.duplicates_by_fault.entry(fault.clone()).or_default() += n;
+        }
+        self.fault_failures.extend(o.fault_failures.iter().cloned());
     }
 }
