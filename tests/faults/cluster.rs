@@ -162,7 +162,14 @@ impl ProducerIds {
 }
 
 impl Rig<'_> {
-    pub async fn inject_kafka(&mut self, fault: Fault, detail: &mut String) -> (Instant, Instant) {
+    /// Injects a Kafka cluster fault: its start and end, what it hit in `detail`, and in
+    /// `failure` why it did not do what it is there for.
+    pub async fn inject_kafka(
+        &mut self,
+        fault: Fault,
+        detail: &mut String,
+        failure: &mut Option<String>,
+    ) -> (Instant, Instant) {
         match fault {
             Fault::KafkaKill(node) => self.broker_down("kill", node, 500, 2000).await,
             Fault::KafkaRestart(node) => self.broker_down("stop", node, 500, 2000).await,
@@ -190,18 +197,31 @@ impl Rig<'_> {
                 // is gone (it did for 90 s).
                 self.every_broker("stop").await;
                 let down = Instant::now();
-                tokio::time::sleep(KAFKA_PUBLISH_TIMEOUT + random_between(500, 1500)).await;
+                // The brokers serve again past the publish timeout: they are started that long
+                // after the stop less most of what their last start took (none the first time).
+                let outage = KAFKA_PUBLISH_TIMEOUT + random_between(500, 1500);
+                let head_start = self.cluster_start.mul_f64(0.8);
+                tokio::time::sleep(outage.saturating_sub(head_start)).await;
                 // Together: a broker serves once a majority of the controller quorum runs.
+                let starting = Instant::now();
                 self.every_broker("start").await;
-                *detail = format!("no broker for {:.1?}", down.elapsed());
+                self.cluster_start = starting.elapsed();
+                let outage = down.elapsed();
+                *detail = format!("no broker for {outage:.1?}");
+                if outage <= KAFKA_PUBLISH_TIMEOUT {
+                    *failure = Some(format!(
+                        "the cluster was down for {outage:.1?} only, not past the publish timeout"
+                    ));
+                }
                 (start, Instant::now())
             }
             Fault::EpochBump => {
                 // Messages time out in librdkafka with produce requests in flight behind the
-                // stalled proxies; the requests reach the brokers once the stall ends.
+                // stalled proxies; the requests reach the brokers once the stall ends. 2 s and
+                // more past the timeout: librdkafka looks for timed-out messages once a second.
                 let start = Instant::now();
                 self.set_mode(Side::Broker, Mode::Stall);
-                let stall = KAFKA_PUBLISH_TIMEOUT + random_between(1000, 3000);
+                let stall = KAFKA_PUBLISH_TIMEOUT + random_between(2000, 3000);
                 tokio::time::sleep(stall).await;
                 self.set_mode(Side::Broker, Mode::Pass);
                 *detail = format!("stalled {stall:.1?}");

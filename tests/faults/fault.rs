@@ -166,6 +166,7 @@ impl Rig<'_> {
             Broker::Amqp => cluster::ProducerIds::default(),
         };
         let mut detail = String::new();
+        let mut failure = None;
         let (start, end) = match fault {
             Fault::KillRelay => {
                 let start = Instant::now();
@@ -216,7 +217,7 @@ impl Rig<'_> {
             | Fault::KafkaKill(_)
             | Fault::KillPartitionLeader
             | Fault::ClusterDown
-            | Fault::EpochBump => self.inject_kafka(fault, &mut detail).await,
+            | Fault::EpochBump => self.inject_kafka(fault, &mut detail, &mut failure).await,
             Fault::PostgresRestart => {
                 let start = Instant::now();
                 self.services(&["stop", "postgres"]).await;
@@ -277,7 +278,6 @@ impl Rig<'_> {
         let recovered = self.wait_recovered(end).await;
         let stuck = recovered.is_none();
         let recovered = recovered.unwrap_or_else(Instant::now);
-        let mut failure = None;
         if self.broker == Broker::Kafka {
             let bumps = self.epoch_bumps_since(ids_before.bumps, fault).await;
             let new_ids = self.producer_ids().new_ids - ids_before.new_ids;

@@ -49,6 +49,8 @@ pub struct Rig<'a> {
     pub consumer: Option<ConsumerTask>,
     /// Deliveries recorded before the current Kafka topic was created.
     pub incarnation_base: usize,
+    /// How long the Kafka cluster's last start took (cluster down).
+    pub cluster_start: Duration,
     pub faults: Vec<FaultWindow>,
 }
 
@@ -198,6 +200,7 @@ impl<'a> Rig<'a> {
             deliveries,
             consumer: Some(consumer),
             incarnation_base: 0,
+            cluster_start: Duration::ZERO,
             faults: Vec::new(),
         }
     }
