@@ -18,8 +18,10 @@
 #                                      tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:59092 --list
 #
 # Ports, from OUTBOX_KAFKA_PORT (P, default 59092):
-#   single broker: clients P, controller (KRaft quorum) P+1000, inter-broker P+2000
-#   cluster node N (1-3): clients P+2(N-1), controller P+1000+2(N-1), inter-broker P+2000+2(N-1)
+#   single broker: clients P, controller (KRaft quorum) P+4000, inter-broker P+2000
+#   cluster node N (1-3): clients P+2(N-1), controller P+4000+2(N-1), inter-broker P+2000+2(N-1)
+#   (the listeners only brokers use sit above Linux's ephemeral port range, 32768-60999, where
+#   a client connection of the tests or of another broker could hold the port at start)
 #   (two apart, so that P+1, P+3, P+5 stay free for the fault suite's TCP proxies).
 #   With OUTBOX_KAFKA_TLS_DIR (server.pem/key and wrong-host.pem/key there), the single broker
 #   also serves TLS on P+3000 (the certificate for 127.0.0.1/localhost) and P+3001 (one of the
@@ -115,7 +117,7 @@ offset_of() { # port offset of a node
   if [ "$1" = single ]; then echo 0; else echo $((2 * ($1 - 1))); fi
 }
 client_port() { echo $((PORT + $(offset_of "$1"))); }
-controller_port() { echo $((PORT + 1000 + $(offset_of "$1"))); }
+controller_port() { echo $((PORT + 4000 + $(offset_of "$1"))); }
 internal_port() { echo $((PORT + 2000 + $(offset_of "$1"))); }
 # The single broker's TLS listeners (OUTBOX_KAFKA_TLS_DIR), by the certificate they present.
 tls_port() {
