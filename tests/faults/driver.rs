@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use crate::common::Broker;
 use crate::fault::{self, random_between};
 use crate::load::Load;
-use crate::rig::Rig;
+use crate::rig::{retry_query, Rig};
 use crate::settings::Settings;
 use crate::verify::{self, Summary};
 
@@ -30,13 +30,32 @@ pub async fn run_broker(settings: &Settings, broker: Broker) -> Summary {
     );
     let relay = rig.spawn_relay();
     rig.relays.push(relay);
+    // Faults start once the relay publishes: a fault on a relay that has not connected yet
+    // (an empty backlog counted as recovered) tests nothing, and a stall of the broker proxies
+    // before any produce request times out no message (no epoch bump).
     let started = Instant::now();
-    let first = rig.wait_recovered(started).await.unwrap_or(started);
-    println!(
-        "== {}: relay publishing after {:.2?}",
-        broker.id(),
-        first.duration_since(started)
-    );
+    let pool = &rig.db.pool;
+    let published = retry_query(settings.recovery_bound * 2, || async {
+        let published: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox.messages WHERE status = 'published')",
+        )
+        .fetch_one(pool)
+        .await?;
+        published.then_some(()).ok_or(sqlx::Error::RowNotFound)
+    })
+    .await;
+    match published {
+        Some(()) => println!(
+            "== {}: relay publishing after {:.2?}",
+            broker.id(),
+            started.elapsed()
+        ),
+        None => println!(
+            "== {}: the relay published nothing in {:.2?}",
+            broker.id(),
+            started.elapsed()
+        ),
+    }
 
     'rounds: for round in 1..=settings.rounds {
         let mut order: Vec<_> = fault::catalogue(broker, round, settings.kafka_ports.len())
