@@ -106,11 +106,12 @@ pub(super) fn keys(config: &Config) -> Vec<String> {
 /// own) takes its table's.
 pub(super) fn origin(figment: &Figment, key: &str) -> String {
     let mut lookup = key;
+    let mut known: Option<Vec<String>> = None;
     let meta = loop {
         if let Some(meta) = figment.find_metadata(lookup) {
             break meta;
         }
-        let known = keys(&Config::default());
+        let known = known.get_or_insert_with(|| keys(&Config::default()));
         let free_form = known.iter().any(|k| lookup.starts_with(&format!("{k}.")));
         match lookup.rsplit_once('.') {
             Some((parent, _)) if free_form => lookup = parent,
