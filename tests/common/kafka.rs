@@ -35,23 +35,43 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     create_topic_with(&client_config(bootstrap), topic, partitions).await
 }
 
-/// Creates the topic with `replicas` replicas and the topic `config`, retrying for up to 30 s
+/// Where a new topic's replicas go.
+#[derive(Clone, Copy)]
+pub enum Replicas<'a> {
+    /// This many per partition, placed by the cluster.
+    Count(i32),
+    /// Each partition's broker ids, the preferred leader first.
+    Assigned(&'a [Vec<i32>]),
+}
+
+/// Creates the topic with its `replicas` and the topic `config`, retrying for up to 30 s
 /// while a deletion of the same name is still in progress.
 pub async fn create_topic_retrying(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
-    replicas: i32,
+    replicas: Replicas<'_>,
     config: &[(&str, &str)],
 ) {
     let admin = admin(bootstrap);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let assigned: Vec<&[i32]> = match replicas {
+        Replicas::Count(_) => Vec::new(),
+        Replicas::Assigned(a) => {
+            assert_eq!(a.len(), partitions as usize, "one assignment per partition");
+            a.iter().map(Vec::as_slice).collect()
+        }
+    };
+    let replication = || match replicas {
+        Replicas::Count(n) => TopicReplication::Fixed(n),
+        Replicas::Assigned(_) => TopicReplication::Variable(&assigned),
+    };
     wait_for(
         &format!("topic {topic} created"),
         Duration::from_secs(30),
         || async {
             let new = config.iter().fold(
-                NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas)),
+                NewTopic::new(topic, partitions, replication()),
                 |new, (k, v)| new.set(k, v),
             );
             match admin.create_topics(&[new], &options).await {

@@ -60,6 +60,47 @@ pub async fn partitions(bootstrap: &str, topic: &str) -> Result<Vec<PartitionSta
     .expect("metadata task")
 }
 
+/// The node id of the partition's leader, once it has one (up to 30 s).
+pub async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> u8 {
+    common::wait_for(
+        &format!("the leader of {topic} partition {partition}"),
+        Duration::from_secs(30),
+        || async {
+            let partitions = partitions(bootstrap, topic).await.ok()?;
+            let p = partitions.iter().find(|p| p.id == partition)?;
+            (p.leader > 0).then_some(p.leader as u8)
+        },
+    )
+    .await
+}
+
+/// A replica assignment for the topic recreated under its name, with every partition's
+/// preferred leader the broker after its current one: a producer that kept the old topic's
+/// leaders then sends to the wrong broker (librdkafka#4898, `Replace::StaleMetadata` in src/publish/kafka/mod.rs).
+pub async fn leaders_moved(bootstrap: &str, topic: &str) -> Vec<Vec<i32>> {
+    let nodes = KAFKA_REPLICAS;
+    let leaders = common::wait_for(
+        &format!("leaders of {topic}"),
+        Duration::from_secs(30),
+        || async {
+            let partitions = partitions(bootstrap, topic).await.ok()?;
+            partitions.iter().all(|p| p.leader > 0).then(|| {
+                partitions
+                    .iter()
+                    .map(|p| (p.id, p.leader))
+                    .collect::<Vec<_>>()
+            })
+        },
+    )
+    .await;
+    let mut assignment = vec![Vec::new(); KAFKA_PARTITIONS as usize];
+    for (id, leader) in leaders {
+        // Node ids run 1..=nodes (scripts/kafka.sh).
+        assignment[id as usize] = (0..nodes).map(|i| (leader + i) % nodes + 1).collect();
+    }
+    assignment
+}
+
 /// The client ports the cluster's brokers advertise, as its metadata lists them.
 pub async fn advertised_ports(bootstrap: &str) -> Vec<u16> {
     let bootstrap = bootstrap.to_string();
@@ -175,18 +216,7 @@ impl Rig<'_> {
             Fault::KafkaRestart(node) => self.broker_down("stop", node, 500, 2000).await,
             Fault::KillPartitionLeader => {
                 let partition = rand::rng().random_range(0..KAFKA_PARTITIONS);
-                let bootstrap = &self.kafka_bootstrap;
-                let topic = &self.destination;
-                let leader = common::wait_for(
-                    "the partition's leader",
-                    Duration::from_secs(30),
-                    || async {
-                        let partitions = partitions(bootstrap, topic).await.ok()?;
-                        let p = partitions.iter().find(|p| p.id == partition)?;
-                        (p.leader > 0).then_some(p.leader as u8)
-                    },
-                )
-                .await;
+                let leader = leader_of(&self.kafka_bootstrap, &self.destination, partition).await;
                 *detail = format!("broker {leader}, partition {partition}");
                 self.broker_down("kill", leader, 500, 2000).await
             }

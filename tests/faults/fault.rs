@@ -8,9 +8,7 @@ use rand::Rng;
 use crate::cluster;
 use crate::common::{self, Broker, Rabbit};
 use crate::proxy::{Mode, Proxy};
-use crate::rig::{
-    declare_destination, retry_query, Rig, KAFKA_PARTITIONS, KAFKA_REPLICAS, KAFKA_TOPIC_CONFIG,
-};
+use crate::rig::{declare_destination, retry_query, Rig, KAFKA_PARTITIONS, KAFKA_TOPIC_CONFIG};
 use crate::verify::{self, FaultWindow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +61,7 @@ pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
     ];
     match broker {
         Broker::Amqp => faults.extend([Fault::BrokerRestart, Fault::DeleteDestination]),
-        // Not the Kafka topic deleted and recreated: in a clean-clone run on the cluster the relay
-        // then stayed stuck (10,025 rows unpublished 90 s later, 22 epoch bumps), an open relay
-        // bug (issue 23) that FAULTS_KAFKA_DELETE_TOPIC=1 reproduces until it is fixed.
         Broker::Kafka => {
-            if std::env::var_os("FAULTS_KAFKA_DELETE_TOPIC").is_some() {
-                faults.push(Fault::DeleteDestination);
-            }
             let node = |offset: usize| ((round - 1 + offset) % nodes + 1) as u8;
             faults.extend([
                 Fault::KafkaKill(node(0)),
@@ -77,6 +69,10 @@ pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
                 Fault::KillPartitionLeader,
                 Fault::ClusterDown,
                 Fault::EpochBump,
+                // With leaders moved before, and each partition led by another broker after:
+                // librdkafka then ignores the new topic's leaders as outdated and the relay
+                // must replace its producer (`Replace::StaleMetadata` in src/publish/kafka/mod.rs).
+                Fault::DeleteDestination,
             ]);
         }
     }
@@ -334,13 +330,21 @@ impl Rig<'_> {
                 // and the topic is deleted. It resumes before the topic exists again: it meets
                 // a missing topic with metadata, producer state and requests for the old one.
                 let bootstrap = self.kafka_bootstrap.clone();
+                // First the leaders move (a clean restart of partition 0's leader), so that the
+                // relay holds leader epochs above the new topic's 0 (librdkafka#4898).
+                let start = Instant::now();
+                let leader = cluster::leader_of(&bootstrap, &self.destination, 0).await;
+                self.services(&["stop", "kafka", &leader.to_string()]).await;
+                self.services(&["start", "kafka", &leader.to_string()])
+                    .await;
+                self.wait_in_sync().await;
                 for r in &self.relays {
                     r.signal(Signal::SIGSTOP);
                 }
-                let start = Instant::now();
                 // Produce requests sent just before the pause land.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let base = self.incarnation_base;
+                let moved = cluster::leaders_moved(&bootstrap, &self.destination).await;
                 common::wait_for(
                     "the verifier to read the topic to its end",
                     Duration::from_secs(60),
@@ -365,7 +369,7 @@ impl Rig<'_> {
                     &bootstrap,
                     &self.destination,
                     KAFKA_PARTITIONS,
-                    KAFKA_REPLICAS,
+                    common::kafka::Replicas::Assigned(&moved),
                     KAFKA_TOPIC_CONFIG,
                 )
                 .await;

@@ -171,7 +171,7 @@ impl<'a> Rig<'a> {
                     &kafka_bootstrap,
                     &destination,
                     KAFKA_PARTITIONS,
-                    KAFKA_REPLICAS,
+                    common::kafka::Replicas::Count(KAFKA_REPLICAS),
                     KAFKA_TOPIC_CONFIG,
                 )
                 .await;

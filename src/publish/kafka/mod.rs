@@ -31,9 +31,36 @@ pub struct KafkaPublisher {
     publish_timeout: Duration,
     connect_timeout: Duration,
     /// `None` once closed: the last handle is destroyed off the runtime.
-    producer: RwLock<Option<FutureProducer>>,
+    producer: RwLock<Option<Current>>,
     /// False after a failure: the next `ready` checks the cluster before more rows are claimed.
     healthy: AtomicBool,
+}
+
+/// The producer in use and how many replaced it, so that of the publishes failing on one
+/// producer only the first replaces it: a new producer per failure would start dozens at once,
+/// each fetching a producer id before it can send.
+#[derive(Clone)]
+struct Current {
+    producer: FutureProducer,
+    generation: u64,
+}
+
+/// Why a producer is replaced.
+#[derive(Debug)]
+enum Replace {
+    /// An idempotent producer that hit a fatal error (for example an out-of-order sequence)
+    /// refuses all further sends; only a new producer can continue.
+    Fatal(RDKafkaErrorCode, String),
+    /// A record timed out while the cluster names a leader for every partition of its topic.
+    ///
+    /// When a topic is deleted and created again under the same name, its partitions' leader
+    /// epochs start again at 0. librdkafka (up to at least 2.12, confluentinc/librdkafka#4898)
+    /// keeps the higher epochs it cached for the old topic and ignores every newer answer as
+    /// outdated, so where a leader moved it sends to the old one for ever. Only a producer
+    /// with an empty cache recovers. Otherwise a new producer costs a producer id and a
+    /// connection, and the old one's records in flight still get their answer; it comes at
+    /// most once per publish timeout, since only the current producer's timeouts count.
+    StaleMetadata,
 }
 
 /// The producer configuration: user properties first, then the settings the relay owns.
@@ -69,12 +96,15 @@ impl KafkaPublisher {
             client_config,
             publish_timeout,
             connect_timeout: config.connect_timeout,
-            producer: RwLock::new(Some(producer)),
+            producer: RwLock::new(Some(Current {
+                producer,
+                generation: 0,
+            })),
             healthy: AtomicBool::new(false),
         })
     }
 
-    fn producer(&self) -> Result<FutureProducer, PublishError> {
+    fn current(&self) -> Result<Current, PublishError> {
         self.producer
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -84,44 +114,102 @@ impl KafkaPublisher {
             })
     }
 
-    /// An idempotent producer that hit a fatal error (for example an out-of-order sequence)
-    /// refuses all further sends; only a new producer can continue. Every publish in flight on
-    /// the fatal producer fails at once, and only the first replaces it: a new producer per
-    /// failure would start dozens at once, each fetching a producer id before it can send.
-    async fn replace_if_fatal(&self) {
-        let fatal = |slot: &Option<FutureProducer>| {
-            slot.as_ref()
-                .and_then(|current| current.client().fatal_error())
-        };
-        // The current one may be healthy: the failed publish ran on an older one, replaced by
-        // another failed publish already.
-        let Some((code, reason)) = fatal(&self.producer.read().unwrap_or_else(|p| p.into_inner()))
-        else {
+    fn is_current(&self, generation: u64) -> bool {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
+    }
+
+    /// Called after a record failed on `failed`: replaces that producer if it is broken.
+    async fn replace_if_broken(&self, failed: &Current, error: &PublishError, topic: &str) {
+        let why = if let Some((code, reason)) = failed.producer.client().fatal_error() {
+            Replace::Fatal(code, reason)
+        } else if error.reason() == FailureReason::Timeout
+            && self.is_current(failed.generation)
+            && self.topic_has_leaders(&failed.producer, topic).await
+        {
+            Replace::StaleMetadata
+        } else {
             return;
         };
-        tracing::error!(
-            ?code,
-            reason,
-            "Kafka producer hit a fatal error; creating a new one"
-        );
+        self.replace(failed.generation, why, topic);
+    }
+
+    /// Whether the cluster itself answers with a leader for every partition of `topic`; if
+    /// not, the timeouts are an outage that a new producer would not end.
+    async fn topic_has_leaders(&self, producer: &FutureProducer, topic: &str) -> bool {
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        let timeout = self.connect_timeout;
+        // fetch_metadata blocks until the cluster answers, and returns the brokers' answer
+        // rather than the producer's cache.
+        tokio::task::spawn_blocking(move || {
+            let Ok(metadata) = producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(timeout))
+            else {
+                return false;
+            };
+            metadata.topics().iter().any(|t| {
+                t.name() == topic
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0)
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    fn replace(&self, generation: u64, why: Replace, topic: &str) {
+        if !self.is_current(generation) {
+            return;
+        }
         let fresh = match create(&self.client_config) {
             Ok(fresh) => fresh,
             Err(e) => {
-                tracing::error!(error = %e, "cannot recreate the Kafka producer");
+                tracing::error!(error = %e, "cannot create a new Kafka producer");
                 return;
             }
         };
         let old = {
             let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
-            if fatal(&slot).is_some() {
-                slot.replace(fresh)
-            } else {
-                // Another publish got there first (or the publisher closed): keep theirs.
-                Some(fresh)
+            match slot.as_mut() {
+                Some(current) if current.generation == generation => std::mem::replace(
+                    current,
+                    Current {
+                        producer: fresh,
+                        generation: generation + 1,
+                    },
+                ),
+                // Another failed publish replaced it meanwhile, or the publisher closed.
+                _ => {
+                    // Destroying a producer blocks while librdkafka stops its threads.
+                    tokio::task::spawn_blocking(move || drop(fresh));
+                    return;
+                }
             }
         };
-        // Destroying a producer blocks while librdkafka tears down its threads.
-        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        match why {
+            Replace::Fatal(code, reason) => {
+                tracing::error!(?code, reason, "Kafka producer hit a fatal error; using a new one");
+            }
+            Replace::StaleMetadata => tracing::warn!(
+                topic,
+                "a record to this topic timed out although the cluster names a leader for each of its partitions (a topic recreated under the same name?); using a new Kafka producer"
+            ),
+        }
+        let grace = self.publish_timeout;
+        // Records still in flight on the old producer get their answer (a fatal one fails them
+        // at once); flushing and destroying it block, so off the runtime, and nobody waits.
+        tokio::task::spawn_blocking(move || {
+            let _ = old.producer.flush(Timeout::After(grace));
+            drop(old);
+        });
     }
 }
 
@@ -187,7 +275,7 @@ impl Publisher for KafkaPublisher {
         if self.healthy.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let producer = self.producer()?;
+        let producer = self.current()?.producer;
         let timeout = self.connect_timeout;
         // fetch_metadata blocks until the cluster answers: keep it off the runtime.
         let answer = tokio::task::spawn_blocking(move || {
@@ -228,9 +316,10 @@ impl Publisher for KafkaPublisher {
         if let Some(key) = &message.message_key {
             record = record.key(key);
         }
-        let producer = self.producer()?;
+        let current = self.current()?;
         // The queue timeout is backpressure: while librdkafka's queue is full, wait for room.
-        match producer
+        match current
+            .producer
             .send(record, Timeout::After(self.publish_timeout))
             .await
         {
@@ -240,14 +329,15 @@ impl Publisher for KafkaPublisher {
                 if !classified.is_permanent() {
                     self.healthy.store(false, Ordering::Relaxed);
                 }
-                self.replace_if_fatal().await;
+                self.replace_if_broken(&current, &classified, &message.destination)
+                    .await;
                 Err(classified)
             }
         }
     }
 
     async fn close(&self) {
-        let Some(producer) = self
+        let Some(Current { producer, .. }) = self
             .producer
             .write()
             .unwrap_or_else(|p| p.into_inner())
