@@ -14,6 +14,7 @@ use crate::http;
 use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
+use crate::publish::redis::{RedisPublisher, RedisSetupError};
 use crate::publish::Publisher;
 use crate::relay::Relay;
 use crate::store::{self, StoreError};
@@ -27,6 +28,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     KafkaSetup(#[from] KafkaSetupError),
+    #[error(transparent)]
+    RedisSetup(#[from] RedisSetupError),
     #[error("cannot listen on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
     #[error("task `{0}` failed: {1}")]
@@ -70,22 +73,33 @@ async fn run_relay(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let pool = store::pool(&config.database)?;
-    // Built before waiting for the database so that bad producer settings fail at once.
-    let kafka = match config.broker.kind {
-        BrokerKind::Kafka => Some(kafka_publisher(&config)?),
-        BrokerKind::Amqp => None,
+    // Built before waiting for the database so that bad client settings fail at once.
+    let publisher = match config.broker.kind {
+        BrokerKind::Amqp => Built::Amqp(AmqpPublisher::new(
+            config.broker.amqp.clone(),
+            config.relay.publish_timeout,
+        )),
+        BrokerKind::Kafka => Built::Kafka(kafka_publisher(&config)?),
+        BrokerKind::Redis => Built::Redis(RedisPublisher::new(
+            config.broker.redis.clone(),
+            config.relay.publish_timeout,
+        )?),
     };
     if !wait_for_schema(&pool, &config, &shutdown).await {
         return Ok(());
     }
-    match kafka {
-        Some(publisher) => run_with(pool, Arc::new(publisher), config, health, shutdown).await,
-        None => {
-            let publisher =
-                AmqpPublisher::new(config.broker.amqp.clone(), config.relay.publish_timeout);
-            run_with(pool, Arc::new(publisher), config, health, shutdown).await
-        }
+    match publisher {
+        Built::Amqp(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
+        Built::Kafka(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
+        Built::Redis(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
     }
+}
+
+/// The publisher of `broker.kind`; the relay is generic over it.
+enum Built {
+    Amqp(AmqpPublisher),
+    Kafka(KafkaPublisher),
+    Redis(RedisPublisher),
 }
 
 /// Creates the Kafka producer, which validates every librdkafka property.

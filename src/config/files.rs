@@ -1,10 +1,11 @@
 //! Secrets and certificates from files: `database.url_file`, `broker.amqp.url_file`,
-//! `broker.kafka.sasl_password_file` (Secrets mounted as files: Kubernetes volumes, Vault
-//! Agent, CSI drivers) and `broker.amqp.tls_ca_file`. Each is read once at start, like every
+//! `broker.kafka.sasl_password_file`, `broker.redis.url_file` (Secrets mounted as files:
+//! Kubernetes volumes, Vault Agent, CSI drivers), `broker.amqp.tls_ca_file` and
+//! `broker.redis.tls_ca_file`. Each is read once at start, like every
 //! other key; a value and its file form together are a mistake, reported on the file key.
 
 use super::{Checks, Config, SecretUrl};
-use crate::publish::amqp;
+use crate::publish::{amqp, redis};
 use crate::store;
 
 const SASL_PASSWORD: &str = "sasl.password";
@@ -37,6 +38,19 @@ impl Checks<'_> {
             }
         }
         mq.read_ca(self);
+        let rd = &mut c.broker.redis;
+        if let Some(raw) = self.secret_file(
+            "broker.redis.url_file",
+            "broker.redis.url",
+            &defaults.broker.redis.url,
+            &rd.url_file,
+        ) {
+            let url = SecretUrl::new(raw);
+            if redis::check_url(self, "broker.redis.url_file", &url) {
+                rd.url = url;
+            }
+        }
+        rd.read_ca(self);
         let kafka = &mut c.broker.kafka;
         let conflict = kafka.properties.0.contains_key(SASL_PASSWORD);
         if let Some(password) = self.file_unless(
@@ -86,6 +100,40 @@ impl Checks<'_> {
             }
             Err(e) => {
                 self.issue(file_key, format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl Checks<'_> {
+    /// The certificates of a `tls_ca_file` key, read once the URL is final (it may come from
+    /// its file): the file must hold at least one PEM certificate, and only makes sense with a
+    /// TLS URL (a CA given for a plain one would protect nothing). `scheme` is the TLS scheme
+    /// and `needs` names it for the message ("an amqps:// broker.amqp.url").
+    pub(crate) fn ca_file(
+        &mut self,
+        key: &str,
+        path: &str,
+        url: &SecretUrl,
+        scheme: &str,
+        needs: &str,
+    ) -> Option<String> {
+        if path.is_empty() {
+            return None;
+        }
+        if !url::Url::parse(url.expose()).is_ok_and(|u| u.scheme() == scheme) {
+            self.issue(key, format!("is only used with {needs}"));
+            return None;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                self.issue(key, format!("{path} holds no PEM certificate"));
+                None
+            }
+            Err(e) => {
+                self.issue(key, format!("cannot read {path}: {e}"));
                 None
             }
         }

@@ -4,6 +4,7 @@
 pub mod amqp;
 mod error;
 pub mod kafka;
+pub mod redis;
 
 pub use error::{Failure, FailureReason, PublishError, Source};
 
@@ -20,6 +21,7 @@ use crate::store::OutboxMessage;
 pub enum BrokerKind {
     Amqp,
     Kafka,
+    Redis,
 }
 
 /// The `[broker]` section: which publisher runs, and each publisher's own table.
@@ -29,6 +31,7 @@ pub struct BrokerConfig {
     pub kind: BrokerKind,
     pub amqp: amqp::AmqpConfig,
     pub kafka: kafka::KafkaConfig,
+    pub redis: redis::RedisConfig,
 }
 
 impl Default for BrokerConfig {
@@ -37,6 +40,7 @@ impl Default for BrokerConfig {
             kind: BrokerKind::Amqp,
             amqp: Default::default(),
             kafka: Default::default(),
+            redis: Default::default(),
         }
     }
 }
@@ -45,6 +49,7 @@ impl BrokerConfig {
     pub(crate) fn check(&self, c: &mut Checks) {
         self.amqp.check(c);
         self.kafka.check(c);
+        self.redis.check(c);
     }
 
     /// Each publisher's connect timeout, by key: a claim waits on the broker's connect first.
@@ -52,6 +57,7 @@ impl BrokerConfig {
         [
             ("broker.amqp.connect_timeout", self.amqp.connect_timeout),
             ("broker.kafka.connect_timeout", self.kafka.connect_timeout),
+            ("broker.redis.connect_timeout", self.redis.connect_timeout),
         ]
         .into_iter()
     }

@@ -5,6 +5,7 @@
 pub mod kafka;
 mod process;
 mod rabbit;
+pub mod redis;
 pub mod tls;
 
 // Each test crate uses some of the harness; the others' parts are unused there.

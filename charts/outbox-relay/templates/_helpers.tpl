@@ -105,6 +105,7 @@ out: the relay refuses a value and its file form together, and values.yaml has a
 {{- $config := deepCopy .Values.config -}}
 {{- if $config.database.url_file }}{{ $_ := unset $config.database "url" }}{{ end -}}
 {{- if $config.broker.amqp.url_file }}{{ $_ := unset $config.broker.amqp "url" }}{{ end -}}
+{{- if $config.broker.redis.url_file }}{{ $_ := unset $config.broker.redis "url" }}{{ end -}}
 {{ toToml $config }}
 {{- end -}}
 

@@ -45,22 +45,13 @@ impl AmqpConfig {
     /// hold at least one PEM certificate, and only makes sense with an `amqps://` URL (a CA
     /// given for a plain URL would protect nothing).
     pub(crate) fn read_ca(&mut self, c: &mut Checks) {
-        const KEY: &str = "broker.amqp.tls_ca_file";
-        if self.tls_ca_file.is_empty() {
-            return;
-        }
-        if !url::Url::parse(self.url.expose()).is_ok_and(|u| u.scheme() == "amqps") {
-            c.issue(KEY, "is only used with an amqps:// broker.amqp.url");
-            return;
-        }
-        match std::fs::read_to_string(&self.tls_ca_file) {
-            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => self.tls_ca_pem = Some(pem),
-            Ok(_) => c.issue(
-                KEY,
-                format!("{} holds no PEM certificate", self.tls_ca_file),
-            ),
-            Err(e) => c.issue(KEY, format!("cannot read {}: {e}", self.tls_ca_file)),
-        }
+        self.tls_ca_pem = c.ca_file(
+            "broker.amqp.tls_ca_file",
+            &self.tls_ca_file,
+            &self.url,
+            "amqps",
+            "an amqps:// broker.amqp.url",
+        );
     }
 }
 
