@@ -1,6 +1,6 @@
 //! The demo the README's first command runs (through scripts/demo.sh, with the relay running):
 //! writes messages the three ways an application can, and prints what reaches RabbitMQ, or Kafka
-//! with DEMO_BROKER=kafka.
+//! with DEMO_BROKER=kafka, or a Redis stream with DEMO_BROKER=redis.
 
 use std::time::Duration;
 
@@ -27,11 +27,10 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(2)
         .connect(&db_url)
         .await?;
-    let kafka = std::env::var("DEMO_BROKER").as_deref() == Ok("kafka");
-    let mut inbox = if kafka {
-        Inbox::kafka(&std::env::var("DEMO_KAFKA_BOOTSTRAP")?).await?
-    } else {
-        Inbox::amqp(&std::env::var("DEMO_AMQP_URL")?).await?
+    let mut inbox = match std::env::var("DEMO_BROKER").as_deref() {
+        Ok("kafka") => Inbox::kafka(&std::env::var("DEMO_KAFKA_BOOTSTRAP")?).await?,
+        Ok("redis") => Inbox::redis(&std::env::var("DEMO_REDIS_URL")?).await?,
+        _ => Inbox::amqp(&std::env::var("DEMO_AMQP_URL")?).await?,
     };
     let destination = inbox.destination.clone();
     let enqueue = |payload: &'static str, key: &'static str, rk: &'static str| {
@@ -157,6 +156,8 @@ struct Inbox {
 enum Source {
     Amqp(Box<lapin::Consumer>, #[allow(dead_code)] Box<Connection>),
     Kafka(StreamConsumer),
+    /// The connection and the id of the last entry read.
+    Redis(redis::aio::MultiplexedConnection, String),
 }
 
 impl Inbox {
@@ -244,6 +245,20 @@ impl Inbox {
         })
     }
 
+    async fn redis(url: &str) -> anyhow::Result<Self> {
+        // XREAD BLOCK waits up to a second per call; the deadline is the demo's own.
+        let settings = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let con = redis::Client::open(url)?
+            .get_multiplexed_async_connection_with_config(&settings)
+            .await?;
+        Ok(Self {
+            broker: "Redis",
+            // A stream per run, so the demo shows only this run's entries.
+            destination: format!("demo-orders-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            source: Source::Redis(con, "0".into()),
+        })
+    }
+
     /// The next message: (message_id, routing key or record key, body).
     async fn next(
         &mut self,
@@ -290,6 +305,41 @@ impl Inbox {
                     String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
                 ))
             }
+            Source::Redis(con, last) => loop {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(timed_out());
+                }
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(1000)
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("STREAMS")
+                    .arg(&self.destination)
+                    .arg(last.as_str())
+                    .query_async(con)
+                    .await?;
+                let Some(entry) = reply
+                    .and_then(|r| r.keys.into_iter().next())
+                    .and_then(|k| k.ids.into_iter().next())
+                else {
+                    continue;
+                };
+                *last = entry.id.clone();
+                let field = |name: &str| -> String {
+                    entry
+                        .map
+                        .get(name)
+                        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default()
+                };
+                return Ok((
+                    field("message_id"),
+                    format!("key {}", field("key")),
+                    field("payload"),
+                ));
+            },
         }
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (BROKER=amqp, the default, or BROKER=kafka): local services up, the relay built, migrated and running, sample messages
+# The main job (BROKER=amqp, the default, BROKER=kafka or BROKER=redis): local services up, the relay built, migrated and running, sample messages
 # through enqueue, prepare+commit and prepare+rollback, consumed from the broker and printed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,8 +11,9 @@ cd "$ROOT"
 case "${BROKER:-amqp}" in
   amqp) broker_service=rabbitmq ;;
   kafka) broker_service=kafka ;;
+  redis) broker_service=redis ;;
   *)
-    echo "BROKER must be amqp or kafka, not ${BROKER}" >&2
+    echo "BROKER must be amqp, kafka or redis, not ${BROKER}" >&2
     exit 2
     ;;
 esac
@@ -35,6 +36,8 @@ export DEMO_BROKER=${BROKER:-amqp}
 export DEMO_KAFKA_BOOTSTRAP=$OUTBOX_TEST_KAFKA_BOOTSTRAP
 export OUTBOX_RELAY__BROKER__KIND=$DEMO_BROKER
 export OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS=$OUTBOX_TEST_KAFKA_BOOTSTRAP
+export DEMO_REDIS_URL=$OUTBOX_TEST_REDIS_URL
+export OUTBOX_RELAY__BROKER__REDIS__URL=$OUTBOX_TEST_REDIS_URL
 
 echo "== migrate"
 target/debug/outbox-relay migrate
