@@ -103,6 +103,44 @@ pub(crate) async fn consume(
                 }
             }
         }
+        Broker::Redis => {
+            let url = common::redis::url();
+            let settings = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let mut con = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await
+                .unwrap();
+            // From the start of the stream: it is new, and the relay may append before this
+            // consumer's first read.
+            let mut last = "0".to_string();
+            let _ = subscribed.send(());
+            while !done(&got) {
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("BLOCK")
+                    .arg(500)
+                    .arg("STREAMS")
+                    .arg(&destination)
+                    .arg(last.as_str())
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                let now = SystemTime::now();
+                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    last = entry.id.clone();
+                    let id: Option<String> = entry.get("message_id");
+                    if let Some(id) = id.and_then(|id| id.parse().ok()) {
+                        got.entry(id).or_insert(now);
+                    }
+                }
+            }
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(&destination)
+                .query_async(&mut con)
+                .await;
+        }
     }
     got
 }
@@ -126,7 +164,7 @@ pub(crate) async fn latency(
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let destination = match broker {
         Broker::Amqp => format!("bench.latency.{run}"),
-        Broker::Kafka => format!("bench-latency-{run}"),
+        Broker::Kafka | Broker::Redis => format!("bench-latency-{run}"),
     };
     let expected = Arc::new(AtomicUsize::new(usize::MAX));
     let (subscribed, ready) = tokio::sync::oneshot::channel();

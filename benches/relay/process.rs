@@ -165,12 +165,13 @@ pub(crate) fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
     (after.0 - before.0) / (after.1 - before.1) * 100.0
 }
 
-/// The resident memory of the broker's processes now, in MiB: Kafka's JVM (java) or
-/// RabbitMQ's Erlang VM (beam.smp). The bench runs no other process of those names.
+/// The resident memory of the broker's processes now, in MiB: Kafka's JVM (java), RabbitMQ's
+/// Erlang VM (beam.smp) or Redis (redis-server: the primary and its replica). The bench runs no other process of those names.
 pub(crate) fn broker_rss_mib(broker: Broker) -> Option<f64> {
     let comm = match broker {
         Broker::Amqp => "beam.smp",
         Broker::Kafka => "java",
+        Broker::Redis => "redis-server",
     };
     let mut kib = 0u64;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {

@@ -43,6 +43,7 @@ pub fn amqp_url() -> String {
 pub enum Broker {
     Amqp,
     Kafka,
+    Redis,
 }
 
 impl Broker {
@@ -51,6 +52,7 @@ impl Broker {
         match self {
             Broker::Amqp => "RabbitMQ",
             Broker::Kafka => "Kafka",
+            Broker::Redis => "Redis",
         }
     }
 
@@ -60,6 +62,7 @@ impl Broker {
         match self {
             Broker::Amqp => "rabbitmq",
             Broker::Kafka => "kafka",
+            Broker::Redis => "redis",
         }
     }
 
@@ -68,6 +71,7 @@ impl Broker {
         match self {
             Broker::Amqp => "amqp",
             Broker::Kafka => "kafka",
+            Broker::Redis => "redis",
         }
     }
 }

@@ -22,8 +22,10 @@ pub enum Fault {
     KillRelay,
     KillLeader,
     PauseLeader,
-    /// RabbitMQ stopped and started again.
+    /// RabbitMQ or Redis stopped and started again.
     BrokerRestart,
+    /// kill -9 of the Redis server, started again after a pause.
+    BrokerKill,
     /// One Kafka broker (its node number) stopped cleanly and started again.
     KafkaRestart(u8),
     /// kill -9 of one Kafka broker (its node number), started again after a pause.
@@ -61,6 +63,8 @@ pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
     ];
     match broker {
         Broker::Amqp => faults.extend([Fault::BrokerRestart, Fault::DeleteDestination]),
+        // Not the stream deleted: deleting it destroys what the verifier has not read yet.
+        Broker::Redis => faults.extend([Fault::BrokerRestart, Fault::BrokerKill]),
         Broker::Kafka => {
             let node = |offset: usize| ((round - 1 + offset) % nodes + 1) as u8;
             faults.extend([
@@ -90,6 +94,7 @@ impl Fault {
             Fault::KillLeader => "kill -9 publishing replica".into(),
             Fault::PauseLeader => "SIGSTOP publishing replica".into(),
             Fault::BrokerRestart => "broker restart".into(),
+            Fault::BrokerKill => "kill -9 broker".into(),
             Fault::KafkaRestart(n) => format!("broker {n} restart"),
             Fault::KafkaKill(n) => format!("kill -9 broker {n}"),
             Fault::KillPartitionLeader => "kill -9 partition leader".into(),
@@ -164,7 +169,7 @@ impl Rig<'_> {
     pub async fn inject(&mut self, fault: Fault) -> FaultWindow {
         let ids_before = match self.broker {
             Broker::Kafka => self.producer_ids(),
-            Broker::Amqp => cluster::ProducerIds::default(),
+            Broker::Amqp | Broker::Redis => cluster::ProducerIds::default(),
         };
         let mut detail = String::new();
         let mut failure = None;
@@ -207,11 +212,20 @@ impl Rig<'_> {
                 paused.wait_exit(Duration::from_secs(30)).await;
                 (start, end)
             }
-            Fault::BrokerRestart => {
+            Fault::BrokerRestart | Fault::BrokerKill => {
+                let service = match self.broker {
+                    Broker::Redis => "redis",
+                    _ => "rabbitmq",
+                };
+                let action = if fault == Fault::BrokerKill {
+                    "kill"
+                } else {
+                    "stop"
+                };
                 let start = Instant::now();
-                self.services(&["stop", "rabbitmq"]).await;
+                self.services(&[action, service]).await;
                 tokio::time::sleep(random_between(500, 2000)).await;
-                self.services(&["start", "rabbitmq"]).await;
+                self.services(&["start", service]).await;
                 (start, Instant::now())
             }
             Fault::KafkaRestart(_)
@@ -382,6 +396,7 @@ impl Rig<'_> {
                 ));
                 (start, Instant::now())
             }
+            Broker::Redis => unreachable!("the Redis catalogue deletes no stream"),
         }
     }
 }

@@ -21,6 +21,7 @@ mod driver;
 mod fault;
 mod load;
 mod proxy;
+mod redis_verify;
 mod rig;
 mod settings;
 mod verify;

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use crate::cluster;
 use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
 use crate::proxy::Proxy;
+use crate::redis_verify;
 use crate::settings::Settings;
 use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
 
@@ -182,6 +183,27 @@ impl<'a> Rig<'a> {
                     deliveries.clone(),
                 );
                 (proxies, String::new(), consumer)
+            }
+            Broker::Redis => {
+                let proxy = Proxy::start(
+                    "127.0.0.1:0".parse().unwrap(),
+                    ([127, 0, 0, 1], settings.redis_port).into(),
+                )
+                .await;
+                let url = format!("redis://127.0.0.1:{}", proxy.addr.port());
+                for (k, v) in [
+                    ("OUTBOX_RELAY__BROKER__KIND", "redis"),
+                    ("OUTBOX_RELAY__BROKER__REDIS__URL", url.as_str()),
+                    ("OUTBOX_RELAY__BROKER__REDIS__CONNECT_TIMEOUT", "2s"),
+                ] {
+                    relay_env.push((k.into(), v.into()));
+                }
+                let consumer = redis_verify::consume_redis(
+                    settings.redis_url.clone(),
+                    destination.clone(),
+                    deliveries.clone(),
+                );
+                (vec![proxy], String::new(), consumer)
             }
         };
         Rig {
@@ -355,6 +377,13 @@ impl<'a> Rig<'a> {
             }
             Broker::Kafka => {
                 let _ = common::kafka::delete_topic(&self.kafka_bootstrap, &self.destination).await;
+            }
+            Broker::Redis => {
+                let mut con = common::redis::connect(&self.settings.redis_url).await;
+                let _: Result<(), _> = redis::cmd("DEL")
+                    .arg(&self.destination)
+                    .query_async(&mut con)
+                    .await;
             }
         }
     }

@@ -30,6 +30,8 @@ pub struct Settings {
     /// of it listens there (OUTBOX_KAFKA_ADVERTISED_PORTS, as scripts/faults.sh sets it).
     pub kafka_proxy_ports: Vec<u16>,
     pub pg_port: u16,
+    pub redis_url: String,
+    pub redis_port: u16,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -76,19 +78,22 @@ impl Settings {
             "one advertised port per Kafka broker"
         );
         // Restarting the shared services would break everyone else's tests.
-        let shared = [54329, 56729, 59092, 59094, 59096];
+        let redis_url = common::redis::url();
+        let redis_port = port_of(&redis_url);
+        let shared = [54329, 56729, 59092, 59094, 59096, 56379, 56380];
         assert!(
-            ![pg_port, amqp_port]
+            ![pg_port, amqp_port, redis_port]
                 .iter()
                 .chain(&kafka_ports)
                 .any(|p| shared.contains(p)),
             "the fault suite restarts its services: run it with its own (scripts/faults.sh)"
         );
-        let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka".to_string())
+        let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka,redis".to_string())
             .split(',')
             .map(|b| match b.trim() {
                 "rabbitmq" | "amqp" => Broker::Amqp,
                 "kafka" => Broker::Kafka,
+                "redis" => Broker::Redis,
                 other => panic!("FAULTS_BROKERS: unknown broker {other}"),
             })
             .collect();
@@ -108,6 +113,8 @@ impl Settings {
             kafka_ports,
             kafka_proxy_ports,
             pg_port,
+            redis_url,
+            redis_port,
         }
     }
 

@@ -46,7 +46,7 @@ impl Deliveries {
         self.record_at(id, key, redelivered, Instant::now())
     }
 
-    fn record_at(&self, id: Uuid, key: String, redelivered: bool, at: Instant) {
+    pub(crate) fn record_at(&self, id: Uuid, key: String, redelivered: bool, at: Instant) {
         let mut inner = self.inner.lock().expect("deliveries");
         if redelivered && inner.seen.contains(&id) {
             inner.consumer_redeliveries += 1;
@@ -74,7 +74,7 @@ impl Deliveries {
     }
 }
 
-fn key_of(payload: &[u8]) -> String {
+pub(crate) fn key_of(payload: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| v["key"].as_str().map(str::to_string))
@@ -88,6 +88,10 @@ pub struct ConsumerTask {
 }
 
 impl ConsumerTask {
+    pub(crate) fn new(stop: CancellationToken, handle: JoinHandle<()>) -> Self {
+        Self { stop, handle }
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.handle.await;
