@@ -112,6 +112,45 @@ pub(crate) async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Redis alone: the relay's XADD (same fields, one connection, pipelined) and in-flight limit.
+pub(crate) async fn redis_ceiling(url: &str, stream: &str, n: usize) -> f64 {
+    let mut con = common::redis::connect(url).await;
+    let body = payload();
+    let window = in_flight();
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        while pending.len() >= window {
+            pending.next().await;
+        }
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream)
+            .arg("*")
+            .arg("message_id")
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg("key")
+            .arg(format!("k{}", i as i64 % KEYS))
+            .arg("payload")
+            .arg(&body[..])
+            .arg("content_type")
+            .arg("application/json")
+            .arg("headers")
+            .arg("{}");
+        let mut con = con.clone();
+        pending.push(async move {
+            let _: redis::Value = cmd.query_async(&mut con).await.unwrap();
+        });
+    }
+    while pending.next().await.is_some() {}
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _: () = redis::cmd("DEL")
+        .arg(stream)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    rate
+}
+
 /// A producer with the relay's client settings.
 pub(crate) fn bench_producer(bootstrap: &str) -> FutureProducer {
     let config = KafkaConfig {

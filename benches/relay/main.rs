@@ -167,6 +167,9 @@ async fn main() {
     let quorum = amqp_exchange(&quorum_exchange, QueueKind::Quorum).await;
     let topic = format!("bench-{run}");
     create_topic(&bootstrap, &topic, KAFKA_PARTITIONS).await;
+    let stream = format!("bench-{run}");
+    let ceiling_stream = format!("bench-{run}-ceiling");
+    let redis_url = common::redis::url();
 
     let outbox = Outbox {
         exchange: &exchange,
@@ -183,6 +186,7 @@ async fn main() {
             "drain-rabbitmq-quorum",
         ),
         (Broker::Kafka, "Kafka", topic.as_str(), "drain-kafka"),
+        (Broker::Redis, "Redis", stream.as_str(), "drain-redis"),
     ];
     let mut database_ceiling = f64::MAX;
     if wanted("ceilings") {
@@ -198,6 +202,10 @@ async fn main() {
             (
                 "Kafka",
                 kafka_ceiling(&bootstrap, &topic, rows as usize).boxed(),
+            ),
+            (
+                "Redis",
+                redis_ceiling(&redis_url, &ceiling_stream, rows as usize).boxed(),
             ),
         ];
         for (name, measure) in measures {
@@ -432,6 +440,7 @@ async fn main() {
     let latency_parts = [
         (Broker::Amqp, "", &[][..]),
         (Broker::Kafka, "", &[][..]),
+        (Broker::Redis, "", &[][..]),
         (
             Broker::Amqp,
             ", delete on publish",
