@@ -44,6 +44,8 @@ start() {
     --port "$port" --bind 127.0.0.1 --protected-mode yes
     --dir "$DIR/$role" --pidfile "$DIR/$role/redis.pid" --logfile "$DIR/$role/redis.log"
     --daemonize yes --appendonly yes --save ""
+    # DEBUG SLEEP, from loopback only: the tests stall the replica with it.
+    --enable-debug-command local
   )
   if [ "$role" = replica ]; then
     args+=(--replicaof 127.0.0.1 "$PORT")

@@ -92,13 +92,17 @@ async fn unreachable_redis_is_retried_without_using_attempts_then_publishing_sta
     let stream = unique("s");
     let id = db.enqueue(&stream, None, serde_json::json!({})).await;
     // Nobody listens there: the relay is not ready and claims nothing.
-    let down = "redis://127.0.0.1:9";
+    let down = "redis://relay:s3cret-pw@127.0.0.1:9";
     let mut relay = RelayProcess::spawn(&db.relay_url, &redis_env(down, "50"));
     let refusal = relay
         .wait_logged_while_running("cannot connect to Redis", 2, WAIT)
         .await;
     assert!(refusal.contains("127.0.0.1:9"), "{refusal}");
     assert_eq!(db.attempts(id).await, 0, "an outage uses up no attempts");
+    assert!(
+        !relay.logs().contains("s3cret-pw"),
+        "the URL's password appears in the log"
+    );
     relay.terminate(WAIT).await;
 
     let url = url();

@@ -187,6 +187,89 @@ async fn an_entry_over_max_entry_bytes_goes_dead_at_once_and_does_not_block_its_
 }
 
 #[tokio::test]
+async fn with_wait_replicas_a_row_waits_for_a_stalled_replica() {
+    let db = TestDb::new().await;
+    let stream = unique("s");
+    let mut config = redis_test_config(&db, &url());
+    config.broker.redis.wait_replicas = 1;
+    config.broker.redis.wait_timeout = Duration::from_secs(6);
+    config.relay.publish_timeout = Duration::from_secs(10);
+    let relay = start_relay(config);
+    // Published once before the stall: the relay is connected and past its first claim.
+    let first = db
+        .enqueue(&stream, Some("k"), json!({"key": "k", "n": 0}))
+        .await;
+    db.wait_status(first, "published").await;
+
+    // Connected before the stall: a sleeping server does not finish a handshake.
+    let probe = redis::Client::open(replica_url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_millis(300))),
+        )
+        .await
+        .unwrap();
+    // The replica's event loop sleeps 4 s: it acknowledges nothing meanwhile.
+    let mut replica = connect(&replica_url()).await;
+    let stall = tokio::spawn(async move {
+        let () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(4)
+            .query_async(&mut replica)
+            .await
+            .unwrap();
+    });
+    // Asleep once a PING from the other connection goes unanswered.
+    common::wait_for("the replica to sleep", WAIT, || {
+        let mut probe = probe.clone();
+        async move {
+            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut probe).await;
+            pong.is_err().then_some(())
+        }
+    })
+    .await;
+    let second = db
+        .enqueue(&stream, Some("k"), json!({"key": "k", "n": 1}))
+        .await;
+    // The entry is on the primary (the XADD was answered) ...
+    wait_entries(&url(), &stream, 2, WAIT).await;
+    // ... and the row not yet published while the replica still sleeps.
+    assert!(!stall.is_finished(), "the stall ended before the check");
+    assert_eq!(db.status(second).await, "committed");
+    stall.await.unwrap();
+    db.wait_status(second, "published").await;
+    let (_, last_error) = db.attempts_and_error(second).await;
+    assert_eq!(last_error, "", "WAIT met in time: no failed attempt");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn with_wait_replicas_a_key_of_another_type_still_names_wrongtype() {
+    let db = TestDb::new().await;
+    let taken = unique("taken");
+    let mut con = connect(&url()).await;
+    let () = redis::cmd("SET")
+        .arg(&taken)
+        .arg("a string")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut config = redis_test_config(&db, &url());
+    config.broker.redis.wait_replicas = 1;
+    config.retry.max_attempts = 2.try_into().unwrap();
+    let relay = start_relay(config);
+    let blocked = db
+        .enqueue(&taken, Some("k"), json!({"key": "k", "n": 0}))
+        .await;
+    db.wait_status(blocked, "dead").await;
+    let (attempts, last_error) = db.attempts_and_error(blocked).await;
+    assert_eq!(attempts, 2);
+    assert!(last_error.contains("WRONGTYPE"), "{last_error}");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn with_wait_replicas_an_entry_is_on_the_replica_when_the_row_is_published() {
     let db = TestDb::new().await;
     let stream = unique("s");

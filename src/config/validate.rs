@@ -124,6 +124,19 @@ pub(super) fn relations(c: &Config, checks: &mut Checks) {
         };
         checks.issue(key, message);
     }
+    if c.broker.kind == crate::publish::BrokerKind::Redis
+        && c.broker.redis.wait_replicas > 0
+        && c.broker.redis.wait_timeout >= c.relay.publish_timeout
+    {
+        // The publish would time out first, and report no reply instead of late replicas.
+        checks.issue(
+            "broker.redis.wait_timeout",
+            format!(
+                "must be less than relay.publish_timeout ({})",
+                humantime::format_duration(c.relay.publish_timeout)
+            ),
+        );
+    }
     if c.metrics.idle_timeout < 2 * c.metrics.backlog_interval {
         if checks.is_default("metrics.idle_timeout") {
             checks.issue(

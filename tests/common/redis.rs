@@ -33,10 +33,13 @@ pub fn redis_test_config(db: &TestDb, url: &str) -> Config {
     c
 }
 
+/// A connection without a response timeout: a test may stall the replica (DEBUG SLEEP) while
+/// others read from it, and their reads then wait it out.
 pub async fn connect(url: &str) -> MultiplexedConnection {
+    let settings = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     redis::Client::open(url)
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&settings)
         .await
         .expect("connect to redis")
 }

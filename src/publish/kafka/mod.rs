@@ -34,6 +34,10 @@ pub struct KafkaPublisher {
     producer: RwLock<Option<Current>>,
     /// False after a failure: the next `ready` checks the cluster before more rows are claimed.
     healthy: AtomicBool,
+    /// A publish is asking the cluster whether a timed-out topic has its leaders. One at a
+    /// time: when the cluster is down, every record in flight times out at once, and hundreds
+    /// of metadata requests on one producer left it unable to reconnect in the fault suite.
+    checking: AtomicBool,
 }
 
 /// The producer in use and how many replaced it, so that of the publishes failing on one
@@ -101,6 +105,7 @@ impl KafkaPublisher {
                 generation: 0,
             })),
             healthy: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
         })
     }
 
@@ -128,13 +133,35 @@ impl KafkaPublisher {
             Replace::Fatal(code, reason)
         } else if error.reason() == FailureReason::Timeout
             && self.is_current(failed.generation)
-            && self.topic_has_leaders(&failed.producer, topic).await
+            && self
+                .single_check(|| self.topic_has_leaders(&failed.producer, topic))
+                .await
         {
             Replace::StaleMetadata
         } else {
             return;
         };
         self.replace(failed.generation, why, topic);
+    }
+
+    /// Runs `check` unless another publish is running one (then false).
+    async fn single_check<F, Fut>(&self, check: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        /// Clears the flag however the check ends, a dropped publish included.
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let _running = Running(&self.checking);
+        check().await
     }
 
     /// Whether the cluster itself answers with a leader for every partition of `topic`; if
@@ -318,7 +345,7 @@ impl Publisher for KafkaPublisher {
         }
         let current = self.current()?;
         // The queue timeout is backpressure: while librdkafka's queue is full, wait for room.
-        match current
+        let outcome = match current
             .producer
             .send(record, Timeout::After(self.publish_timeout))
             .await
@@ -333,7 +360,13 @@ impl Publisher for KafkaPublisher {
                     .await;
                 Err(classified)
             }
+        };
+        if !self.is_current(current.generation) {
+            // This may be the replaced producer's last handle, and destroying a producer
+            // blocks while librdkafka stops its threads.
+            tokio::task::spawn_blocking(move || drop(current));
         }
+        outcome
     }
 
     async fn close(&self) {

@@ -19,7 +19,7 @@ pub struct RedisConfig {
     pub url_file: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// PEM file of extra CA certificates trusted for `rediss://` (besides the system's).
+    /// PEM file of the CA certificates trusted for `rediss://`, instead of the system's.
     pub tls_ca_file: String,
     #[serde(skip)]
     pub tls_ca_pem: Option<String>,
@@ -63,6 +63,10 @@ impl RedisConfig {
         check_url(c, "broker.redis.url", &self.url);
         c.duration("broker.redis.connect_timeout", self.connect_timeout, DAY);
         c.duration("broker.redis.wait_timeout", self.wait_timeout, DAY);
+        // WAIT with a timeout of 0 waits for ever.
+        if self.wait_replicas > 0 && self.wait_timeout < Duration::from_millis(1) {
+            c.issue("broker.redis.wait_timeout", "must be at least 1ms");
+        }
         if self.max_entry_bytes == 0 {
             c.issue("broker.redis.max_entry_bytes", "must be more than 0");
         }

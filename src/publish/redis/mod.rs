@@ -57,8 +57,16 @@ impl RedisPublisher {
             ),
             None => Client::open(url),
         }
-        // The client's message may quote the URL, password included.
-        .map_err(|e| RedisSetupError(format!("{:?}: {}", e.kind(), config.url)))?;
+        // The client's message may quote the URL, password included; its detail (a TLS
+        // certificate problem, for one) does not.
+        .map_err(|e| {
+            RedisSetupError(format!(
+                "{:?} ({}): {}",
+                e.kind(),
+                e.detail().unwrap_or("no detail"),
+                config.url
+            ))
+        })?;
         Ok(Self {
             config,
             publish_timeout,
@@ -97,8 +105,9 @@ impl RedisPublisher {
                 unavailable(format!("cannot connect to Redis at {}", self.config.url))
                     .caused_by(e.to_string())
             })?;
-        let mut info = redis::cmd("INFO");
-        info.arg("server");
+        // The default sections: the version (server), whether it still loads its data
+        // (persistence) and whether it is a primary (replication).
+        let info = redis::cmd("INFO");
         let info: String = tokio::time::timeout(
             self.config.connect_timeout,
             info.query_async(&mut connection),
@@ -111,6 +120,18 @@ impl RedisPublisher {
             ))
         })?
         .map_err(|e| retryable(classify(e)))?;
+        if info_field(&info, "loading") == Some("1") {
+            return Err(unavailable(format!(
+                "Redis at {} is still loading its data",
+                self.config.url
+            )));
+        }
+        if info_field(&info, "role").is_some_and(|r| r != "master") {
+            return Err(unavailable(format!(
+                "Redis at {} is a replica, which takes no writes",
+                self.config.url
+            )));
+        }
         let version = server_version(&info);
         let idempotent =
             !self.config.idempotent_producer_id.is_empty() && version.is_some_and(|v| v >= (8, 6));
@@ -183,39 +204,65 @@ impl RedisPublisher {
         &self,
         connection: &mut MultiplexedConnection,
         xadd: Cmd,
-    ) -> Result<(), PublishError> {
+    ) -> Result<(), SendError> {
+        let _id: redis::Value = xadd.query_async(connection).await?;
         if self.config.wait_replicas == 0 {
-            let _id: redis::Value = xadd.query_async(connection).await.map_err(classify)?;
             return Ok(());
         }
-        // WAIT right behind the XADD on the same connection: it returns once the replicas
-        // have everything the connection wrote before it, this entry included.
-        let mut pipe = redis::pipe();
-        pipe.add_command(xadd)
-            .ignore()
-            .cmd("WAIT")
+        // WAIT after the XADD's reply (so that an XADD error keeps its server code) and on the
+        // same connection: it returns once the replicas have everything this connection wrote
+        // before it, this entry included. Redis serves nothing else of the connection while it
+        // waits, which is the price of `wait_replicas` (README).
+        let acked: u32 = redis::cmd("WAIT")
             .arg(self.config.wait_replicas)
-            .arg(self.config.wait_timeout.as_millis() as u64);
-        let (acked,): (u32,) = pipe.query_async(connection).await.map_err(classify)?;
+            .arg(self.config.wait_timeout.as_millis() as u64)
+            .query_async(connection)
+            .await?;
         if acked < self.config.wait_replicas {
-            return Err(PublishError::retryable(
-                FailureReason::Timeout,
-                format!(
-                    "{acked} of {} replicas acknowledged the entry within {:?}",
-                    self.config.wait_replicas, self.config.wait_timeout
+            // The connection is fine; the replicas are late.
+            return Err(SendError {
+                error: PublishError::retryable(
+                    FailureReason::Timeout,
+                    format!(
+                        "{acked} of {} replicas acknowledged the entry within {:?}",
+                        self.config.wait_replicas, self.config.wait_timeout
+                    ),
                 ),
-            ));
+                connection_lost: false,
+            });
         }
         Ok(())
     }
 }
 
-/// `redis_version` from `INFO server`, as (major, minor).
+/// One `name:value` line of `INFO`.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// A failed send, and whether the connection went with it (then only `ready` connects again).
+struct SendError {
+    error: PublishError,
+    connection_lost: bool,
+}
+
+impl From<RedisError> for SendError {
+    fn from(e: RedisError) -> Self {
+        let connection_lost = e.is_io_error() || e.is_connection_dropped() || e.is_timeout();
+        Self {
+            error: classify(e),
+            connection_lost,
+        }
+    }
+}
+
+/// `redis_version` from `INFO`, as (major, minor).
 fn server_version(info: &str) -> Option<(u32, u32)> {
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))?
-        .trim();
+    let version = info_field(info, "redis_version")?;
     let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??))
 }
@@ -285,20 +332,21 @@ impl Publisher for RedisPublisher {
         let outcome = tokio::time::timeout(self.publish_timeout, self.send(&mut connection, xadd))
             .await
             .unwrap_or_else(|_| {
-                Err(PublishError::retryable(
-                    FailureReason::Timeout,
-                    format!("no reply from Redis within {:?}", self.publish_timeout),
-                ))
+                // No reply at all: the connection may be dead without a reset.
+                Err(SendError {
+                    error: PublishError::retryable(
+                        FailureReason::Timeout,
+                        format!("no reply from Redis within {:?}", self.publish_timeout),
+                    ),
+                    connection_lost: true,
+                })
             });
-        if let Err(e) = &outcome {
-            if matches!(
-                e.reason(),
-                FailureReason::Unavailable | FailureReason::Timeout
-            ) {
+        outcome.map_err(|e| {
+            if e.connection_lost {
                 self.broken(generation);
             }
-        }
-        outcome
+            e.error
+        })
     }
 
     async fn close(&self) {
