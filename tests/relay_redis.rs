@@ -12,6 +12,19 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A new key holding a string, where the relay expects a stream.
+async fn string_key() -> String {
+    let key = unique("taken");
+    let mut con = connect(&url()).await;
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("a string")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    key
+}
+
 #[tokio::test]
 async fn committed_messages_round_trip_with_keys_headers_payload_and_order() {
     let db = TestDb::new().await;
@@ -107,15 +120,8 @@ async fn binary_payloads_arrive_byte_for_byte() {
 #[tokio::test]
 async fn a_key_of_another_type_is_retried_then_dead_while_others_flow() {
     let db = TestDb::new().await;
-    let taken = unique("taken");
+    let taken = string_key().await;
     let stream = unique("s");
-    let mut con = connect(&url()).await;
-    let () = redis::cmd("SET")
-        .arg(&taken)
-        .arg("a string")
-        .query_async(&mut con)
-        .await
-        .unwrap();
     let mut config = redis_test_config(&db, &url());
     config.retry.max_attempts = 3.try_into().unwrap();
     let relay = start_relay(config);
@@ -247,14 +253,7 @@ async fn with_wait_replicas_a_row_waits_for_a_stalled_replica() {
 #[tokio::test]
 async fn with_wait_replicas_a_key_of_another_type_still_names_wrongtype() {
     let db = TestDb::new().await;
-    let taken = unique("taken");
-    let mut con = connect(&url()).await;
-    let () = redis::cmd("SET")
-        .arg(&taken)
-        .arg("a string")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let taken = string_key().await;
     let mut config = redis_test_config(&db, &url());
     config.broker.redis.wait_replicas = 1;
     config.retry.max_attempts = 2.try_into().unwrap();
