@@ -1,0 +1,101 @@
+//! The `[broker.nsq]` section.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Checks, DAY};
+
+/// nsqd's own default `--max-msg-size`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NsqConfig {
+    /// `host:port` of one nsqd's TCP listener.
+    pub nsqd_tcp_address: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Envelopes over this many bytes are refused (permanently) before they are sent: nsqd
+    /// answers a bigger one with a fatal error that closes the connection, failing every
+    /// publish in flight on it. Keep it at nsqd's `--max-msg-size`.
+    pub max_message_bytes: u64,
+    /// The CloudEvents `source` attribute of every envelope.
+    pub cloudevents_source: String,
+    /// The CloudEvents `type` attribute of every envelope.
+    pub cloudevents_type: String,
+}
+
+impl Default for NsqConfig {
+    fn default() -> Self {
+        Self {
+            nsqd_tcp_address: "localhost:4150".into(),
+            connect_timeout: Duration::from_secs(10),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            cloudevents_source: "outbox-relay".into(),
+            cloudevents_type: "outbox.message".into(),
+        }
+    }
+}
+
+impl NsqConfig {
+    pub(crate) fn check(&self, c: &mut Checks) {
+        if let Err(problem) = split_address(&self.nsqd_tcp_address) {
+            c.issue("broker.nsq.nsqd_tcp_address", problem);
+        }
+        c.duration("broker.nsq.connect_timeout", self.connect_timeout, DAY);
+        // nsqd reads the body size as a signed 32-bit number.
+        if self.max_message_bytes == 0 || self.max_message_bytes > i32::MAX as u64 {
+            c.issue(
+                "broker.nsq.max_message_bytes",
+                format!("must be between 1 and {}", i32::MAX),
+            );
+        }
+        // CloudEvents requires both to be non-empty.
+        if self.cloudevents_source.trim().is_empty() {
+            c.issue("broker.nsq.cloudevents_source", "must not be empty");
+        }
+        if self.cloudevents_type.trim().is_empty() {
+            c.issue("broker.nsq.cloudevents_type", "must not be empty");
+        }
+    }
+}
+
+/// `host:port` (an IPv6 host in brackets) as host and port.
+pub(crate) fn split_address(address: &str) -> Result<(&str, u16), String> {
+    let problem = || format!("must be host:port, got `{address}`");
+    let (host, port) = address.rsplit_once(':').ok_or_else(problem)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(problem());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host, p)),
+        _ => Err(problem()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert_eq!(split_address("localhost:4150"), Ok(("localhost", 4150)));
+        assert_eq!(split_address("[::1]:4150"), Ok(("::1", 4150)));
+        assert_eq!(split_address("10.0.0.1:1"), Ok(("10.0.0.1", 1)));
+        for bad in [
+            "localhost",
+            ":4150",
+            "host:0",
+            "host:x",
+            "host:70000",
+            "a b:1",
+        ] {
+            assert!(split_address(bad).is_err(), "{bad}");
+        }
+    }
+}
