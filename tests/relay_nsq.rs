@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::nsq::{address, collect, message_count, nsq_test_config, wait_count};
@@ -250,5 +252,74 @@ async fn with_nsqd_unreachable_at_start_nothing_is_claimed_until_it_answers() {
         (http_get(http, "/readyz").await?.0 == 200).then_some(())
     })
     .await;
+    relay.stop().await;
+}
+
+/// Forwards a loopback port to nsqd and can cut every connection it carries.
+struct Proxy {
+    address: String,
+    accepted: Arc<AtomicUsize>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (count, tasks) = (accepted.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tasks.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(address()).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Self {
+            address: listen,
+            accepted,
+            links,
+        }
+    }
+
+    /// Closes both sides of every connection so far, as a network failure or an nsqd restart
+    /// would.
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_stream_is_replaced_and_every_key_stays_in_order() {
+    let db = TestDb::new().await;
+    let topic = unique("t");
+    let proxy = Proxy::start().await;
+    let relay = start_relay(nsq_test_config(&db, &proxy.address));
+    let ids = db.enqueue_many(&topic, 0, 499, 8).await;
+    wait_for("a fifth of the rows published", WAIT, || async {
+        (db.count("published").await >= 100).then_some(())
+    })
+    .await;
+    // Rows in flight then (usually one per key) lose their answer and are retried.
+    proxy.cut();
+    for id in &ids {
+        db.wait_status(*id, "published").await;
+    }
+    assert!(
+        proxy.accepted.load(Ordering::SeqCst) >= 2,
+        "the relay connected again"
+    );
+    // A PUB whose OK was lost with the connection is sent again: at least once.
+    let taken = message_count(&topic).await;
+    assert!(taken >= ids.len() as u64, "{taken}");
+    let got = collect(&topic, taken as usize, WAIT).await;
+    let duplicates = assert_in_order(got.iter().map(|e| (e.message_id(), e.json())));
+    assert_eq!(got.len() - duplicates, ids.len());
     relay.stop().await;
 }
