@@ -38,6 +38,8 @@ install() {
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [ -d "$source" ] || { log "go mod download found no source for nsq $VERSION"; exit 1; }
   src="$ROOT/.local/nsq/src-$VERSION"
+  # A copy left by an interrupted build may still be read-only, as the module cache is.
+  if [ -d "$src" ]; then chmod -R u+w "$src"; fi
   rm -rf "$src"
   mkdir -p "$(dirname "$src")"
   cp -r "$source" "$src"
