@@ -8,7 +8,9 @@
 #   scripts/nsq.sh start            start again
 #   scripts/nsq.sh kill             kill -9
 #
-# Ports from P=OUTBOX_NSQ_PORT (54150): TCP on P, HTTP on P+1. --mem-queue-size=0 sends every
+# Ports from P=OUTBOX_NSQ_PORT (54150): TCP on P, HTTP on P+1. With OUTBOX_NSQ_TLS_DIR
+# (server.pem, server.key) nsqd also offers TLS on the TCP port (IDENTIFY with tls_v1; plain
+# clients still work). --mem-queue-size=0 sends every
 # message through nsqd's on-disk queue, so an OK to a PUB means the message is in that queue's
 # file (in the page cache until nsqd syncs it, every 2500 messages or 2 s), not only in memory.
 # --max-msg-size is nsqd's default (1 MiB), given explicitly: the tests send one over it.
@@ -19,6 +21,7 @@ VERSION=v1.3.0
 PORT=${OUTBOX_NSQ_PORT:-54150}
 BIN="$ROOT/.local/nsq/bin/nsqd"
 DIR="$ROOT/.local/nsq-$PORT"
+TLS_DIR=${OUTBOX_NSQ_TLS_DIR:-}
 
 log() { echo "nsq: $*" >&2; }
 
@@ -64,16 +67,23 @@ start() {
     return
   fi
   mkdir -p "$DIR/data"
+  local tls=()
+  if [ -n "$TLS_DIR" ]; then
+    mkdir -p "$DIR/tls"
+    cp "$TLS_DIR/server.pem" "$TLS_DIR/server.key" "$DIR/tls/"
+    chmod 600 "$DIR/tls/server.key"
+    tls=(--tls-cert="$DIR/tls/server.pem" --tls-key="$DIR/tls/server.key")
+  fi
   setsid "$BIN" \
     --tcp-address="127.0.0.1:$PORT" --http-address="127.0.0.1:$((PORT + 1))" \
     --broadcast-address=127.0.0.1 --data-path="$DIR/data" \
-    --mem-queue-size=0 --max-msg-size=1048576 \
+    --mem-queue-size=0 --max-msg-size=1048576 "${tls[@]}" \
     >>"$DIR/nsqd.log" 2>&1 </dev/null &
   echo $! >"$DIR/nsqd.pid"
   local i
   for i in $(seq 1 100); do
     if ping; then
-      log "nsqd running on 127.0.0.1:$PORT (HTTP on $((PORT + 1)))"
+      log "nsqd running on 127.0.0.1:$PORT (HTTP on $((PORT + 1)))$([ -n "$TLS_DIR" ] && echo ", TLS offered")"
       return
     fi
     pid_of >/dev/null || break

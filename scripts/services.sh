@@ -215,7 +215,7 @@ redis() {
 }
 
 nsq() {
-  "$ROOT/scripts/nsq.sh" "$@"
+  OUTBOX_NSQ_TLS_DIR=$TLS_DIR "$ROOT/scripts/nsq.sh" "$@"
 }
 
 kafka_up() {

@@ -14,7 +14,7 @@ use crate::http;
 use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
-use crate::publish::nsq::NsqPublisher;
+use crate::publish::nsq::{NsqPublisher, NsqSetupError};
 use crate::publish::redis::{RedisPublisher, RedisSetupError};
 use crate::publish::Publisher;
 use crate::relay::Relay;
@@ -31,6 +31,8 @@ pub enum AppError {
     KafkaSetup(#[from] KafkaSetupError),
     #[error(transparent)]
     RedisSetup(#[from] RedisSetupError),
+    #[error(transparent)]
+    NsqSetup(#[from] NsqSetupError),
     #[error("cannot listen on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
     #[error("task `{0}` failed: {1}")]
@@ -88,7 +90,7 @@ async fn run_relay(
         BrokerKind::Nsq => Built::Nsq(NsqPublisher::new(
             config.broker.nsq.clone(),
             config.relay.publish_timeout,
-        )),
+        )?),
     };
     if !wait_for_schema(&pool, &config, &shutdown).await {
         return Ok(());

@@ -170,7 +170,11 @@ async fn a_message_over_nsqds_max_msg_size_goes_dead_at_once_and_does_not_block_
     db.wait_status(big, "dead").await;
     db.wait_status(next, "published").await;
     let (attempts, last_error) = db.attempts_and_error(big).await;
-    assert_eq!(attempts, 1);
+    // nsqd closes the connection right after its refusal, while the body is still being
+    // written; when that close is a reset the refusal is lost with it and the row is retried
+    // (rarely: the relay reads what arrived before the write failed). Once the refusal gets
+    // through, the row is dead, long before retry.max_attempts.
+    assert!(attempts < 5, "{attempts} attempts");
     assert!(last_error.contains("E_BAD_MESSAGE"), "{last_error}");
     let got = collect(&topic, 1, WAIT).await;
     assert_eq!(got[0].message_id(), next);
@@ -182,14 +186,13 @@ async fn a_message_over_nsqds_max_msg_size_goes_dead_at_once_and_does_not_block_
 async fn a_message_over_max_message_bytes_goes_dead_without_being_sent() {
     let db = TestDb::new().await;
     let topic = unique("t");
-    let mut config = nsq_test_config(&db, &address());
-    config.broker.nsq.max_message_bytes = 4096;
-    let relay = start_relay(config);
+    // broker.nsq.max_message_bytes at its default, nsqd's --max-msg-size (1 MiB).
+    let relay = start_relay(nsq_test_config(&db, &address()));
     let big = db
         .enqueue(
             &topic,
             Some("k"),
-            json!({"key": "k", "n": 0, "pad": "x".repeat(5000)}),
+            json!({"key": "k", "n": 0, "pad": "x".repeat(1_100_000)}),
         )
         .await;
     let next = db

@@ -463,3 +463,60 @@ mod amqp_url_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod nsq_tests {
+    use crate::config::*;
+
+    fn issues(toml: &str) -> String {
+        match Config::from_figment(&Figment::from(Toml::string(toml))) {
+            Ok(_) => String::new(),
+            Err(ConfigError::Invalid(issues)) => issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_checked_by_their_full_names() {
+        let text = issues(
+            "[broker.nsq]\nnsqd_tcp_address = \"nsqd\"\nmax_message_bytes = 0\ncloudevents_source = \"\"\ncloudevents_type = \" \"\nconnect_timeout = \"0s\"\n",
+        );
+        for key in [
+            "broker.nsq.nsqd_tcp_address",
+            "broker.nsq.max_message_bytes",
+            "broker.nsq.cloudevents_source",
+            "broker.nsq.cloudevents_type",
+            "broker.nsq.connect_timeout",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_ca_file_is_read_with_tls_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let toml = |tls: bool| {
+            format!(
+                "[broker.nsq]\ntls_v1 = {tls}\ntls_ca_file = \"{}\"\n",
+                ca.display()
+            )
+        };
+        let c = Config::from_figment(&Figment::from(Toml::string(&toml(true)))).expect("valid");
+        assert!(c.broker.nsq.tls_ca_pem.unwrap().contains("MIIB"));
+        let text = issues(&toml(false));
+        assert!(
+            text.contains("broker.nsq.tls_ca_file") && text.contains("tls_v1"),
+            "{text}"
+        );
+    }
+}

@@ -24,6 +24,13 @@ pub struct NsqConfig {
     pub cloudevents_source: String,
     /// The CloudEvents `type` attribute of every envelope.
     pub cloudevents_type: String,
+    /// Upgrade the connection to TLS after `IDENTIFY` (nsqd's `tls_v1` feature), verifying
+    /// nsqd's certificate and its name against the host of `nsqd_tcp_address`.
+    pub tls_v1: bool,
+    /// PEM file of the CA certificates trusted for TLS instead of the system's.
+    pub tls_ca_file: String,
+    #[serde(skip)]
+    pub tls_ca_pem: Option<String>,
 }
 
 impl Default for NsqConfig {
@@ -34,6 +41,9 @@ impl Default for NsqConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             cloudevents_source: "outbox-relay".into(),
             cloudevents_type: "outbox.message".into(),
+            tls_v1: false,
+            tls_ca_file: String::new(),
+            tls_ca_pem: None,
         }
     }
 }
@@ -57,6 +67,29 @@ impl NsqConfig {
         }
         if self.cloudevents_type.trim().is_empty() {
             c.issue("broker.nsq.cloudevents_type", "must not be empty");
+        }
+    }
+}
+
+impl NsqConfig {
+    /// Reads `tls_ca_file` once at start: it must hold a PEM certificate, and only makes sense
+    /// with `tls_v1` (a CA for a plain connection would protect nothing).
+    pub(crate) fn read_ca(&mut self, c: &mut Checks) {
+        const KEY: &str = "broker.nsq.tls_ca_file";
+        if self.tls_ca_file.is_empty() {
+            return;
+        }
+        if !self.tls_v1 {
+            c.issue(KEY, "is only used with broker.nsq.tls_v1 = true");
+            return;
+        }
+        match std::fs::read_to_string(&self.tls_ca_file) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => self.tls_ca_pem = Some(pem),
+            Ok(_) => c.issue(
+                KEY,
+                format!("{} holds no PEM certificate", self.tls_ca_file),
+            ),
+            Err(e) => c.issue(KEY, format!("cannot read {}: {e}", self.tls_ca_file)),
         }
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::protocol::{Command, Frame, NsqCodec, ProtocolError, HEARTBEAT, MAGIC, OK};
@@ -69,54 +70,102 @@ pub struct ServerInfo {
     pub version: String,
     #[serde(default)]
     pub auth_required: bool,
+    /// The connection is upgraded to TLS next.
+    #[serde(default)]
+    pub tls_v1: bool,
+}
+
+/// Any stream the connection runs on: plain TCP, or TLS over it after the upgrade.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type Io = Box<dyn Stream>;
+type Reader = FramedRead<ReadHalf<Io>, NsqCodec>;
+type Writer = FramedWrite<WriteHalf<Io>, NsqCodec>;
+
+/// How to upgrade to TLS: the client settings and the name nsqd's certificate must carry.
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: TlsConnector,
+    pub name: ServerName<'static>,
+}
+
+fn framed(io: Io) -> (Reader, Writer) {
+    let (read, write) = tokio::io::split(io);
+    (
+        FramedRead::new(read, NsqCodec),
+        FramedWrite::new(write, NsqCodec),
+    )
+}
+
+/// The next frame, which must be a response.
+async fn response(reader: &mut Reader) -> Result<Bytes, Lost> {
+    match reader.next().await {
+        Some(Ok(Frame::Response(data))) => Ok(data),
+        Some(Ok(Frame::Error(data))) => Err(Lost::Refused(String::from_utf8_lossy(&data).into())),
+        Some(Ok(Frame::Message(_))) => Err(Lost::Unexpected),
+        Some(Err(e)) => Err(Lost::Io(e)),
+        None => Err(Lost::Closed),
+    }
 }
 
 impl Connection {
-    /// Connects, sends the magic and `IDENTIFY`, and starts the task. Each step is bounded by
-    /// `timeout`.
+    /// Connects, sends the magic and `IDENTIFY`, upgrades to TLS when `tls` is given, and
+    /// starts the task; all within `timeout`.
     pub async fn open(
         address: &str,
+        tls: Option<&Tls>,
         timeout: Duration,
         write_timeout: Duration,
     ) -> Result<(Self, ServerInfo), Lost> {
-        let bounded = |e| Lost::Io(ProtocolError::Io(e));
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| Lost::Timeout(timeout))?
-            .map_err(bounded)?;
-        stream.set_nodelay(true).map_err(bounded)?;
-        let (read, mut write) = stream.into_split();
-        tokio::time::timeout(timeout, write.write_all(MAGIC))
-            .await
-            .map_err(|_| Lost::Timeout(timeout))?
-            .map_err(bounded)?;
-        let mut reader = FramedRead::new(read, NsqCodec);
-        let mut writer = FramedWrite::new(write, NsqCodec);
-        let identify = serde_json::json!({
-            "client_id": "outbox-relay",
-            "user_agent": concat!("outbox-relay/", env!("CARGO_PKG_VERSION")),
-            "feature_negotiation": true,
-            "heartbeat_interval": HEARTBEAT_INTERVAL.as_millis() as u64,
-        });
+        let io = |e| Lost::Io(ProtocolError::Io(e));
         let handshake = async {
+            let stream = TcpStream::connect(address).await.map_err(io)?;
+            stream.set_nodelay(true).map_err(io)?;
+            let (mut reader, mut writer) = framed(Box::new(stream));
+            writer.get_mut().write_all(MAGIC).await.map_err(io)?;
+            let identify = serde_json::json!({
+                "client_id": "outbox-relay",
+                "user_agent": concat!("outbox-relay/", env!("CARGO_PKG_VERSION")),
+                "feature_negotiation": true,
+                "heartbeat_interval": HEARTBEAT_INTERVAL.as_millis() as u64,
+                "tls_v1": tls.is_some(),
+            });
             writer
                 .send(Command::Identify(Bytes::from(identify.to_string())))
                 .await
                 .map_err(Lost::Io)?;
-            match reader.next().await {
-                Some(Ok(Frame::Response(data))) if data == OK => Ok(ServerInfo::default()),
-                Some(Ok(Frame::Response(data))) => {
-                    Ok(serde_json::from_slice(&data).unwrap_or_default())
-                }
-                Some(Ok(Frame::Error(data))) => {
-                    Err(Lost::Refused(String::from_utf8_lossy(&data).into()))
-                }
-                Some(Ok(Frame::Message(_))) => Err(Lost::Unexpected),
-                Some(Err(e)) => Err(Lost::Io(e)),
-                None => Err(Lost::Closed),
+            let data = response(&mut reader).await?;
+            let info: ServerInfo = if data == OK {
+                ServerInfo::default()
+            } else {
+                serde_json::from_slice(&data).unwrap_or_default()
+            };
+            let Some(tls) = tls else {
+                return Ok((reader, writer, info));
+            };
+            if !info.tls_v1 {
+                return Err(Lost::Refused(
+                    "nsqd does not offer TLS (it needs --tls-cert and --tls-key)".into(),
+                ));
             }
+            // nsqd waits for the client's TLS hello now, so nothing of it is buffered yet.
+            if !reader.read_buffer().is_empty() {
+                return Err(Lost::Unexpected);
+            }
+            let plain = reader.into_inner().unsplit(writer.into_inner());
+            let secured = tls
+                .connector
+                .connect(tls.name.clone(), plain)
+                .await
+                .map_err(io)?;
+            let (mut reader, writer) = framed(Box::new(secured));
+            // nsqd confirms the upgrade with an OK over TLS.
+            if response(&mut reader).await? != OK {
+                return Err(Lost::Unexpected);
+            }
+            Ok((reader, writer, info))
         };
-        let info = tokio::time::timeout(timeout, handshake)
+        let (reader, writer, info) = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| Lost::Timeout(timeout))??;
         if info.auth_required {
@@ -156,8 +205,8 @@ impl Connection {
 /// frame (nsqd closes the connection after one anyway); the callers still waiting then see
 /// their reply dropped, and `Connection::is_open` turns false.
 async fn run(
-    mut reader: FramedRead<OwnedReadHalf, NsqCodec>,
-    mut writer: FramedWrite<OwnedWriteHalf, NsqCodec>,
+    mut reader: Reader,
+    mut writer: Writer,
     mut queue: mpsc::Receiver<Request>,
     write_timeout: Duration,
 ) {
@@ -171,7 +220,10 @@ async fn run(
                 waiting.push_back(reply);
                 match tokio::time::timeout(write_timeout, writer.send(command)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => break Some(Lost::Io(e)),
+                    Ok(Err(e)) => {
+                        answer_what_came(&mut reader, &mut waiting).await;
+                        break Some(Lost::Io(e));
+                    }
                     Err(_) => break Some(Lost::Timeout(write_timeout)),
                 }
             }
@@ -212,5 +264,31 @@ async fn run(
     queue.close();
     if let Some(lost) = ended {
         tracing::warn!(error = %lost, waiting = waiting.len(), "connection to nsqd lost");
+    }
+}
+
+/// After a failed write, the answers nsqd sent before it closed the connection: nsqd refuses
+/// an oversize PUB before reading its body and closes at once, so the write of the body fails
+/// while the error frame that says why may already be here. When the close came as a reset,
+/// the kernel dropped it, and the callers see a lost connection instead.
+async fn answer_what_came(reader: &mut Reader, waiting: &mut VecDeque<oneshot::Sender<Reply>>) {
+    const GRACE: Duration = Duration::from_millis(200);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(GRACE, reader.next()).await {
+        if matches!(&frame, Frame::Response(data) if data == HEARTBEAT) {
+            continue;
+        }
+        let Some(caller) = waiting.pop_front() else {
+            return;
+        };
+        match frame {
+            Frame::Response(data) if data == OK => {
+                let _ = caller.send(Reply::Ok);
+            }
+            Frame::Error(data) => {
+                let _ = caller.send(Reply::Error(String::from_utf8_lossy(&data).into()));
+                return;
+            }
+            _ => return,
+        }
     }
 }

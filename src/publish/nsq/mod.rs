@@ -15,19 +15,28 @@ mod protocol;
 pub use config::NsqConfig;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 use super::{FailureReason, PublishError, Publisher};
 use crate::store::OutboxMessage;
-use connection::{Connection, Lost, Reply};
+use connection::{Connection, Lost, Reply, Tls};
 use protocol::{error_code, valid_topic, Command};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up TLS to nsqd: {0}")]
+pub struct NsqSetupError(String);
 
 pub struct NsqPublisher {
     config: NsqConfig,
     publish_timeout: Duration,
+    tls: Option<Tls>,
     /// `None` until connected and after the connection broke: only `ready` connects.
     connection: RwLock<Option<Connected>>,
     connects: AtomicU64,
@@ -42,14 +51,16 @@ struct Connected {
 }
 
 impl NsqPublisher {
-    /// Connects lazily, in `ready`.
-    pub fn new(config: NsqConfig, publish_timeout: Duration) -> Self {
-        Self {
+    /// Sets up TLS when asked (CA certificates, the name to verify). Connects lazily, in
+    /// `ready`.
+    pub fn new(config: NsqConfig, publish_timeout: Duration) -> Result<Self, NsqSetupError> {
+        Ok(Self {
+            tls: tls(&config)?,
             config,
             publish_timeout,
             connection: RwLock::new(None),
             connects: AtomicU64::new(0),
-        }
+        })
     }
 
     fn current(&self) -> Option<Connected> {
@@ -62,17 +73,26 @@ impl NsqPublisher {
 
     async fn connect(&self) -> Result<Connected, PublishError> {
         let address = &self.config.nsqd_tcp_address;
-        let (connection, info) =
-            Connection::open(address, self.config.connect_timeout, self.publish_timeout)
-                .await
-                .map_err(|e| {
-                    PublishError::retryable(
-                        FailureReason::Unavailable,
-                        format!("cannot connect to nsqd at {address}"),
-                    )
-                    .caused_by(e)
-                })?;
-        tracing::info!(address = %address, version = %info.version, "connected to nsqd");
+        let (connection, info) = Connection::open(
+            address,
+            self.tls.as_ref(),
+            self.config.connect_timeout,
+            self.publish_timeout,
+        )
+        .await
+        .map_err(|e| {
+            PublishError::retryable(
+                FailureReason::Unavailable,
+                format!("cannot connect to nsqd at {address}"),
+            )
+            .caused_by(e)
+        })?;
+        tracing::info!(
+            address = %address,
+            version = %info.version,
+            tls = self.tls.is_some(),
+            "connected to nsqd"
+        );
         Ok(Connected {
             connection,
             generation: self.connects.fetch_add(1, Ordering::Relaxed),
@@ -120,6 +140,55 @@ impl NsqPublisher {
             body: Bytes::from(body),
         })
     }
+}
+
+/// The TLS settings of `tls_v1`: the CAs of `tls_ca_file`, else the system's, and the host of
+/// `nsqd_tcp_address` as the name the certificate must carry.
+fn tls(config: &NsqConfig) -> Result<Option<Tls>, NsqSetupError> {
+    if !config.tls_v1 {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    match &config.tls_ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| {
+                    NsqSetupError(format!(
+                        "broker.nsq.tls_ca_file {}: {e}",
+                        config.tls_ca_file
+                    ))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    NsqSetupError(format!(
+                        "broker.nsq.tls_ca_file {}: {e}",
+                        config.tls_ca_file
+                    ))
+                })?;
+            }
+        }
+        None => {
+            // Certificates the parser cannot use are skipped, as the other clients do.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(NsqSetupError("no CA certificate to trust".into()));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NsqSetupError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (host, _) = config::split_address(&config.nsqd_tcp_address).map_err(NsqSetupError)?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| NsqSetupError(format!("broker.nsq.nsqd_tcp_address: {e}")))?;
+    Ok(Some(Tls {
+        connector: TlsConnector::from(Arc::new(client)),
+        name,
+    }))
 }
 
 /// Retryable or permanent, by the code of nsqd's error frame: the publisher's one table.

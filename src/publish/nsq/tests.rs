@@ -12,6 +12,7 @@ fn publisher(address: &str, publish_timeout: Duration) -> NsqPublisher {
         },
         publish_timeout,
     )
+    .expect("no TLS to set up")
 }
 
 #[test]
