@@ -519,4 +519,34 @@ mod nsq_tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn the_auth_secret_is_redacted_and_comes_from_a_file_or_the_key() {
+        let c = Config::from_figment(&Figment::from(Toml::string(
+            "[broker.nsq]\nauth_secret = \"s3cret\"\n",
+        )))
+        .expect("valid");
+        assert_eq!(c.broker.nsq.auth_secret.expose(), "s3cret");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("REDACTED"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", c.broker.nsq).contains("s3cret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = Config::from_figment(&Figment::from(Toml::string(&format!(
+            "[broker.nsq]\nauth_secret_file = \"{}\"\n",
+            file.display()
+        ))))
+        .expect("valid");
+        assert_eq!(c.broker.nsq.auth_secret.expose(), "from-file");
+        let text = issues(&format!(
+            "[broker.nsq]\nauth_secret = \"x\"\nauth_secret_file = \"{}\"\n",
+            file.display()
+        ));
+        assert!(text.contains("broker.nsq.auth_secret_file"), "{text}");
+    }
 }

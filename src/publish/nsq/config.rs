@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Checks, DAY};
+use crate::config::{Checks, Secret, DAY};
 
 /// nsqd's own default `--max-msg-size`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
@@ -31,6 +31,12 @@ pub struct NsqConfig {
     pub tls_ca_file: String,
     #[serde(skip)]
     pub tls_ca_pem: Option<String>,
+    /// Sent with `AUTH` when nsqd requires it (`--auth-http-address`); nsqd asks its auth
+    /// server what the secret may do.
+    pub auth_secret: Secret,
+    /// A file holding the secret (a mounted Secret); read once at start, replaces
+    /// `auth_secret`.
+    pub auth_secret_file: String,
 }
 
 impl Default for NsqConfig {
@@ -44,6 +50,8 @@ impl Default for NsqConfig {
             tls_v1: false,
             tls_ca_file: String::new(),
             tls_ca_pem: None,
+            auth_secret: Secret::default(),
+            auth_secret_file: String::new(),
         }
     }
 }

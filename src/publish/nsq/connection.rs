@@ -114,6 +114,7 @@ impl Connection {
     pub async fn open(
         address: &str,
         tls: Option<&Tls>,
+        auth_secret: &str,
         timeout: Duration,
         write_timeout: Duration,
     ) -> Result<(Self, ServerInfo), Lost> {
@@ -165,15 +166,28 @@ impl Connection {
             }
             Ok((reader, writer, info))
         };
-        let (reader, writer, info) = tokio::time::timeout(timeout, handshake)
+        let authorised = async {
+            let (mut reader, mut writer, info) = handshake.await?;
+            if info.auth_required {
+                if auth_secret.is_empty() {
+                    return Err(Lost::Refused(
+                        "nsqd requires AUTH and broker.nsq.auth_secret is empty".into(),
+                    ));
+                }
+                writer
+                    .send(Command::Auth(Bytes::copy_from_slice(
+                        auth_secret.as_bytes(),
+                    )))
+                    .await
+                    .map_err(Lost::Io)?;
+                // The identity and permission count; an error frame is a refusal.
+                response(&mut reader).await?;
+            }
+            Ok((reader, writer, info))
+        };
+        let (reader, writer, info) = tokio::time::timeout(timeout, authorised)
             .await
             .map_err(|_| Lost::Timeout(timeout))??;
-        if info.auth_required {
-            // AUTH is not implemented: every PUB would be refused.
-            return Err(Lost::Refused(
-                "nsqd requires AUTH, which the relay does not send".into(),
-            ));
-        }
         let (requests, queue) = mpsc::channel(QUEUE);
         tokio::spawn(run(reader, writer, queue, write_timeout));
         Ok((Self { requests }, info))

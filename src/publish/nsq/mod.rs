@@ -76,6 +76,7 @@ impl NsqPublisher {
         let (connection, info) = Connection::open(
             address,
             self.tls.as_ref(),
+            self.config.auth_secret.expose(),
             self.config.connect_timeout,
             self.publish_timeout,
         )

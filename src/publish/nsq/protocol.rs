@@ -40,6 +40,8 @@ pub enum Command {
         defer_ms: u64,
         body: Bytes,
     },
+    /// The secret nsqd hands to its auth server; answered with a JSON object.
+    Auth(Bytes),
     /// The answer to a heartbeat; nsqd sends nothing back.
     Nop,
 }
@@ -89,6 +91,10 @@ impl Encoder<Command> for NsqCodec {
             } => {
                 dst.put_slice(format!("DPUB {topic} {defer_ms}\n").as_bytes());
                 put_body(dst, &body);
+            }
+            Command::Auth(secret) => {
+                dst.put_slice(b"AUTH\n");
+                put_body(dst, &secret);
             }
             Command::Nop => dst.put_slice(b"NOP\n"),
         }
@@ -194,6 +200,10 @@ mod tests {
                 body: Bytes::from_static(b"hi"),
             }),
             b"DPUB orders 1500\n\x00\x00\x00\x02hi"
+        );
+        assert_eq!(
+            encode(Command::Auth(Bytes::from_static(b"s3cret"))),
+            b"AUTH\n\x00\x00\x00\x06s3cret"
         );
         assert_eq!(encode(Command::Nop), b"NOP\n");
     }

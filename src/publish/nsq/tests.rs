@@ -131,6 +131,66 @@ async fn handshake(listener: &TcpListener) -> BufReader<TcpStream> {
     socket
 }
 
+#[tokio::test]
+async fn auth_is_sent_when_nsqd_requires_it_and_a_refusal_fails_ready() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let mut p = publisher(&address, Duration::from_secs(5));
+    p.config.auth_secret = crate::config::Secret::new("s3cret");
+    let server = async {
+        for answer in [
+            (0, &br#"{"identity":"relay","permission_count":1}"#[..]),
+            (1, &b"E_AUTH_FAILED AUTH failed"[..]),
+        ] {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut socket = BufReader::new(socket);
+            let mut magic = [0u8; 4];
+            socket.read_exact(&mut magic).await.unwrap();
+            assert_eq!(read_line(&mut socket).await.as_deref(), Some("IDENTIFY"));
+            read_body(&mut socket).await;
+            respond(
+                &mut socket,
+                0,
+                br#"{"version":"1.3.0","auth_required":true}"#,
+            )
+            .await;
+            assert_eq!(read_line(&mut socket).await.as_deref(), Some("AUTH"));
+            assert_eq!(read_body(&mut socket).await, b"s3cret");
+            respond(&mut socket, answer.0, answer.1).await;
+        }
+    };
+    let client = async {
+        p.ready().await.unwrap();
+        p.close().await;
+        let e = p.ready().await.unwrap_err();
+        assert!(!e.is_permanent(), "credentials may be fixed");
+        assert!(e.chain().contains("E_AUTH_FAILED"), "{}", e.chain());
+    };
+    tokio::join!(server, client);
+}
+
+#[tokio::test]
+async fn without_a_secret_an_nsqd_that_requires_auth_is_not_ready() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = publisher(
+        &listener.local_addr().unwrap().to_string(),
+        Duration::from_secs(5),
+    );
+    let server = async {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut socket = BufReader::new(socket);
+        let mut magic = [0u8; 4];
+        socket.read_exact(&mut magic).await.unwrap();
+        read_line(&mut socket).await;
+        read_body(&mut socket).await;
+        respond(&mut socket, 0, br#"{"auth_required":true}"#).await;
+        socket
+    };
+    let (_socket, outcome) = tokio::join!(server, p.ready());
+    let e = outcome.unwrap_err();
+    assert!(e.chain().contains("auth_secret is empty"), "{}", e.chain());
+}
+
 async fn read_line(socket: &mut BufReader<TcpStream>) -> Option<String> {
     let mut line = String::new();
     if socket.read_line(&mut line).await.unwrap() == 0 {
