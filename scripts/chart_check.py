@@ -488,7 +488,7 @@ def schema_rejects_bad_values():
     raise AssertionError("the schema accepted bad values")
 
 
-FILE_FORMS = {"url_file", "sasl_password_file"}
+FILE_FORMS = {"url_file", "sasl_password_file", "auth_secret_file"}
 
 
 def without_empty_file_keys(table):

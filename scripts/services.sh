@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
-# Starts (or stops) the local Postgres, RabbitMQ, Apache Kafka and Redis that the demo and the
-# tests use.
+# Starts (or stops) the local Postgres, RabbitMQ, Apache Kafka, Redis and nsqd that the demo and
+# the tests use.
 # Everything runs as plain processes bound to 127.0.0.1 on non-default ports, with data under
 # .local/ in the repository. Idempotent: `up` installs what is missing and starts what is not
 # running, and only the services it is given.
 #
 #   scripts/services.sh up [SERVICE...]   install if needed, start, print the environment to use;
-#                      SERVICE: postgres, rabbitmq, kafka, redis, promtool (installed, not
-#                      started);
+#                      SERVICE: postgres, rabbitmq, kafka, redis, nsq, promtool (installed,
+#                      not started);
 #                      all of them without an argument
 #   scripts/services.sh down   stop them
 #   scripts/services.sh env    print the environment (export lines)
 #   scripts/services.sh kafka-log [N]   the path of the Kafka broker's log (node N of the cluster)
-#   scripts/services.sh stop|start|kill postgres|rabbitmq|kafka|redis [N|replica]   one service,
-#                      one Kafka broker of the cluster (the fault-injection suite) or the Redis
-#                      replica; kill (kill -9) is kafka and redis only
+#   scripts/services.sh stop|start|kill postgres|rabbitmq|kafka|redis|nsq [N|replica]   one
+#                      service, one Kafka broker of the cluster (the fault-injection suite) or
+#                      the Redis replica; kill (kill -9) is kafka, redis and nsq only
 #   scripts/services.sh drop-scratch-dbs [t|bench]   drop the databases earlier test (t_<hex>)
 #                      or bench (bench_<hex>) runs left; both kinds without an argument
 #
-# OUTBOX_PG_PORT / OUTBOX_AMQP_PORT / OUTBOX_KAFKA_PORT / OUTBOX_REDIS_PORT choose other ports; a service on a
+# OUTBOX_PG_PORT / OUTBOX_AMQP_PORT / OUTBOX_KAFKA_PORT / OUTBOX_REDIS_PORT / OUTBOX_NSQ_PORT
+# choose other ports; a service on a
 # non-default port keeps its data in its own directory, so two sets never share state.
 # Kafka is Apache Kafka from Maven Central, run by scripts/kafka.sh (read it for its ports):
 # one broker, or with OUTBOX_KAFKA_CLUSTER=1 three (the fault suite). OUTBOX_KAFKA_ADVERTISED_PORT
 # (OUTBOX_KAFKA_ADVERTISED_PORTS="a,b,c" for the cluster) is the port each broker tells clients
 # to connect to (default: its own; the fault suite points them at TCP proxies). Redis is Debian's
-# redis-server, a primary and its replica, run by scripts/redis.sh (read it for its ports).
+# redis-server, a primary and its replica, run by scripts/redis.sh (read it for its ports). nsqd
+# is built with Go from the pinned NSQ release and run by scripts/nsq.sh (read it for its ports).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +43,8 @@ export OUTBOX_KAFKA_PORT=$KAFKA_PORT
 KAFKA_CLUSTER=${OUTBOX_KAFKA_CLUSTER:-0}
 REDIS_PORT=${OUTBOX_REDIS_PORT:-56379}
 export OUTBOX_REDIS_PORT=$REDIS_PORT
+NSQ_PORT=${OUTBOX_NSQ_PORT:-54150}
+export OUTBOX_NSQ_PORT=$NSQ_PORT
 RABBIT_NODE="outbox-relay-${AMQP_PORT}@localhost"
 # Set by choose_state_dir once the service users exist.
 PG_DIR=""
@@ -189,8 +193,9 @@ install_missing() {
           apt_install redis-server
         fi
         ;;
+      nsq) "$ROOT/scripts/nsq.sh" install ;;
       *)
-        echo "unknown service: $service (postgres, rabbitmq, kafka, redis, promtool)" >&2
+        echo "unknown service: $service (postgres, rabbitmq, kafka, redis, nsq, promtool)" >&2
         exit 2
         ;;
     esac
@@ -207,6 +212,10 @@ kafka() {
 
 redis() {
   OUTBOX_REDIS_TLS_DIR=$TLS_DIR "$ROOT/scripts/redis.sh" "$@"
+}
+
+nsq() {
+  OUTBOX_NSQ_TLS_DIR=$TLS_DIR "$ROOT/scripts/nsq.sh" "$@"
 }
 
 kafka_up() {
@@ -375,6 +384,8 @@ export OUTBOX_TEST_KAFKA_WRONG_HOST_BOOTSTRAP=127.0.0.1:$((KAFKA_PORT + 3001))
 export OUTBOX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export OUTBOX_TEST_REDIS_REPLICA_URL=redis://127.0.0.1:$((REDIS_PORT + 1))
 export OUTBOX_TEST_REDISS_URL=rediss://127.0.0.1:$((REDIS_PORT + 2))
+export OUTBOX_TEST_NSQD_ADDRESS=127.0.0.1:$NSQ_PORT
+export OUTBOX_TEST_NSQD_BIN=$LOCAL/nsq/bin/nsqd
 export OUTBOX_TEST_TLS_DIR=$TLS_DIR
 export OUTBOX_TEST_CA=$TLS_DIR/ca.pem
 export OUTBOX_TEST_OTHER_CA=$TLS_DIR/other-ca.pem
@@ -386,7 +397,7 @@ case "${1:-up}" in
     shift || true
     services=("$@")
     if [ ${#services[@]} = 0 ]; then
-      services=(postgres rabbitmq kafka redis promtool)
+      services=(postgres rabbitmq kafka redis nsq promtool)
     fi
     install_missing "${services[@]}"
     choose_state_dir
@@ -397,6 +408,7 @@ case "${1:-up}" in
         rabbitmq) rabbit_up ;;
         kafka) kafka_up ;;
         redis) redis up ;;
+        nsq) nsq up ;;
       esac
     done
     print_env > "$LOCAL/env$(port_suffix "$PG_PORT" 54329)"
@@ -406,6 +418,7 @@ case "${1:-up}" in
     choose_state_dir
     kafka down
     redis down
+    nsq down
     rabbit_down
     pg_down
     ;;
@@ -426,8 +439,9 @@ case "${1:-up}" in
       rabbitmq:stop) rabbit_down ;;
       kafka:*) OUTBOX_KAFKA_TLS_DIR=$TLS_DIR kafka "$1" ${3:-} ;;
       redis:*) redis "$1" ${3:-} ;;
+      nsq:*) nsq "$1" ;;
       *)
-        echo "usage: $0 stop|start postgres|rabbitmq|kafka|redis [N|replica], or kill kafka [N]|redis [replica]" >&2
+        echo "usage: $0 stop|start postgres|rabbitmq|kafka|redis|nsq [N|replica], or kill kafka [N]|redis [replica]|nsq" >&2
         exit 2
         ;;
     esac

@@ -14,6 +14,7 @@ use crate::http;
 use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
+use crate::publish::nsq::{NsqPublisher, NsqSetupError};
 use crate::publish::redis::{RedisPublisher, RedisSetupError};
 use crate::publish::Publisher;
 use crate::relay::Relay;
@@ -30,6 +31,8 @@ pub enum AppError {
     KafkaSetup(#[from] KafkaSetupError),
     #[error(transparent)]
     RedisSetup(#[from] RedisSetupError),
+    #[error(transparent)]
+    NsqSetup(#[from] NsqSetupError),
     #[error("cannot listen on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
     #[error("task `{0}` failed: {1}")]
@@ -84,6 +87,10 @@ async fn run_relay(
             config.broker.redis.clone(),
             config.relay.publish_timeout,
         )?),
+        BrokerKind::Nsq => Built::Nsq(NsqPublisher::new(
+            config.broker.nsq.clone(),
+            config.relay.publish_timeout,
+        )?),
     };
     if !wait_for_schema(&pool, &config, &shutdown).await {
         return Ok(());
@@ -92,6 +99,7 @@ async fn run_relay(
         Built::Amqp(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
         Built::Kafka(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
         Built::Redis(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
+        Built::Nsq(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
     }
 }
 
@@ -100,6 +108,7 @@ enum Built {
     Amqp(AmqpPublisher),
     Kafka(KafkaPublisher),
     Redis(RedisPublisher),
+    Nsq(NsqPublisher),
 }
 
 /// Creates the Kafka producer, which validates every librdkafka property.

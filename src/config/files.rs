@@ -1,7 +1,7 @@
 //! Secrets and certificates from files: `database.url_file`, `broker.amqp.url_file`,
-//! `broker.kafka.sasl_password_file`, `broker.redis.url_file` (Secrets mounted as files:
-//! Kubernetes volumes, Vault Agent, CSI drivers), `broker.amqp.tls_ca_file` and
-//! `broker.redis.tls_ca_file`. Each is read once at start, like every
+//! `broker.kafka.sasl_password_file`, `broker.redis.url_file`, `broker.nsq.auth_secret_file` (Secrets mounted as files:
+//! Kubernetes volumes, Vault Agent, CSI drivers), `broker.amqp.tls_ca_file`,
+//! `broker.redis.tls_ca_file` and `broker.nsq.tls_ca_file`. Each is read once at start, like every
 //! other key; a value and its file form together are a mistake, reported on the file key.
 
 use super::{Checks, Config, SecretUrl};
@@ -51,6 +51,15 @@ impl Checks<'_> {
             }
         }
         rd.read_ca(self);
+        let nsq = &mut c.broker.nsq;
+        nsq.read_ca(self);
+        if let Some(secret) = self.file_unless(
+            "broker.nsq.auth_secret_file",
+            (!nsq.auth_secret.is_empty()).then_some("broker.nsq.auth_secret"),
+            &nsq.auth_secret_file,
+        ) {
+            nsq.auth_secret = super::Secret::new(secret);
+        }
         let kafka = &mut c.broker.kafka;
         let conflict = kafka.properties.0.contains_key(SASL_PASSWORD);
         if let Some(password) = self.file_unless(

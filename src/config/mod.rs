@@ -24,7 +24,7 @@ pub use crate::store::DatabaseConfig;
 pub use crate::sweeper::SweeperConfig;
 pub use crate::telemetry::instruments::MetricsConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};
-pub use secret::SecretUrl;
+pub use secret::{Secret, SecretUrl};
 pub use validate::{Checks, DAY};
 
 /// Prefix of environment overrides. The double underscore keeps Kubernetes' service-link

@@ -463,3 +463,90 @@ mod amqp_url_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod nsq_tests {
+    use crate::config::*;
+
+    fn issues(toml: &str) -> String {
+        match Config::from_figment(&Figment::from(Toml::string(toml))) {
+            Ok(_) => String::new(),
+            Err(ConfigError::Invalid(issues)) => issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_checked_by_their_full_names() {
+        let text = issues(
+            "[broker.nsq]\nnsqd_tcp_address = \"nsqd\"\nmax_message_bytes = 0\ncloudevents_source = \"\"\ncloudevents_type = \" \"\nconnect_timeout = \"0s\"\n",
+        );
+        for key in [
+            "broker.nsq.nsqd_tcp_address",
+            "broker.nsq.max_message_bytes",
+            "broker.nsq.cloudevents_source",
+            "broker.nsq.cloudevents_type",
+            "broker.nsq.connect_timeout",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_ca_file_is_read_with_tls_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let toml = |tls: bool| {
+            format!(
+                "[broker.nsq]\ntls_v1 = {tls}\ntls_ca_file = \"{}\"\n",
+                ca.display()
+            )
+        };
+        let c = Config::from_figment(&Figment::from(Toml::string(&toml(true)))).expect("valid");
+        assert!(c.broker.nsq.tls_ca_pem.unwrap().contains("MIIB"));
+        let text = issues(&toml(false));
+        assert!(
+            text.contains("broker.nsq.tls_ca_file") && text.contains("tls_v1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_auth_secret_is_redacted_and_comes_from_a_file_or_the_key() {
+        let c = Config::from_figment(&Figment::from(Toml::string(
+            "[broker.nsq]\nauth_secret = \"s3cret\"\n",
+        )))
+        .expect("valid");
+        assert_eq!(c.broker.nsq.auth_secret.expose(), "s3cret");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("REDACTED"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", c.broker.nsq).contains("s3cret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = Config::from_figment(&Figment::from(Toml::string(&format!(
+            "[broker.nsq]\nauth_secret_file = \"{}\"\n",
+            file.display()
+        ))))
+        .expect("valid");
+        assert_eq!(c.broker.nsq.auth_secret.expose(), "from-file");
+        let text = issues(&format!(
+            "[broker.nsq]\nauth_secret = \"x\"\nauth_secret_file = \"{}\"\n",
+            file.display()
+        ));
+        assert!(text.contains("broker.nsq.auth_secret_file"), "{text}");
+    }
+}

@@ -4,6 +4,7 @@
 pub mod amqp;
 mod error;
 pub mod kafka;
+pub mod nsq;
 pub mod redis;
 
 pub use error::{Failure, FailureReason, PublishError, Source};
@@ -22,6 +23,7 @@ pub enum BrokerKind {
     Amqp,
     Kafka,
     Redis,
+    Nsq,
 }
 
 /// The `[broker]` section: which publisher runs, and each publisher's own table.
@@ -32,6 +34,7 @@ pub struct BrokerConfig {
     pub amqp: amqp::AmqpConfig,
     pub kafka: kafka::KafkaConfig,
     pub redis: redis::RedisConfig,
+    pub nsq: nsq::NsqConfig,
 }
 
 impl Default for BrokerConfig {
@@ -41,6 +44,7 @@ impl Default for BrokerConfig {
             amqp: Default::default(),
             kafka: Default::default(),
             redis: Default::default(),
+            nsq: Default::default(),
         }
     }
 }
@@ -50,6 +54,7 @@ impl BrokerConfig {
         self.amqp.check(c);
         self.kafka.check(c);
         self.redis.check(c);
+        self.nsq.check(c);
     }
 
     /// Each publisher's connect timeout, by key: a claim waits on the broker's connect first.
@@ -58,6 +63,7 @@ impl BrokerConfig {
             ("broker.amqp.connect_timeout", self.amqp.connect_timeout),
             ("broker.kafka.connect_timeout", self.kafka.connect_timeout),
             ("broker.redis.connect_timeout", self.redis.connect_timeout),
+            ("broker.nsq.connect_timeout", self.nsq.connect_timeout),
         ]
         .into_iter()
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod nsq;
 mod process;
 mod rabbit;
 pub mod redis;

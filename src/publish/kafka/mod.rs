@@ -10,7 +10,7 @@ mod config;
 pub use config::{KafkaConfig, KafkaProperties};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -34,10 +34,16 @@ pub struct KafkaPublisher {
     producer: RwLock<Option<Current>>,
     /// False after a failure: the next `ready` checks the cluster before more rows are claimed.
     healthy: AtomicBool,
-    /// A publish is asking the cluster whether a timed-out topic has its leaders. One at a
-    /// time: when the cluster is down, every record in flight times out at once, and hundreds
-    /// of metadata requests on one producer left it unable to reconnect in the fault suite.
-    checking: AtomicBool,
+    /// The last topic whose record timed out, with the producer's generation: the next
+    /// `ready` (which asks the cluster for its metadata after any failure anyway) checks
+    /// whether the cluster names its leaders. Not the failed publish itself: it would report
+    /// the timeout late, and when the cluster is down every record in flight times out at
+    /// once (hundreds of metadata requests on one producer left it unable to reconnect).
+    suspect: Mutex<Option<(u64, String)>>,
+    /// A topic the cluster named leaders for once while it was suspect; replaced on the second
+    /// time. One round of timeouts with leaders in place is also what a slow but live leader
+    /// gives, and a new producer does not help there.
+    struck: Mutex<Option<(u64, String)>>,
 }
 
 /// The producer in use and how many replaced it, so that of the publishes failing on one
@@ -55,7 +61,8 @@ enum Replace {
     /// An idempotent producer that hit a fatal error (for example an out-of-order sequence)
     /// refuses all further sends; only a new producer can continue.
     Fatal(RDKafkaErrorCode, String),
-    /// A record timed out while the cluster names a leader for every partition of its topic.
+    /// Records of a topic timed out twice, each time followed by the cluster naming a leader
+    /// for every partition of it.
     ///
     /// When a topic is deleted and created again under the same name, its partitions' leader
     /// epochs start again at 0. librdkafka (up to at least 2.12, confluentinc/librdkafka#4898)
@@ -105,7 +112,8 @@ impl KafkaPublisher {
                 generation: 0,
             })),
             healthy: AtomicBool::new(false),
-            checking: AtomicBool::new(false),
+            suspect: Mutex::new(None),
+            struck: Mutex::new(None),
         })
     }
 
@@ -127,69 +135,15 @@ impl KafkaPublisher {
             .is_some_and(|c| c.generation == generation)
     }
 
-    /// Called after a record failed on `failed`: replaces that producer if it is broken.
-    async fn replace_if_broken(&self, failed: &Current, error: &PublishError, topic: &str) {
-        let why = if let Some((code, reason)) = failed.producer.client().fatal_error() {
-            Replace::Fatal(code, reason)
-        } else if error.reason() == FailureReason::Timeout
-            && self.is_current(failed.generation)
-            && self
-                .single_check(|| self.topic_has_leaders(&failed.producer, topic))
-                .await
-        {
-            Replace::StaleMetadata
-        } else {
-            return;
-        };
-        self.replace(failed.generation, why, topic);
-    }
-
-    /// Runs `check` unless another publish is running one (then false).
-    async fn single_check<F, Fut>(&self, check: F) -> bool
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        /// Clears the flag however the check ends, a dropped publish included.
-        struct Running<'a>(&'a AtomicBool);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
+    /// Called after a record failed on `failed`: replaces that producer if it hit a fatal
+    /// error, and remembers a timed-out topic for the next `ready`.
+    fn after_failure(&self, failed: &Current, error: &PublishError, topic: &str) {
+        if let Some((code, reason)) = failed.producer.client().fatal_error() {
+            self.replace(failed.generation, Replace::Fatal(code, reason), topic);
+        } else if error.reason() == FailureReason::Timeout && self.is_current(failed.generation) {
+            *self.suspect.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((failed.generation, topic.to_string()));
         }
-        if self.checking.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        let _running = Running(&self.checking);
-        check().await
-    }
-
-    /// Whether the cluster itself answers with a leader for every partition of `topic`; if
-    /// not, the timeouts are an outage that a new producer would not end.
-    async fn topic_has_leaders(&self, producer: &FutureProducer, topic: &str) -> bool {
-        let producer = producer.clone();
-        let topic = topic.to_string();
-        let timeout = self.connect_timeout;
-        // fetch_metadata blocks until the cluster answers, and returns the brokers' answer
-        // rather than the producer's cache.
-        tokio::task::spawn_blocking(move || {
-            let Ok(metadata) = producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(timeout))
-            else {
-                return false;
-            };
-            metadata.topics().iter().any(|t| {
-                t.name() == topic
-                    && t.error().is_none()
-                    && !t.partitions().is_empty()
-                    && t.partitions()
-                        .iter()
-                        .all(|p| p.error().is_none() && p.leader() >= 0)
-            })
-        })
-        .await
-        .unwrap_or(false)
     }
 
     fn replace(&self, generation: u64, why: Replace, topic: &str) {
@@ -242,6 +196,18 @@ impl KafkaPublisher {
 
 fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaSetupError> {
     config.create().map_err(|e| KafkaSetupError(e.to_string()))
+}
+
+/// Whether the cluster's answer names a leader for every partition of `topic`.
+fn has_leaders(metadata: &rdkafka::metadata::Metadata, topic: &str) -> bool {
+    metadata.topics().iter().any(|t| {
+        t.name() == topic
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+            && t.partitions()
+                .iter()
+                .all(|p| p.error().is_none() && p.leader() >= 0)
+    })
 }
 
 /// Retryable or permanent, by librdkafka's error code: the publisher's one table. An unknown
@@ -302,21 +268,42 @@ impl Publisher for KafkaPublisher {
         if self.healthy.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let producer = self.current()?.producer;
+        let current = self.current()?;
+        let producer = current.producer.clone();
         let timeout = self.connect_timeout;
-        // fetch_metadata blocks until the cluster answers: keep it off the runtime.
+        let suspect = self
+            .suspect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|(generation, _)| *generation == current.generation)
+            .map(|(_, topic)| topic);
+        let topic = suspect.clone();
+        // fetch_metadata blocks until the cluster answers: keep it off the runtime. It returns
+        // the brokers' answer, not the producer's cache.
         let answer = tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, Timeout::After(timeout))
-                .map(|_| ())
+                .map(|metadata| topic.is_some_and(|t| has_leaders(&metadata, &t)))
         })
         .await
         .map_err(|e| {
             PublishError::retryable(FailureReason::Other, "metadata request panicked").caused_by(e)
         })?;
         match answer {
-            Ok(()) => {
+            Ok(stale) => {
+                if let (true, Some(topic)) = (stale, suspect) {
+                    let strike = (current.generation, topic);
+                    let mut struck = self.struck.lock().unwrap_or_else(|p| p.into_inner());
+                    if struck.as_ref() == Some(&strike) {
+                        *struck = None;
+                        drop(struck);
+                        self.replace(strike.0, Replace::StaleMetadata, &strike.1);
+                    } else {
+                        *struck = Some(strike);
+                    }
+                }
                 self.healthy.store(true, Ordering::Relaxed);
                 Ok(())
             }
@@ -356,8 +343,7 @@ impl Publisher for KafkaPublisher {
                 if !classified.is_permanent() {
                     self.healthy.store(false, Ordering::Relaxed);
                 }
-                self.replace_if_broken(&current, &classified, &message.destination)
-                    .await;
+                self.after_failure(&current, &classified, &message.destination);
                 Err(classified)
             }
         };
