@@ -11,7 +11,7 @@ pub use config::{KafkaConfig, KafkaProperties};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -43,7 +43,7 @@ pub struct KafkaPublisher {
     /// A topic the cluster named leaders for once while it was suspect; replaced on the second
     /// time. One round of timeouts with leaders in place is also what a slow but live leader
     /// gives, and a new producer does not help there.
-    struck: Mutex<Option<(u64, String)>>,
+    struck: Mutex<Option<(u64, String, Instant)>>,
 }
 
 /// The producer in use and how many replaced it, so that of the publishes failing on one
@@ -294,14 +294,20 @@ impl Publisher for KafkaPublisher {
         match answer {
             Ok(stale) => {
                 if let (true, Some(topic)) = (stale, suspect) {
-                    let strike = (current.generation, topic);
                     let mut struck = self.struck.lock().unwrap_or_else(|p| p.into_inner());
-                    if struck.as_ref() == Some(&strike) {
-                        *struck = None;
-                        drop(struck);
-                        self.replace(strike.0, Replace::StaleMetadata, &strike.1);
-                    } else {
-                        *struck = Some(strike);
+                    match struck.as_ref() {
+                        // The second strike must come from a later round of records: the
+                        // timeouts of one round may reach two `ready` calls.
+                        Some((generation, first, at))
+                            if *generation == current.generation && *first == topic =>
+                        {
+                            if at.elapsed() >= self.publish_timeout {
+                                *struck = None;
+                                drop(struck);
+                                self.replace(current.generation, Replace::StaleMetadata, &topic);
+                            }
+                        }
+                        _ => *struck = Some((current.generation, topic, Instant::now())),
                     }
                 }
                 self.healthy.store(true, Ordering::Relaxed);
