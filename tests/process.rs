@@ -71,13 +71,7 @@ async fn sigterm_drains_records_confirms_and_exits_zero() {
     // Everything the broker confirmed was recorded: nothing received is still pending.
     let got = rabbit.drain(&queue).await;
     let received: Vec<Uuid> = got.iter().map(|r| r.message_id()).collect();
-    let unrecorded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1) AND status <> 'published'",
-    )
-    .bind(&received)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let unrecorded = db.not_published(&received).await;
     assert_eq!(
         unrecorded, 0,
         "confirmed messages left unrecorded at shutdown"

@@ -72,13 +72,7 @@ async fn sigterm_drains_records_acknowledged_entries_and_exits_zero() {
         .iter()
         .map(|e| e.message_id())
         .collect();
-    let unrecorded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1) AND status <> 'published'",
-    )
-    .bind(&received)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let unrecorded = db.not_published(&received).await;
     assert_eq!(
         unrecorded, 0,
         "acknowledged entries left unrecorded at shutdown"

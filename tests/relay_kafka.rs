@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::kafka::{bootstrap, consume, create_topic, record_count};
-use common::{assert_in_order, kafka_test_config, start_relay, unique, TestDb};
+use common::{assert_in_order, kafka_test_config, start_relay, unique, RoundTripRows, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -18,39 +18,13 @@ async fn committed_messages_round_trip_with_keys_headers_and_order() {
     create_topic(&bootstrap(), &topic, 3).await;
     let relay = start_relay(kafka_test_config(&db, &bootstrap()));
 
-    let mut expected = Vec::new();
-    for n in 0..60 {
-        let key = format!("k{}", n % 4);
-        expected.push(
-            db.enqueue(&topic, Some(&key), json!({"key": key, "n": n}))
-                .await,
-        );
-    }
-    let with_headers: Uuid = sqlx::query_scalar(
-        "SELECT outbox.enqueue($1, '{\"key\": \"h\", \"n\": 1}', message_key => 'h',
-                               routing_key => 'ignored', headers => '{\"traceparent\": \"00-abc\"}')",
-    )
-    .bind(&topic)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    expected.push(with_headers);
-    let keyless = db
-        .enqueue(&topic, None, json!({"key": "none", "n": 1}))
-        .await;
-    expected.push(keyless);
-    let prepared = db
-        .prepare(&topic, Some("p"), json!({"key": "p", "n": 1}))
-        .await;
-    assert!(db.commit(prepared).await);
-    expected.push(prepared);
-    let rolled_back = db
-        .prepare(&topic, Some("r"), json!({"key": "r", "n": 1}))
-        .await;
-    db.rollback(rolled_back).await;
-    let undecided = db
-        .prepare(&topic, Some("u"), json!({"key": "u", "n": 1}))
-        .await;
+    let RoundTripRows {
+        expected,
+        with_headers,
+        keyless,
+        rolled_back,
+        undecided,
+    } = db.round_trip_rows(&topic).await;
 
     for id in &expected {
         db.wait_status(*id, "published").await;

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::nsq::{address, collect, message_count, nsq_test_config, wait_count};
-use common::{assert_in_order, free_port, http_get, start_relay, unique, wait_for, TestDb};
+use common::{
+    assert_in_order, free_port, http_get, start_relay, unique, wait_for, RoundTripRows, TestDb,
+};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
@@ -21,39 +23,13 @@ async fn committed_messages_round_trip_with_keys_headers_payload_and_order() {
     let topic = unique("t");
     let relay = start_relay(nsq_test_config(&db, &address()));
 
-    let mut expected = Vec::new();
-    for n in 0..60 {
-        let key = format!("k{}", n % 4);
-        expected.push(
-            db.enqueue(&topic, Some(&key), json!({"key": key, "n": n}))
-                .await,
-        );
-    }
-    let with_headers: Uuid = sqlx::query_scalar(
-        "SELECT outbox.enqueue($1, '{\"key\": \"h\", \"n\": 1}', message_key => 'h',
-                               headers => '{\"traceparent\": \"00-abc\"}')",
-    )
-    .bind(&topic)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    expected.push(with_headers);
-    let keyless = db
-        .enqueue(&topic, None, json!({"key": "none", "n": 1}))
-        .await;
-    expected.push(keyless);
-    let prepared = db
-        .prepare(&topic, Some("p"), json!({"key": "p", "n": 1}))
-        .await;
-    assert!(db.commit(prepared).await);
-    expected.push(prepared);
-    let rolled_back = db
-        .prepare(&topic, Some("r"), json!({"key": "r", "n": 1}))
-        .await;
-    db.rollback(rolled_back).await;
-    let undecided = db
-        .prepare(&topic, Some("u"), json!({"key": "u", "n": 1}))
-        .await;
+    let RoundTripRows {
+        expected,
+        with_headers,
+        keyless,
+        rolled_back,
+        undecided,
+    } = db.round_trip_rows(&topic).await;
 
     for id in &expected {
         db.wait_status(*id, "published").await;

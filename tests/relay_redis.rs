@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{connect, entries, redis_test_config, replica_url, url, wait_entries};
-use common::{assert_in_order, start_relay, unique, TestDb};
+use common::{assert_in_order, start_relay, unique, RoundTripRows, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -31,39 +31,13 @@ async fn committed_messages_round_trip_with_keys_headers_payload_and_order() {
     let stream = unique("s");
     let relay = start_relay(redis_test_config(&db, &url()));
 
-    let mut expected = Vec::new();
-    for n in 0..60 {
-        let key = format!("k{}", n % 4);
-        expected.push(
-            db.enqueue(&stream, Some(&key), json!({"key": key, "n": n}))
-                .await,
-        );
-    }
-    let with_headers: Uuid = sqlx::query_scalar(
-        "SELECT outbox.enqueue($1, '{\"key\": \"h\", \"n\": 1}', message_key => 'h',
-                               headers => '{\"traceparent\": \"00-abc\"}')",
-    )
-    .bind(&stream)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    expected.push(with_headers);
-    let keyless = db
-        .enqueue(&stream, None, json!({"key": "none", "n": 1}))
-        .await;
-    expected.push(keyless);
-    let prepared = db
-        .prepare(&stream, Some("p"), json!({"key": "p", "n": 1}))
-        .await;
-    assert!(db.commit(prepared).await);
-    expected.push(prepared);
-    let rolled_back = db
-        .prepare(&stream, Some("r"), json!({"key": "r", "n": 1}))
-        .await;
-    db.rollback(rolled_back).await;
-    let undecided = db
-        .prepare(&stream, Some("u"), json!({"key": "u", "n": 1}))
-        .await;
+    let RoundTripRows {
+        expected,
+        with_headers,
+        keyless,
+        rolled_back,
+        undecided,
+    } = db.round_trip_rows(&stream).await;
 
     for id in &expected {
         db.wait_status(*id, "published").await;

@@ -6,6 +6,7 @@ mod error;
 pub mod kafka;
 pub mod nsq;
 pub mod redis;
+mod slot;
 
 pub use error::{Failure, FailureReason, PublishError, Source};
 

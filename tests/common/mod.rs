@@ -23,6 +23,7 @@ use outbox_relay::app::{self, AppError};
 use outbox_relay::config::{Config, LogFormat, SecretUrl};
 use outbox_relay::health::Health;
 use outbox_relay::publish::Publisher;
+use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -285,6 +286,18 @@ impl TestDb {
         .expect("attempts and last_error")
     }
 
+    /// How many of `ids` are not `published`: after a drain, messages the broker
+    /// acknowledged but whose outcome was never recorded.
+    pub async fn not_published(&self, ids: &[Uuid]) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM outbox.messages WHERE message_id = ANY($1) AND status <> 'published'",
+        )
+        .bind(ids)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count unpublished")
+    }
+
     pub async fn count(&self, status: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE status::text = $1")
             .bind(status)
@@ -360,6 +373,65 @@ pub fn test_config(db: &TestDb) -> Config {
     c.metrics.backlog_interval = Duration::from_millis(200);
     c.log.format = LogFormat::Text;
     c
+}
+
+/// What a broker's round-trip test wrote: rows that must arrive, in per-key order, and two
+/// that never may.
+pub struct RoundTripRows {
+    pub expected: Vec<Uuid>,
+    pub with_headers: Uuid,
+    pub keyless: Uuid,
+    pub rolled_back: Uuid,
+    pub undecided: Uuid,
+}
+
+impl TestDb {
+    /// The rows of every broker's round-trip test, to `destination`: 60 over four keys (each
+    /// payload carries its key and number), one with a header (and a routing key the broker may
+    /// ignore), one without a key, one prepared then committed; one prepared then rolled back
+    /// and one left prepared.
+    pub async fn round_trip_rows(&self, destination: &str) -> RoundTripRows {
+        let mut expected = Vec::new();
+        for n in 0..60 {
+            let key = format!("k{}", n % 4);
+            expected.push(
+                self.enqueue(destination, Some(&key), json!({"key": key, "n": n}))
+                    .await,
+            );
+        }
+        let with_headers: Uuid = sqlx::query_scalar(
+            "SELECT outbox.enqueue($1, '{\"key\": \"h\", \"n\": 1}', message_key => 'h',
+                                   routing_key => 'ignored', headers => '{\"traceparent\": \"00-abc\"}')",
+        )
+        .bind(destination)
+        .fetch_one(&self.pool)
+        .await
+        .expect("enqueue with headers");
+        expected.push(with_headers);
+        let keyless = self
+            .enqueue(destination, None, json!({"key": "none", "n": 1}))
+            .await;
+        expected.push(keyless);
+        let prepared = self
+            .prepare(destination, Some("p"), json!({"key": "p", "n": 1}))
+            .await;
+        assert!(self.commit(prepared).await);
+        expected.push(prepared);
+        let rolled_back = self
+            .prepare(destination, Some("r"), json!({"key": "r", "n": 1}))
+            .await;
+        self.rollback(rolled_back).await;
+        let undecided = self
+            .prepare(destination, Some("u"), json!({"key": "u", "n": 1}))
+            .await;
+        RoundTripRows {
+            expected,
+            with_headers,
+            keyless,
+            rolled_back,
+            undecided,
+        }
+    }
 }
 
 /// A test configuration that publishes to Kafka at `bootstrap`.

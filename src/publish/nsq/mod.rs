@@ -14,8 +14,7 @@ mod protocol;
 
 pub use config::NsqConfig;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
+use super::slot::Slot;
 use super::{FailureReason, PublishError, Publisher};
 use crate::store::OutboxMessage;
 use connection::{Connection, Lost, Reply, Tls};
@@ -37,17 +37,7 @@ pub struct NsqPublisher {
     config: NsqConfig,
     publish_timeout: Duration,
     tls: Option<Tls>,
-    /// `None` until connected and after the connection broke: only `ready` connects.
-    connection: RwLock<Option<Connected>>,
-    connects: AtomicU64,
-}
-
-#[derive(Clone)]
-struct Connected {
-    connection: Connection,
-    /// Which connection this is, so that a publish that failed on an older one leaves a newer
-    /// one alone.
-    generation: u64,
+    connection: Slot<Connection>,
 }
 
 impl NsqPublisher {
@@ -58,20 +48,15 @@ impl NsqPublisher {
             tls: tls(&config)?,
             config,
             publish_timeout,
-            connection: RwLock::new(None),
-            connects: AtomicU64::new(0),
+            connection: Slot::new(),
         })
     }
 
-    fn current(&self) -> Option<Connected> {
-        self.connection
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .filter(|c| c.connection.is_open())
+    fn current(&self) -> Option<(Connection, u64)> {
+        self.connection.get().filter(|(c, _)| c.is_open())
     }
 
-    async fn connect(&self) -> Result<Connected, PublishError> {
+    async fn connect(&self) -> Result<Connection, PublishError> {
         let address = &self.config.nsqd_tcp_address;
         let (connection, info) = Connection::open(
             address,
@@ -94,18 +79,7 @@ impl NsqPublisher {
             tls = self.tls.is_some(),
             "connected to nsqd"
         );
-        Ok(Connected {
-            connection,
-            generation: self.connects.fetch_add(1, Ordering::Relaxed),
-        })
-    }
-
-    /// Forgets a broken connection so that the next `ready` connects again.
-    fn broken(&self, generation: u64) {
-        let mut slot = self.connection.write().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|c| c.generation == generation) {
-            *slot = None;
-        }
+        Ok(connection)
     }
 
     /// The `PUB` for a row, or why nsqd could never take it. Both refusals are decided here,
@@ -245,20 +219,15 @@ fn lost(cause: Lost) -> PublishError {
 
 impl Publisher for NsqPublisher {
     async fn ready(&self) -> Result<(), PublishError> {
-        if self.current().is_some() {
-            return Ok(());
+        if self.current().is_none() {
+            self.connection.set(self.connect().await?);
         }
-        let connected = self.connect().await?;
-        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = Some(connected);
         Ok(())
     }
 
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         let command = self.command(message)?;
-        let Connected {
-            connection,
-            generation,
-        } = self.current().ok_or_else(|| {
+        let (connection, generation) = self.current().ok_or_else(|| {
             PublishError::retryable(FailureReason::Unavailable, "not connected to nsqd")
         })?;
         let outcome = match connection.call(command, self.publish_timeout).await {
@@ -268,17 +237,14 @@ impl Publisher for NsqPublisher {
         };
         // nsqd closes the connection after an error to a PUB, and a connection without an
         // answer in time may be half-open: either way the next `ready` connects again.
-        self.broken(generation);
+        self.connection.forget(generation);
         Err(outcome)
     }
 
     async fn close(&self) {
         // Every answer has been awaited by then; dropping the last handle ends the task,
         // which closes the socket.
-        self.connection
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.connection.clear();
     }
 }
 

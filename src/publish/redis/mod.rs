@@ -10,13 +10,12 @@ mod config;
 pub(crate) use config::check_url;
 pub use config::RedisConfig;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, RedisError};
 
+use super::slot::Slot;
 use super::{header_pairs, FailureReason, PublishError, Publisher};
 use crate::store::OutboxMessage;
 
@@ -28,9 +27,7 @@ pub struct RedisPublisher {
     config: RedisConfig,
     publish_timeout: Duration,
     client: Client,
-    /// `None` until connected and after the connection broke: only `ready` connects.
-    connection: RwLock<Option<Connected>>,
-    connects: AtomicU64,
+    connection: Slot<Connected>,
 }
 
 #[derive(Clone)]
@@ -38,9 +35,6 @@ struct Connected {
     connection: MultiplexedConnection,
     /// The server takes `XADD ... IDMP` (Redis 8.6 and later).
     idempotent: bool,
-    /// Which connection this is, so that a publish that failed on an older one leaves a newer
-    /// one alone.
-    generation: u64,
 }
 
 impl RedisPublisher {
@@ -71,16 +65,8 @@ impl RedisPublisher {
             config,
             publish_timeout,
             client,
-            connection: RwLock::new(None),
-            connects: AtomicU64::new(0),
+            connection: Slot::new(),
         })
-    }
-
-    fn current(&self) -> Option<Connected> {
-        self.connection
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     async fn connect(&self) -> Result<Connected, PublishError> {
@@ -144,16 +130,7 @@ impl RedisPublisher {
         Ok(Connected {
             connection,
             idempotent,
-            generation: self.connects.fetch_add(1, Ordering::Relaxed),
         })
-    }
-
-    /// Forgets a broken connection so that the next `ready` connects again.
-    fn broken(&self, generation: u64) {
-        let mut slot = self.connection.write().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|c| c.generation == generation) {
-            *slot = None;
-        }
     }
 
     fn xadd(&self, message: &OutboxMessage, idempotent: bool) -> Result<Cmd, PublishError> {
@@ -312,20 +289,20 @@ fn retryable(error: PublishError) -> PublishError {
 
 impl Publisher for RedisPublisher {
     async fn ready(&self) -> Result<(), PublishError> {
-        if self.current().is_some() {
-            return Ok(());
+        if self.connection.get().is_none() {
+            self.connection.set(self.connect().await?);
         }
-        let connected = self.connect().await?;
-        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = Some(connected);
         Ok(())
     }
 
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let Connected {
-            mut connection,
-            idempotent,
+        let (
+            Connected {
+                mut connection,
+                idempotent,
+            },
             generation,
-        } = self.current().ok_or_else(|| {
+        ) = self.connection.get().ok_or_else(|| {
             PublishError::retryable(FailureReason::Unavailable, "not connected to Redis")
         })?;
         let xadd = self.xadd(message, idempotent)?;
@@ -343,7 +320,7 @@ impl Publisher for RedisPublisher {
             });
         outcome.map_err(|e| {
             if e.connection_lost {
-                self.broken(generation);
+                self.connection.forget(generation);
             }
             e.error
         })
@@ -351,10 +328,7 @@ impl Publisher for RedisPublisher {
 
     async fn close(&self) {
         // Every reply has been awaited by then; dropping the last clone closes the socket.
-        self.connection
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.connection.clear();
     }
 }
 
