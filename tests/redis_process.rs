@@ -105,3 +105,22 @@ async fn unreachable_redis_is_retried_without_using_attempts_then_publishing_sta
     assert_eq!(entries(&url, &stream).await[0].message_id(), id);
     relay.terminate(WAIT).await;
 }
+
+#[tokio::test]
+async fn a_replica_is_not_written_to_and_uses_up_no_attempts() {
+    let db = TestDb::new().await;
+    let stream = unique("s");
+    let id = db.enqueue(&stream, None, serde_json::json!({})).await;
+    let replica = common::redis::replica_url();
+    let mut relay = RelayProcess::spawn(&db.relay_url, &redis_env(&replica, "50"));
+    let refusal = relay
+        .wait_logged_while_running("is a replica, which takes no writes", 2, WAIT)
+        .await;
+    assert!(refusal.contains("not ready"), "{refusal}");
+    assert_eq!(
+        db.attempts(id).await,
+        0,
+        "nothing is claimed while not ready"
+    );
+    relay.terminate(WAIT).await;
+}
