@@ -23,6 +23,9 @@ BIN="$ROOT/.local/nsq/bin/nsqd"
 DIR="$ROOT/.local/nsq-$PORT"
 TLS_DIR=${OUTBOX_NSQ_TLS_DIR:-}
 
+# shellcheck source=lib/process.sh
+. "$ROOT/scripts/lib/process.sh"
+
 log() { echo "nsq: $*" >&2; }
 
 # `go install github.com/nsqio/nsq/apps/nsqd@v1.3.0` does not work: it reads the module's
@@ -109,16 +112,6 @@ kill9() {
   kill -9 "$pid"
   wait_gone "$pid"
   log "nsqd killed (SIGKILL)"
-}
-
-wait_gone() {
-  local i
-  for i in $(seq 1 100); do
-    kill -0 "$1" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  log "pid $1 still running after 10 s"
-  exit 1
 }
 
 case "${1:-}" in

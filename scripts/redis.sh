@@ -18,6 +18,9 @@ PORT=${OUTBOX_REDIS_PORT:-56379}
 DIR="$ROOT/.local/redis-$PORT"
 TLS_DIR=${OUTBOX_REDIS_TLS_DIR:-}
 
+# shellcheck source=lib/process.sh
+. "$ROOT/scripts/lib/process.sh"
+
 log() { echo "redis: $*" >&2; }
 
 port_of() {
@@ -100,16 +103,6 @@ kill9() {
   kill -9 "$pid"
   wait_gone "$pid"
   log "$role killed (SIGKILL)"
-}
-
-wait_gone() {
-  local i
-  for i in $(seq 1 100); do
-    kill -0 "$1" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  log "pid $1 still running after 10 s"
-  exit 1
 }
 
 case "${1:-}" in
