@@ -41,6 +41,7 @@ GAUGES = [
 HISTOGRAMS = [
     "outbox_relay_commit_to_publish_seconds",
     "outbox_relay_publish_batch_seconds",
+    "outbox_relay_broker_ack_seconds",
     "outbox_relay_batch_messages",
 ]
 # `up` is Prometheus' own series for every scraped target.

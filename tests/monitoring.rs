@@ -111,6 +111,7 @@ async fn metrics_pass_promtool_and_cover_every_metric_the_alerts_and_dashboard_u
         "outbox_relay_oldest_pending_age_seconds".to_string(),
         "outbox_relay_commit_to_publish_seconds_bucket".to_string(),
         "outbox_relay_publish_batch_seconds_bucket".to_string(),
+        "outbox_relay_broker_ack_seconds_bucket".to_string(),
         "outbox_relay_batch_messages_bucket".to_string(),
         "outbox_relay_leader 1".to_string(),
         "outbox_relay_up{dependency=\"database\"} 1".to_string(),

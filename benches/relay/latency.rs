@@ -13,6 +13,11 @@ pub(crate) struct Latency {
     /// can shorten, since a row is invisible until then.
     pub(crate) visible_p50: f64,
     pub(crate) visible_p99: f64,
+    /// The relay's `outbox_relay_broker_ack_seconds`, from handing a message to the broker
+    /// client to its acknowledgement: what the broker took, apart from rows waiting in the
+    /// relay. Interpolated within the histogram's buckets, as Prometheus does.
+    pub(crate) broker_ack_p50: f64,
+    pub(crate) broker_ack_p99: f64,
     /// Share of all cores busy while the load ran, and the busiest commands.
     pub(crate) machine_busy: f64,
     pub(crate) cpu_by_command: Vec<(String, f64)>,
@@ -246,6 +251,10 @@ pub(crate) async fn latency(
     let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
     expected.store(sent as usize, Ordering::Release);
     let receipts = consumer.await.unwrap();
+    let (_, metrics) = relay.get("/metrics").await.expect("the relay's /metrics");
+    let broker_ack =
+        |q| histogram_quantile(&metrics, "outbox_relay_broker_ack_seconds", q) * 1000.0;
+    let (broker_ack_p50, broker_ack_p99) = (broker_ack(0.5), broker_ack(0.99));
     relay.stop_blocking();
     assert_eq!(
         receipts.len() as u64,
@@ -287,6 +296,8 @@ pub(crate) async fn latency(
         p999: pct(&received, 0.999),
         recorded_p50: recorded.first().copied().flatten(),
         recorded_p99: recorded.get(1).copied().flatten(),
+        broker_ack_p50,
+        broker_ack_p99,
         visible_p50: pct(&visible, 0.50),
         visible_p99: pct(&visible, 0.99),
         machine_busy,
@@ -372,4 +383,35 @@ pub(crate) async fn kafka_alone_latency(rate: u32, secs: u64) -> (f64, f64) {
         "every message reached the consumer"
     );
     p50_p99(&mut ms)
+}
+
+/// The `q` quantile of histogram `name` in a Prometheus text exposition, interpolated
+/// linearly within the bucket it falls in (Prometheus' `histogram_quantile`).
+fn histogram_quantile(exposition: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = exposition
+        .lines()
+        .filter_map(|l| {
+            let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().expect("the histogram's buckets").1;
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return lower;
+            }
+            return lower + (le - lower) * (rank - below) / (count - below).max(1.0);
+        }
+        (lower, below) = (le, count);
+    }
+    lower
 }

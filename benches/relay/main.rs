@@ -480,6 +480,16 @@ async fn main() {
                 l.visible_p99,
                 "ms",
             );
+            f.add(
+                format!("{name}: p50 broker acknowledgement"),
+                l.broker_ack_p50,
+                "ms",
+            );
+            f.add(
+                format!("{name}: p99 broker acknowledgement"),
+                l.broker_ack_p99,
+                "ms",
+            );
             f.add(format!("{name}: machine busy"), l.machine_busy, "%");
             for (comm, used) in &l.cpu_by_command {
                 f.add(format!("{name}: CPU of {comm}"), *used, "s");

@@ -407,8 +407,12 @@ impl<P: Publisher> Relay<P> {
     }
 
     async fn publish_one(&self, message: &OutboxMessage) -> Outcome {
+        let started = std::time::Instant::now();
         match self.publisher.publish(message).await {
             Ok(()) => {
+                // Beside commit-to-publish: tells a slow broker from rows waiting in the relay.
+                metrics::histogram!(instruments::BROKER_ACK)
+                    .record(started.elapsed().as_secs_f64());
                 self.slow.confirmed(&message.destination);
                 Outcome::Published
             }

@@ -17,6 +17,7 @@ pub const PENDING: &str = "outbox_relay_pending_messages";
 pub const OLDEST_PENDING_AGE: &str = "outbox_relay_oldest_pending_age_seconds";
 pub const COMMIT_TO_PUBLISH: &str = "outbox_relay_commit_to_publish_seconds";
 pub const BATCH_SECONDS: &str = "outbox_relay_publish_batch_seconds";
+pub const BROKER_ACK: &str = "outbox_relay_broker_ack_seconds";
 pub const BATCH_MESSAGES: &str = "outbox_relay_batch_messages";
 pub const DEAD_NOW: &str = "outbox_relay_dead_messages";
 pub const EXPIRED: &str = "outbox_relay_messages_expired_total";
@@ -56,6 +57,7 @@ pub fn install(idle_timeout: Duration) -> Result<Exporter, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMIT_TO_PUBLISH.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BROKER_ACK.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), SIZE_BUCKETS)?
         // Counters and histograms only: they carry the destination label. Gauges stay, so an
         // outage that stops their updates does not make the backlog's age vanish.
@@ -129,6 +131,11 @@ fn describe() {
         "Time from a claim's return until every chain it claimed is answered."
     );
     describe_histogram!(BATCH_MESSAGES, "Messages per claimed batch.");
+    describe_histogram!(
+        BROKER_ACK,
+        Unit::Seconds,
+        "From handing a message to the broker client to the broker's acknowledgement."
+    );
     describe_counter!(
         EXPIRED,
         "Prepared messages rolled back because they expired."
