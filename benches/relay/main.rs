@@ -10,8 +10,9 @@
 //! drain to Kafka (the database path and the Kafka traffic) at the target rate at once.
 //! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
 //! parts (ceilings, beside-kafka (needs ceilings, and delete for that mode), drain-rabbitmq,
-//! drain-kafka, delete, vacuum, naive, latency-rabbitmq, latency-kafka,
-//! latency-rabbitmq-delete); BENCH_RELAY__SECTION__KEY overrides a relay setting.
+//! drain-kafka, drain-redis, drain-redis-wait, delete, vacuum, naive, latency-rabbitmq,
+//! latency-kafka, latency-redis, latency-rabbitmq-delete); BENCH_RELAY__SECTION__KEY overrides
+//! a relay setting.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -330,6 +331,7 @@ async fn main() {
     }
 
     let mut drain_amqp = None;
+    let mut drain_redis = None;
     let modes = [
         ("", database_ceiling, &[][..]),
         (
@@ -379,6 +381,9 @@ async fn main() {
             if let Some(rss) = broker_rss_mib(broker) {
                 f.add(format!("drain to {name}: broker RSS after"), rss, "MiB");
             }
+            if broker == Broker::Redis && mode == 0 {
+                drain_redis = Some(rate);
+            }
             if target == CLASSIC && mode == 0 {
                 drain_amqp = Some(rate);
                 f.add(
@@ -388,6 +393,32 @@ async fn main() {
                 );
             }
             d.relay.stop_blocking();
+        }
+    }
+
+    if wanted("drain-redis-wait") {
+        // A WAIT behind every XADD holds the one connection for a replication round trip per
+        // entry: the price of `wait_replicas`, on a quarter of the rows.
+        let (pool, url) = fresh_db().await;
+        fill(&pool, &stream, rows / 4).await;
+        let settings = [("OUTBOX_RELAY__BROKER__REDIS__WAIT_REPLICAS", "1")];
+        let d = drain(
+            &pool,
+            &url,
+            Broker::Redis,
+            rows / 4,
+            "drain-redis-wait",
+            &settings,
+        )
+        .await;
+        d.relay.stop_blocking();
+        let rate = f.add("drain to Redis, wait_replicas = 1", d.rate, "msg/s");
+        if let Some(base) = drain_redis {
+            f.add(
+                "drain to Redis, wait_replicas = 1 / without",
+                rate / base,
+                "x",
+            );
         }
     }
 
