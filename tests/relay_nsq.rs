@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::nsq::{address, collect, message_count, nsq_test_config, wait_count};
 use common::{
-    assert_in_order, free_port, http_get, start_relay, unique, wait_for, RoundTripRows, TestDb,
+    assert_in_order, binary_payload, free_port, http_get, start_relay, unique, wait_for,
+    RoundTripRows, TestDb,
 };
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -83,17 +84,8 @@ async fn binary_payloads_arrive_byte_for_byte() {
     let db = TestDb::new().await;
     let topic = unique("t");
     let relay = start_relay(nsq_test_config(&db, &address()));
-    let payload: Vec<u8> = (0..=255u8).chain([0, 0, 255]).collect();
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO outbox.messages (destination, payload, content_type)
-         VALUES ($1, $2, 'application/octet-stream') RETURNING message_id",
-    )
-    .bind(&topic)
-    .bind(&payload)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    db.wait_status(id, "published").await;
+    let payload = binary_payload();
+    let id = db.publish_binary(&topic).await;
     let got = collect(&topic, 1, WAIT).await;
     assert_eq!(got[0].message_id(), id);
     assert_eq!(got[0].payload(), payload);

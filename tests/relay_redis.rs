@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{connect, entries, redis_test_config, replica_url, url, wait_entries};
-use common::{assert_in_order, start_relay, unique, RoundTripRows, TestDb};
+use common::{assert_in_order, binary_payload, start_relay, unique, RoundTripRows, TestDb};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -70,17 +70,8 @@ async fn binary_payloads_arrive_byte_for_byte() {
     let db = TestDb::new().await;
     let stream = unique("s");
     let relay = start_relay(redis_test_config(&db, &url()));
-    let payload: Vec<u8> = (0..=255u8).chain([0, 0, 255]).collect();
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO outbox.messages (destination, payload, content_type)
-         VALUES ($1, $2, 'application/octet-stream') RETURNING message_id",
-    )
-    .bind(&stream)
-    .bind(&payload)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    db.wait_status(id, "published").await;
+    let payload = binary_payload();
+    let id = db.publish_binary(&stream).await;
     let got = entries(&url(), &stream).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].fields["payload"], payload);

@@ -385,7 +385,28 @@ pub struct RoundTripRows {
     pub undecided: Uuid,
 }
 
+/// Every byte value once, then zeros and a 255: a payload no text encoding keeps intact.
+pub fn binary_payload() -> Vec<u8> {
+    (0..=255u8).chain([0, 0, 255]).collect()
+}
+
 impl TestDb {
+    /// Commits [`binary_payload`] to `destination` as `application/octet-stream` and waits
+    /// until the relay has published it.
+    pub async fn publish_binary(&self, destination: &str) -> Uuid {
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO outbox.messages (destination, payload, content_type)
+             VALUES ($1, $2, 'application/octet-stream') RETURNING message_id",
+        )
+        .bind(destination)
+        .bind(binary_payload())
+        .fetch_one(&self.pool)
+        .await
+        .expect("insert a binary row");
+        self.wait_status(id, "published").await;
+        id
+    }
+
     /// The rows of every broker's round-trip test, to `destination`: 60 over four keys (each
     /// payload carries its key and number), one with a header (and a routing key the broker may
     /// ignore), one without a key, one prepared then committed; one prepared then rolled back
