@@ -71,7 +71,7 @@ async fn binary_payloads_arrive_byte_for_byte() {
     let stream = unique("s");
     let relay = start_relay(redis_test_config(&db, &url()));
     let payload = binary_payload();
-    let id = db.publish_binary(&stream).await;
+    db.publish_binary(&stream).await;
     let got = entries(&url(), &stream).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].fields["payload"], payload);
