@@ -197,6 +197,7 @@ impl Transactions {
         }
         let progress_failed = progress_sent.await.err();
         if failed.is_empty() && progress_failed.is_none() {
+            crate::crash::point("before_commit");
             let (commit, timeout) = (producer.clone(), self.timeout);
             return match blocking(move || commit.commit_transaction(Timeout::After(timeout))).await
             {
