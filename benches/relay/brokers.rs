@@ -247,7 +247,9 @@ pub(crate) struct RoundTrip {
 pub(crate) async fn round_trip<P: Publisher>(broker: Broker, publisher: &P, n: usize) -> RoundTrip {
     let destination = match broker {
         Broker::Amqp => format!("bench.rt.{}", uuid::Uuid::new_v4().simple()),
-        Broker::Kafka | Broker::Redis => format!("bench-rt-{}", uuid::Uuid::new_v4().simple()),
+        Broker::Kafka | Broker::Redis | Broker::Nsq => {
+            format!("bench-rt-{}", uuid::Uuid::new_v4().simple())
+        }
     };
     let expected = Arc::new(AtomicUsize::new(n));
     let (subscribed, ready) = tokio::sync::oneshot::channel();
