@@ -1,7 +1,7 @@
 .PHONY: demo test faults bench lint audit chart-check package-check services-up services-down
 
 # The main job: services, migrations, the relay, sample messages through the broker
-# (BROKER=kafka for Kafka, BROKER=redis for Redis Streams).
+# (BROKER=kafka for Kafka, BROKER=redis for Redis Streams, BROKER=nsq for NSQ).
 demo:
 	scripts/demo.sh
 

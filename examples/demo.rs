@@ -1,6 +1,11 @@
 //! The demo the README's first command runs (through scripts/demo.sh, with the relay running):
 //! writes messages the three ways an application can, and prints what reaches RabbitMQ, or Kafka
-//! with DEMO_BROKER=kafka, or a Redis stream with DEMO_BROKER=redis.
+//! with DEMO_BROKER=kafka, a Redis stream with DEMO_BROKER=redis, or an NSQ topic with
+//! DEMO_BROKER=nsq.
+
+// The tests' NSQ consumer (SUB, RDY, FIN): it needs only tokio and serde_json.
+#[path = "../tests/common/nsq/consumer.rs"]
+mod nsq_consumer;
 
 use std::time::Duration;
 
@@ -30,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let mut inbox = match std::env::var("DEMO_BROKER").as_deref() {
         Ok("kafka") => Inbox::kafka(&std::env::var("DEMO_KAFKA_BOOTSTRAP")?).await?,
         Ok("redis") => Inbox::redis(&std::env::var("DEMO_REDIS_URL")?).await?,
+        Ok("nsq") => Inbox::nsq(&std::env::var("DEMO_NSQD_ADDRESS")?).await?,
         _ => Inbox::amqp(&std::env::var("DEMO_AMQP_URL")?).await?,
     };
     let destination = inbox.destination.clone();
@@ -158,6 +164,7 @@ enum Source {
     Kafka(StreamConsumer),
     /// The connection and the id of the last entry read.
     Redis(redis::aio::MultiplexedConnection, String),
+    Nsq(nsq_consumer::Subscription),
 }
 
 impl Inbox {
@@ -259,6 +266,20 @@ impl Inbox {
         })
     }
 
+    async fn nsq(address: &str) -> anyhow::Result<Self> {
+        // A topic per run, so the demo shows only this run's messages; subscribing creates it
+        // with the demo's channel, which nsqd gives every message published to it after that.
+        let topic = format!("demo-orders-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let subscription =
+            nsq_consumer::Subscription::open(address, &topic, "demo", 10, Duration::from_secs(10))
+                .await?;
+        Ok(Self {
+            broker: "NSQ",
+            destination: topic,
+            source: Source::Nsq(subscription),
+        })
+    }
+
     /// The next message: (message_id, routing key or record key, body).
     async fn next(
         &mut self,
@@ -340,6 +361,24 @@ impl Inbox {
                     field("payload"),
                 ));
             },
+            Source::Nsq(subscription) => {
+                let m =
+                    subscription
+                        .next(deadline.into_std())
+                        .await
+                        .map_err(|e| match e.kind() {
+                            std::io::ErrorKind::TimedOut => timed_out(),
+                            _ => e.into(),
+                        })?;
+                // The CloudEvents envelope the relay publishes: the row's key is `partitionkey`.
+                let event: serde_json::Value = serde_json::from_slice(&m.body)?;
+                let attribute = |name: &str| event[name].as_str().unwrap_or_default().to_string();
+                Ok((
+                    attribute("id"),
+                    format!("key {}", attribute("partitionkey")),
+                    event["data"].to_string(),
+                ))
+            }
         }
     }
 }

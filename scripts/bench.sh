@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# `make bench`: starts the local services (Postgres, RabbitMQ, Apache Kafka, Redis), then runs
-# benches/relay/main.rs. Figures: target/bench.json; see docs/performance.md.
+# `make bench`: starts the local services (Postgres, RabbitMQ, Apache Kafka, Redis, nsqd),
+# then runs benches/relay/main.rs. Figures: target/bench.json; see docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
-services_env=$(scripts/services.sh up postgres rabbitmq kafka redis)
+services_env=$(scripts/services.sh up postgres rabbitmq kafka redis nsq)
 eval "$services_env"
 # Databases left by earlier test runs would cost Postgres autovacuum work during the bench.
 scripts/services.sh drop-scratch-dbs

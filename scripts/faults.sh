@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The fault-injection suite (tests/faults). It stops, kills and restarts Postgres, RabbitMQ,
-# Kafka brokers and Redis, so it runs its own instances on other ports (data under .local/ in directories
-# named after those ports), never the ones `make test` uses: Postgres, RabbitMQ, and a cluster of
-# three Kafka brokers (replication factor 3, min.insync.replicas 2) whose advertised client ports
-# are the suite's TCP proxies, so the relay's Kafka connections pass through them; Redis, a
-# primary with its replica.
-# Settings: FAULTS_ROUNDS (3), FAULTS_RATE (200 msg/s), FAULTS_BROKERS (rabbitmq,kafka,redis),
+# Kafka brokers, Redis and nsqd, so it runs its own instances on other ports (data under .local/
+# in directories named after those ports), never the ones `make test` uses: Postgres, RabbitMQ,
+# and a cluster of three Kafka brokers (replication factor 3, min.insync.replicas 2) whose
+# advertised client ports are the suite's TCP proxies, so the relay's Kafka connections pass
+# through them; Redis, a primary with its replica; nsqd (--mem-queue-size=0, as scripts/nsq.sh
+# runs it).
+# Settings: FAULTS_ROUNDS (3), FAULTS_RATE (200 msg/s), FAULTS_BROKERS (rabbitmq,kafka,redis,nsq),
 # FAULTS_WRITERS (4), FAULTS_KEYS_PER_WRITER (25), FAULTS_RECOVERY_BOUND_SECS (30), FAULTS_ONLY and
 # FAULTS_SKIP (parts of fault names, comma-separated), FAULTS_KAFKA_DEBUG (the relay's librdkafka
-# debug contexts, eos).
+# debug contexts, eos). Ports: FAULTS_PG_PORT, FAULTS_AMQP_PORT, FAULTS_KAFKA_PORT,
+# FAULTS_REDIS_PORT, FAULTS_NSQ_PORT.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -17,10 +19,19 @@ export OUTBOX_AMQP_PORT=${FAULTS_AMQP_PORT:-56739}
 export OUTBOX_KAFKA_PORT=${FAULTS_KAFKA_PORT:-59102}
 export OUTBOX_KAFKA_CLUSTER=1
 export OUTBOX_REDIS_PORT=${FAULTS_REDIS_PORT:-56389}
+export OUTBOX_NSQ_PORT=${FAULTS_NSQ_PORT:-54160}
 # Each broker's proxy listens one port above the broker (scripts/kafka.sh leaves those free).
 export OUTBOX_KAFKA_ADVERTISED_PORTS="$((OUTBOX_KAFKA_PORT + 1)),$((OUTBOX_KAFKA_PORT + 3)),$((OUTBOX_KAFKA_PORT + 5))"
+# Only the services of the brokers under test (FAULTS_BROKERS=nsq starts Postgres and nsqd).
+services=(postgres)
+for broker in $(echo "${FAULTS_BROKERS:-rabbitmq,kafka,redis,nsq}" | tr ',' ' '); do
+  case "$broker" in
+    rabbitmq | amqp) services+=(rabbitmq) ;;
+    kafka | redis | nsq) services+=("$broker") ;;
+  esac
+done
 # Assigned first: a failing `up` inside eval "$(...)" would not stop the script.
-services_env=$(scripts/services.sh up postgres rabbitmq kafka redis)
+services_env=$(scripts/services.sh up "${services[@]}")
 eval "$services_env"
 export FAULTS_RUN=1
 cargo test --test faults "$@"

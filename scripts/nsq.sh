@@ -10,7 +10,7 @@
 #
 # Ports from P=OUTBOX_NSQ_PORT (54150): TCP on P, HTTP on P+1. With OUTBOX_NSQ_TLS_DIR
 # (server.pem, server.key) nsqd also offers TLS on the TCP port (IDENTIFY with tls_v1; plain
-# clients still work). --mem-queue-size=0 sends every
+# clients still work), and HTTPS on P+2. --mem-queue-size=0 sends every
 # message through nsqd's on-disk queue, so an OK to a PUB means the message is in that queue's
 # file (in the page cache until nsqd syncs it, every 2500 messages or 2 s), not only in memory.
 # --max-msg-size is nsqd's default (1 MiB), given explicitly: the tests send one over it.
@@ -77,7 +77,10 @@ start() {
     mkdir -p "$DIR/tls"
     cp "$TLS_DIR/server.pem" "$TLS_DIR/server.key" "$DIR/tls/"
     chmod 600 "$DIR/tls/server.key"
-    tls=(--tls-cert="$DIR/tls/server.pem" --tls-key="$DIR/tls/server.key")
+    # nsqd also serves HTTPS when it has a certificate, on 0.0.0.0:4152 unless told: one
+    # port for every instance, on every interface.
+    tls=(--tls-cert="$DIR/tls/server.pem" --tls-key="$DIR/tls/server.key"
+      --https-address="127.0.0.1:$((PORT + 2))")
   fi
   setsid "$BIN" \
     --tcp-address="127.0.0.1:$PORT" --http-address="127.0.0.1:$((PORT + 1))" \

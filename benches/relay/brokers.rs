@@ -1,4 +1,4 @@
-//! The brokers alone: RabbitMQ and Kafka ceilings, round trips, the naive baseline.
+//! The brokers alone: RabbitMQ, Kafka, Redis and NSQ ceilings, round trips, the naive baseline.
 
 use super::*;
 
@@ -151,6 +151,52 @@ pub(crate) async fn redis_ceiling(url: &str, stream: &str, n: usize) -> f64 {
     rate
 }
 
+/// NSQ alone: the relay's own publisher (its envelope, one connection, PUBs pipelined) with
+/// the relay's default settings and in-flight limit, its connection included as in a drain.
+pub(crate) async fn nsq_ceiling(address: &str, topic: &str, n: usize) -> f64 {
+    let config = Config::default();
+    let nsq_config = NsqConfig {
+        nsqd_tcp_address: address.to_string(),
+        ..config.broker.nsq.clone()
+    };
+    let publisher = NsqPublisher::new(nsq_config, config.relay.publish_timeout).unwrap();
+    let window = in_flight();
+    let started = Instant::now();
+    publisher.ready().await.expect("nsqd");
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        while pending.len() >= window {
+            pending.next().await;
+        }
+        let message = bench_message(i, topic, &format!("k{}", i as i64 % KEYS));
+        let publisher = &publisher;
+        pending.push(async move { publisher.publish(&message).await.expect("publish") });
+    }
+    while pending.next().await.is_some() {}
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    publisher.close().await;
+    // nsqd keeps a topic without channels on disk until it is deleted.
+    common::nsq::delete_topic(topic).await;
+    rate
+}
+
+/// Row `i` of the bench as the relay claims it: the bench payload, for `destination`.
+pub(crate) fn bench_message(i: usize, destination: &str, key: &str) -> OutboxMessage {
+    OutboxMessage {
+        id: outbox_relay::store::RowId(i as i64),
+        message_id: uuid::Uuid::new_v4(),
+        destination: destination.to_string(),
+        routing_key: None,
+        message_key: Some(key.to_string()),
+        payload: payload(),
+        content_type: "application/json".into(),
+        headers: serde_json::json!({}),
+        commit_seq: i as i64,
+        committed_at: chrono::Utc::now(),
+        attempts: 0,
+    }
+}
+
 /// A producer with the relay's client settings.
 pub(crate) fn bench_producer(bootstrap: &str) -> FutureProducer {
     let config = KafkaConfig {
@@ -261,7 +307,9 @@ pub(crate) struct RoundTrip {
 pub(crate) async fn round_trip<P: Publisher>(broker: Broker, publisher: &P, n: usize) -> RoundTrip {
     let destination = match broker {
         Broker::Amqp => format!("bench.rt.{}", uuid::Uuid::new_v4().simple()),
-        Broker::Kafka | Broker::Redis => format!("bench-rt-{}", uuid::Uuid::new_v4().simple()),
+        Broker::Kafka | Broker::Redis | Broker::Nsq => {
+            format!("bench-rt-{}", uuid::Uuid::new_v4().simple())
+        }
     };
     let expected = Arc::new(AtomicUsize::new(n));
     let (subscribed, ready) = tokio::sync::oneshot::channel();
@@ -271,19 +319,7 @@ pub(crate) async fn round_trip<P: Publisher>(broker: Broker, publisher: &P, n: u
     let mut confirm = Vec::with_capacity(n);
     let mut sent = HashMap::with_capacity(n);
     for i in 0..n {
-        let message = OutboxMessage {
-            id: outbox_relay::store::RowId(i as i64),
-            message_id: uuid::Uuid::new_v4(),
-            destination: destination.clone(),
-            routing_key: None,
-            message_key: Some("k".into()),
-            payload: payload(),
-            content_type: "application/json".into(),
-            headers: serde_json::json!({}),
-            commit_seq: i as i64,
-            committed_at: chrono::Utc::now(),
-            attempts: 0,
-        };
+        let message = bench_message(i, &destination, "k");
         sent.insert(message.message_id, SystemTime::now());
         let started = Instant::now();
         publisher.publish(&message).await.expect("publish");

@@ -151,6 +151,36 @@ pub(crate) async fn consume(
                 .query_async(&mut con)
                 .await;
         }
+        Broker::Nsq => {
+            // Subscribing creates the topic with the bench's channel, its first, before the
+            // relay publishes: nsqd gives a channel added later only what comes after it.
+            let mut subscription = common::nsq::consumer::Subscription::open(
+                &common::nsq::address(),
+                &destination,
+                "bench",
+                1000,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            let _ = subscribed.send(());
+            while !done(&got) {
+                let m = match subscription
+                    .next(Instant::now() + Duration::from_millis(500))
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                    Err(e) => panic!("consuming from nsqd: {e}"),
+                };
+                let now = SystemTime::now();
+                let event: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+                if let Some(id) = event["id"].as_str().and_then(|id| id.parse().ok()) {
+                    got.entry(id).or_insert(now);
+                }
+            }
+            common::nsq::delete_topic(&destination).await;
+        }
     }
     got
 }
@@ -174,7 +204,7 @@ pub(crate) async fn latency(
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let destination = match broker {
         Broker::Amqp => format!("bench.latency.{run}"),
-        Broker::Kafka | Broker::Redis => format!("bench-latency-{run}"),
+        Broker::Kafka | Broker::Redis | Broker::Nsq => format!("bench-latency-{run}"),
     };
     let expected = Arc::new(AtomicUsize::new(usize::MAX));
     let (subscribed, ready) = tokio::sync::oneshot::channel();

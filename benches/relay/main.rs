@@ -10,9 +10,9 @@
 //! drain to Kafka (the database path and the Kafka traffic) at the target rate at once.
 //! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
 //! parts (ceilings, beside-kafka (needs ceilings, and delete for that mode), drain-rabbitmq,
-//! drain-kafka, drain-redis, drain-redis-wait, delete, vacuum, naive, latency-rabbitmq,
-//! latency-kafka, latency-redis, latency-rabbitmq-delete); BENCH_RELAY__SECTION__KEY overrides
-//! a relay setting.
+//! drain-rabbitmq-quorum, drain-kafka, drain-redis, drain-redis-wait, drain-nsq, delete, vacuum,
+//! naive, latency-rabbitmq, latency-kafka, latency-redis, latency-nsq, latency-rabbitmq-delete);
+//! BENCH_RELAY__SECTION__KEY overrides a relay setting.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +33,7 @@ use outbox_relay::config::{Config, KafkaConfig, LogFormat, SecretUrl};
 use outbox_relay::health::Health;
 use outbox_relay::publish::amqp::AmqpPublisher;
 use outbox_relay::publish::kafka::{client_config, KafkaPublisher};
+use outbox_relay::publish::nsq::{NsqConfig, NsqPublisher};
 use outbox_relay::publish::{PublishError, Publisher};
 use outbox_relay::store::OutboxMessage;
 use rand::Rng;
@@ -171,6 +172,11 @@ async fn main() {
     let stream = format!("bench-{run}");
     let ceiling_stream = format!("bench-{run}-ceiling");
     let redis_url = common::redis::url();
+    // nsqd's topics of this run, deleted at the end: a topic without channels keeps every
+    // message on disk.
+    let nsq_topic = format!("bench-{run}");
+    let nsq_ceiling_topic = format!("bench-{run}-ceiling");
+    let nsq_address = common::nsq::address();
 
     let outbox = Outbox {
         exchange: &exchange,
@@ -188,6 +194,7 @@ async fn main() {
         ),
         (Broker::Kafka, "Kafka", topic.as_str(), "drain-kafka"),
         (Broker::Redis, "Redis", stream.as_str(), "drain-redis"),
+        (Broker::Nsq, "NSQ", nsq_topic.as_str(), "drain-nsq"),
     ];
     let mut database_ceiling = f64::MAX;
     if wanted("ceilings") {
@@ -207,6 +214,10 @@ async fn main() {
             (
                 "Redis",
                 redis_ceiling(&redis_url, &ceiling_stream, rows as usize).boxed(),
+            ),
+            (
+                "NSQ",
+                nsq_ceiling(&nsq_address, &nsq_ceiling_topic, rows as usize).boxed(),
             ),
         ];
         for (name, measure) in measures {
@@ -472,6 +483,7 @@ async fn main() {
         (Broker::Amqp, "", &[][..]),
         (Broker::Kafka, "", &[][..]),
         (Broker::Redis, "", &[][..]),
+        (Broker::Nsq, "", &[][..]),
         (
             Broker::Amqp,
             ", delete on publish",
@@ -536,6 +548,9 @@ async fn main() {
     }
     classic.delete().await;
     quorum.delete().await;
+    if wanted("drain-nsq") || wanted("delete") {
+        common::nsq::delete_topic(&nsq_topic).await;
+    }
 
     let json = serde_json::json!({
         "rows": rows,

@@ -166,12 +166,14 @@ pub(crate) fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
 }
 
 /// The resident memory of the broker's processes now, in MiB: Kafka's JVM (java), RabbitMQ's
-/// Erlang VM (beam.smp) or Redis (redis-server: the primary and its replica). The bench runs no other process of those names.
+/// Erlang VM (beam.smp), Redis (redis-server: the primary and its replica) or nsqd. The bench
+/// runs no other process of those names.
 pub(crate) fn broker_rss_mib(broker: Broker) -> Option<f64> {
     let comm = match broker {
         Broker::Amqp => "beam.smp",
         Broker::Kafka => "java",
         Broker::Redis => "redis-server",
+        Broker::Nsq => "nsqd",
     };
     let mut kib = 0u64;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {

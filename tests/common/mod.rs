@@ -46,6 +46,7 @@ pub enum Broker {
     Amqp,
     Kafka,
     Redis,
+    Nsq,
 }
 
 impl Broker {
@@ -55,6 +56,7 @@ impl Broker {
             Broker::Amqp => "RabbitMQ",
             Broker::Kafka => "Kafka",
             Broker::Redis => "Redis",
+            Broker::Nsq => "NSQ",
         }
     }
 
@@ -65,6 +67,7 @@ impl Broker {
             Broker::Amqp => "rabbitmq",
             Broker::Kafka => "kafka",
             Broker::Redis => "redis",
+            Broker::Nsq => "nsq",
         }
     }
 
@@ -74,6 +77,7 @@ impl Broker {
             Broker::Amqp => "amqp",
             Broker::Kafka => "kafka",
             Broker::Redis => "redis",
+            Broker::Nsq => "nsq",
         }
     }
 }

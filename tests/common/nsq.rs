@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use outbox_relay::config::{BrokerKind, Config};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use super::{test_config, wait_for, TestDb};
+
+pub mod consumer;
+
+use consumer::Subscription;
 
 pub fn address() -> String {
     std::env::var("OUTBOX_TEST_NSQD_ADDRESS").unwrap_or_else(|_| "127.0.0.1:54150".into())
@@ -83,69 +87,87 @@ impl Event {
 /// `timeout`.
 pub async fn collect(topic: &str, n: usize, timeout: Duration) -> Vec<Event> {
     let deadline = Instant::now() + timeout;
-    let mut socket = BufReader::new(TcpStream::connect(address()).await.expect("nsqd"));
-    let s = socket.get_mut();
-    s.write_all(format!("  V2SUB {topic} tests\n").as_bytes())
+    let mut subscription = Subscription::open(&address(), topic, "tests", 1000, timeout)
         .await
-        .unwrap();
-    let (kind, data) = frame(&mut socket, deadline).await;
-    assert_eq!((kind, &data[..]), (0, &b"OK"[..]), "SUB");
-    socket.get_mut().write_all(b"RDY 1000\n").await.unwrap();
+        .expect("SUB to nsqd");
     let mut got = Vec::new();
     while got.len() < n {
-        let (kind, data) = frame(&mut socket, deadline).await;
-        match kind {
-            0 if data == b"_heartbeat_" => socket.get_mut().write_all(b"NOP\n").await.unwrap(),
-            2 => {
-                let attempts = u16::from_be_bytes([data[8], data[9]]);
-                let id = &data[10..26];
-                let event = serde_json::from_slice(&data[26..]).expect("a JSON envelope");
-                let mut fin = b"FIN ".to_vec();
-                fin.extend(id);
-                fin.push(b'\n');
-                socket.get_mut().write_all(&fin).await.unwrap();
-                got.push(Event { attempts, event });
-            }
-            _ => panic!(
-                "frame {kind} while consuming: {}",
-                String::from_utf8_lossy(&data)
-            ),
-        }
+        let m = subscription
+            .next(deadline)
+            .await
+            .expect("a message from nsqd in time");
+        let event = serde_json::from_slice(&m.body).expect("a JSON envelope");
+        got.push(Event {
+            attempts: m.attempts,
+            event,
+        });
     }
     got
 }
 
-async fn frame(socket: &mut BufReader<TcpStream>, deadline: Instant) -> (u32, Vec<u8>) {
-    let left = deadline.saturating_duration_since(Instant::now());
-    tokio::time::timeout(left, async {
-        let size = socket.read_u32().await.expect("frame size");
-        let kind = socket.read_u32().await.expect("frame type");
-        let mut data = vec![0; size as usize - 4];
-        socket.read_exact(&mut data).await.expect("frame data");
-        (kind, data)
-    })
-    .await
-    .expect("a frame from nsqd in time")
-}
-
-/// How many messages nsqd took for `topic` (its `/stats`), 0 before the topic exists.
-pub async fn message_count(topic: &str) -> u64 {
-    // HTTP/1.0: nsqd's answer then ends with the connection, never chunked.
-    let mut stream = TcpStream::connect(http_address()).await.expect("nsqd HTTP");
-    let request = format!("GET /stats?format=json&topic={topic} HTTP/1.0\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+/// A request to nsqd's HTTP API: (status, body). HTTP/1.0, so that nsqd's answer ends with the
+/// connection and is never chunked.
+async fn http(method: &str, path_and_query: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(http_address()).await.expect("nsqd HTTP");
+        let request = format!("{method} {path_and_query} HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("nsqd's HTTP API answers within 10 s");
     let text = String::from_utf8(raw).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.split_whitespace().nth(1) == Some("200"), "{head}");
-    let stats: Value = serde_json::from_str(body).expect("stats JSON");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status");
+    (status, body.to_string())
+}
+
+/// nsqd's `/stats` of `topic`, `None` before the topic exists.
+async fn topic_stats(topic: &str) -> Option<Value> {
+    let (status, body) = http("GET", &format!("/stats?format=json&topic={topic}")).await;
+    assert_eq!(status, 200, "{body}");
+    let stats: Value = serde_json::from_str(&body).expect("stats JSON");
     stats["topics"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|t| t["topic_name"] == topic)
+        .cloned()
+}
+
+/// How many messages nsqd took for `topic`, 0 before the topic exists.
+pub async fn message_count(topic: &str) -> u64 {
+    topic_stats(topic)
+        .await
         .map_or(0, |t| t["message_count"].as_u64().expect("message_count"))
+}
+
+/// Whether `topic` has `channel` yet.
+pub async fn has_channel(topic: &str, channel: &str) -> bool {
+    topic_stats(topic).await.is_some_and(|t| {
+        t["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["channel_name"] == channel)
+    })
+}
+
+/// Deletes `topic` with its channels and the messages they hold, so that runs leave nothing
+/// on nsqd's disk; a topic that does not exist is no error.
+pub async fn delete_topic(topic: &str) {
+    let (status, body) = http("POST", &format!("/topic/delete?topic={topic}")).await;
+    assert!(
+        status == 200 || (status == 404 && body.contains("TOPIC_NOT_FOUND")),
+        "delete topic {topic}: {status} {body}"
+    );
 }
 
 /// Waits until nsqd took at least `n` messages for `topic`.

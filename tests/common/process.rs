@@ -17,8 +17,8 @@ pub struct RelayProcess {
 /// How [`RelayProcess::spawn_with`] starts the relay; the default is the tests' way.
 #[derive(Debug, Clone, Default)]
 pub struct RelayOptions {
-    /// Sets `broker.kind`, the Kafka bootstrap servers ([`kafka::bootstrap`]) and the Redis URL;
-    /// `None` leaves them to the relay's defaults and the caller's variables.
+    /// Sets `broker.kind`, the Kafka bootstrap servers ([`kafka::bootstrap`]), the Redis URL and
+    /// the nsqd address; `None` leaves them to the relay's defaults and the caller's variables.
     pub broker: Option<Broker>,
     /// The relay's own defaults for the lease, polling, backoff, gauges and log level (what
     /// the bench measures) instead of the tests' short intervals.
@@ -86,7 +86,11 @@ impl RelayProcess {
                     "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
                     kafka::bootstrap(),
                 )
-                .env("OUTBOX_RELAY__BROKER__REDIS__URL", super::redis::url());
+                .env("OUTBOX_RELAY__BROKER__REDIS__URL", super::redis::url())
+                .env(
+                    "OUTBOX_RELAY__BROKER__NSQ__NSQD_TCP_ADDRESS",
+                    super::nsq::address(),
+                );
         }
         for (k, v) in extra_env {
             cmd.env(k, v);

@@ -22,9 +22,9 @@ pub enum Fault {
     KillRelay,
     KillLeader,
     PauseLeader,
-    /// RabbitMQ or Redis stopped and started again.
+    /// RabbitMQ, Redis or nsqd stopped and started again.
     BrokerRestart,
-    /// kill -9 of the Redis server, started again after a pause.
+    /// kill -9 of the Redis server or of nsqd, started again after a pause.
     BrokerKill,
     /// One Kafka broker (its node number) stopped cleanly and started again.
     KafkaRestart(u8),
@@ -63,8 +63,9 @@ pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
     ];
     match broker {
         Broker::Amqp => faults.extend([Fault::BrokerRestart, Fault::DeleteDestination]),
-        // Not the stream deleted: deleting it destroys what the verifier has not read yet.
-        Broker::Redis => faults.extend([Fault::BrokerRestart, Fault::BrokerKill]),
+        // Not the stream or topic deleted: deleting it destroys what the verifier has not read
+        // yet.
+        Broker::Redis | Broker::Nsq => faults.extend([Fault::BrokerRestart, Fault::BrokerKill]),
         Broker::Kafka => {
             let node = |offset: usize| ((round - 1 + offset) % nodes + 1) as u8;
             faults.extend([
@@ -169,7 +170,7 @@ impl Rig<'_> {
     pub async fn inject(&mut self, fault: Fault) -> FaultWindow {
         let ids_before = match self.broker {
             Broker::Kafka => self.producer_ids(),
-            Broker::Amqp | Broker::Redis => cluster::ProducerIds::default(),
+            Broker::Amqp | Broker::Redis | Broker::Nsq => cluster::ProducerIds::default(),
         };
         let mut detail = String::new();
         let mut failure = None;
@@ -215,6 +216,7 @@ impl Rig<'_> {
             Fault::BrokerRestart | Fault::BrokerKill => {
                 let service = match self.broker {
                     Broker::Redis => "redis",
+                    Broker::Nsq => "nsq",
                     _ => "rabbitmq",
                 };
                 let action = if fault == Fault::BrokerKill {
@@ -396,7 +398,9 @@ impl Rig<'_> {
                 ));
                 (start, Instant::now())
             }
-            Broker::Redis => unreachable!("the Redis catalogue deletes no stream"),
+            Broker::Redis | Broker::Nsq => {
+                unreachable!("the Redis and NSQ catalogues delete no stream or topic")
+            }
         }
     }
 }

@@ -51,6 +51,11 @@ impl Proxy {
         }
     }
 
+    /// On any free loopback port, to `port` on loopback.
+    pub async fn to_local(port: u16) -> Self {
+        Self::start(([127, 0, 0, 1], 0).into(), ([127, 0, 0, 1], port).into()).await
+    }
+
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
     }

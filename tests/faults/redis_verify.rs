@@ -1,32 +1,23 @@
 //! The verifier's Redis consumer: reads the stream directly from Redis (not through the proxy)
 //! with XREAD from the last id read, reconnecting while the server restarts.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use redis::streams::StreamReadReply;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::verify::{key_of, ConsumerTask, Deliveries};
+use crate::verify::{instant_at, key_of, ConsumerTask, Deliveries};
 
 pub fn consume_redis(url: String, stream: String, into: Deliveries) -> ConsumerTask {
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let handle = tokio::spawn(async move {
-        // Entry ids only grow, so reading on from the last one never reads an entry twice.
-        let mut last = "0".to_string();
-        while !token.is_cancelled() {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = session(&url, &stream, &mut last, &into) => {}
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    });
-    ConsumerTask::new(stop, handle)
+    // Entry ids only grow, so reading on from the last one never reads an entry twice.
+    let last = "0".to_string();
+    ConsumerTask::repeat(
+        (url, stream, last, into),
+        |(url, stream, mut last, into)| async move {
+            session(&url, &stream, &mut last, &into).await;
+            (url, stream, last, into)
+        },
+    )
 }
 
 /// Reads until the connection fails; every step bounded, as a connection opened while the
@@ -74,19 +65,15 @@ async fn session(url: &str, stream: &str, last: &mut String, into: &Deliveries) 
     }
 }
 
-/// When Redis appended the entry: the milliseconds of its id, as an `Instant` of this process
-/// (the server shares its clock). The verifier's own reads wait on restarts.
+/// When Redis appended the entry: the milliseconds of its id. The verifier's own reads wait on
+/// restarts.
 fn appended_at(entry_id: &str) -> Instant {
-    let now = Instant::now();
     let Some(ms) = entry_id
         .split('-')
         .next()
         .and_then(|ms| ms.parse::<u64>().ok())
     else {
-        return now;
+        return Instant::now();
     };
-    let ago = SystemTime::now()
-        .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
-        .unwrap_or_default();
-    now.checked_sub(ago).unwrap_or(now)
+    instant_at(UNIX_EPOCH + Duration::from_millis(ms))
 }

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::cluster;
 use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
+use crate::nsq_verify;
 use crate::proxy::Proxy;
 use crate::redis_verify;
 use crate::settings::Settings;
@@ -61,43 +62,38 @@ impl<'a> Rig<'a> {
     pub async fn set_up(settings: &'a Settings, broker: Broker) -> Rig<'a> {
         println!("== {}: setting up", broker.id());
         let db = TestDb::new().await;
-        let db_proxy = Proxy::start(
-            "127.0.0.1:0".parse().unwrap(),
-            ([127, 0, 0, 1], settings.pg_port).into(),
-        )
-        .await;
+        let db_proxy = Proxy::to_local(settings.pg_port).await;
         let mut relay_db_url = url::Url::parse(&db.url).unwrap();
         relay_db_url.set_port(Some(db_proxy.addr.port())).unwrap();
         let destination = common::unique("faults");
         let deliveries = Deliveries::default();
-        let mut relay_env: Vec<(String, String)> = [
-            ("OUTBOX_RELAY__HA__LEASE_NAME", destination.as_str()),
-            ("OUTBOX_RELAY__HA__LEASE_TTL", "2s"),
-            ("OUTBOX_RELAY__DATABASE__CONNECT_TIMEOUT", "2s"),
-            ("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50"),
-            ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", "3s"),
-            ("OUTBOX_RELAY__RELAY__SHUTDOWN_GRACE", "5s"),
-            ("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "100000"),
-            ("OUTBOX_RELAY__SWEEPER__INTERVAL", "250ms"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut relay_env = Vec::new();
+        set_env(
+            &mut relay_env,
+            &[
+                ("OUTBOX_RELAY__HA__LEASE_NAME", destination.as_str()),
+                ("OUTBOX_RELAY__HA__LEASE_TTL", "2s"),
+                ("OUTBOX_RELAY__DATABASE__CONNECT_TIMEOUT", "2s"),
+                ("OUTBOX_RELAY__RELAY__BATCH_SIZE", "50"),
+                ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", "3s"),
+                ("OUTBOX_RELAY__RELAY__SHUTDOWN_GRACE", "5s"),
+                ("OUTBOX_RELAY__RETRY__MAX_ATTEMPTS", "100000"),
+                ("OUTBOX_RELAY__SWEEPER__INTERVAL", "250ms"),
+            ],
+        );
         let mut kafka_bootstrap = String::new();
         let (broker_proxies, queue, consumer) = match broker {
             Broker::Amqp => {
-                let proxy = Proxy::start(
-                    "127.0.0.1:0".parse().unwrap(),
-                    ([127, 0, 0, 1], settings.amqp_port).into(),
-                )
-                .await;
+                let proxy = Proxy::to_local(settings.amqp_port).await;
                 let mut url = url::Url::parse(&settings.amqp_url).unwrap();
                 url.set_port(Some(proxy.addr.port())).unwrap();
-                relay_env.push(("OUTBOX_RELAY__BROKER__AMQP__URL".into(), url.to_string()));
-                relay_env.push((
-                    "OUTBOX_RELAY__BROKER__AMQP__CONNECT_TIMEOUT".into(),
-                    "2s".into(),
-                ));
+                set_env(
+                    &mut relay_env,
+                    &[
+                        ("OUTBOX_RELAY__BROKER__AMQP__URL", url.as_str()),
+                        ("OUTBOX_RELAY__BROKER__AMQP__CONNECT_TIMEOUT", "2s"),
+                    ],
+                );
                 let queue = common::unique("faults_q");
                 let rabbit = Rabbit::connect().await;
                 declare_destination(&rabbit, &destination).await;
@@ -150,24 +146,25 @@ impl<'a> Rig<'a> {
                      OUTBOX_KAFKA_ADVERTISED_PORTS, as scripts/faults.sh sets it)"
                 );
                 let timeout = format!("{}ms", KAFKA_PUBLISH_TIMEOUT.as_millis());
-                for (k, v) in [
-                    ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
-                    (
-                        "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
-                        &kafka_bootstrap,
-                    ),
-                    ("OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT", "2s"),
-                    ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", &timeout),
-                    // librdkafka's idempotence events (producer ids, epoch bumps) in the log,
-                    // where the suite counts the epoch bumps.
-                    (
-                        "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__DEBUG",
-                        &settings.kafka_debug,
-                    ),
-                    ("OUTBOX_RELAY__LOG__LEVEL", "info,librdkafka=debug"),
-                ] {
-                    relay_env.push((k.into(), v.into()));
-                }
+                set_env(
+                    &mut relay_env,
+                    &[
+                        ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
+                        (
+                            "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
+                            &kafka_bootstrap,
+                        ),
+                        ("OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT", "2s"),
+                        ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", &timeout),
+                        // librdkafka's idempotence events (producer ids, epoch bumps) in the log,
+                        // where the suite counts the epoch bumps.
+                        (
+                            "OUTBOX_RELAY__BROKER__KAFKA__PROPERTIES__DEBUG",
+                            &settings.kafka_debug,
+                        ),
+                        ("OUTBOX_RELAY__LOG__LEVEL", "info,librdkafka=debug"),
+                    ],
+                );
                 common::kafka::create_topic_retrying(
                     &kafka_bootstrap,
                     &destination,
@@ -185,24 +182,54 @@ impl<'a> Rig<'a> {
                 (proxies, String::new(), consumer)
             }
             Broker::Redis => {
-                let proxy = Proxy::start(
-                    "127.0.0.1:0".parse().unwrap(),
-                    ([127, 0, 0, 1], settings.redis_port).into(),
-                )
-                .await;
+                let proxy = Proxy::to_local(settings.redis_port).await;
                 let url = format!("redis://127.0.0.1:{}", proxy.addr.port());
-                for (k, v) in [
-                    ("OUTBOX_RELAY__BROKER__KIND", "redis"),
-                    ("OUTBOX_RELAY__BROKER__REDIS__URL", url.as_str()),
-                    ("OUTBOX_RELAY__BROKER__REDIS__CONNECT_TIMEOUT", "2s"),
-                ] {
-                    relay_env.push((k.into(), v.into()));
-                }
+                set_env(
+                    &mut relay_env,
+                    &[
+                        ("OUTBOX_RELAY__BROKER__KIND", "redis"),
+                        ("OUTBOX_RELAY__BROKER__REDIS__URL", url.as_str()),
+                        ("OUTBOX_RELAY__BROKER__REDIS__CONNECT_TIMEOUT", "2s"),
+                    ],
+                );
                 let consumer = redis_verify::consume_redis(
                     settings.redis_url.clone(),
                     destination.clone(),
                     deliveries.clone(),
                 );
+                (vec![proxy], String::new(), consumer)
+            }
+            Broker::Nsq => {
+                let proxy = Proxy::to_local(settings.nsq_port).await;
+                let address = proxy.addr.to_string();
+                set_env(
+                    &mut relay_env,
+                    &[
+                        ("OUTBOX_RELAY__BROKER__KIND", "nsq"),
+                        (
+                            "OUTBOX_RELAY__BROKER__NSQ__NSQD_TCP_ADDRESS",
+                            address.as_str(),
+                        ),
+                        ("OUTBOX_RELAY__BROKER__NSQ__CONNECT_TIMEOUT", "2s"),
+                    ],
+                );
+                let consumer = nsq_verify::consume_nsq(
+                    settings.nsq_address.clone(),
+                    destination.clone(),
+                    deliveries.clone(),
+                );
+                // Subscribed before the relay starts, so that the verifier's channel is the
+                // topic's first: nsqd gives a channel added later only what comes after it.
+                common::wait_for(
+                    "the verifier's channel on nsqd",
+                    Duration::from_secs(30),
+                    || async {
+                        common::nsq::has_channel(&destination, nsq_verify::CHANNEL)
+                            .await
+                            .then_some(())
+                    },
+                )
+                .await;
                 (vec![proxy], String::new(), consumer)
             }
         };
@@ -385,8 +412,14 @@ impl<'a> Rig<'a> {
                     .query_async(&mut con)
                     .await;
             }
+            Broker::Nsq => common::nsq::delete_topic(&self.destination).await,
         }
     }
+}
+
+/// Appends OUTBOX_RELAY__* settings to a relay's environment.
+fn set_env(env: &mut Vec<(String, String)>, vars: &[(&str, &str)]) {
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 }
 
 /// The destination exchange: a durable fanout, as it must survive broker restarts.

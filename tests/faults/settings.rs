@@ -32,6 +32,9 @@ pub struct Settings {
     pub pg_port: u16,
     pub redis_url: String,
     pub redis_port: u16,
+    /// nsqd's TCP listener, host:port.
+    pub nsq_address: String,
+    pub nsq_port: u16,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -80,20 +83,23 @@ impl Settings {
         // Restarting the shared services would break everyone else's tests.
         let redis_url = common::redis::url();
         let redis_port = port_of(&redis_url);
-        let shared = [54329, 56729, 59092, 59094, 59096, 56379, 56380];
+        let nsq_address = common::nsq::address();
+        let nsq_port = port_of(&nsq_address);
+        let shared = [54329, 56729, 59092, 59094, 59096, 56379, 56380, 54150];
         assert!(
-            ![pg_port, amqp_port, redis_port]
+            ![pg_port, amqp_port, redis_port, nsq_port]
                 .iter()
                 .chain(&kafka_ports)
                 .any(|p| shared.contains(p)),
             "the fault suite restarts its services: run it with its own (scripts/faults.sh)"
         );
-        let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka,redis".to_string())
+        let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka,redis,nsq".to_string())
             .split(',')
             .map(|b| match b.trim() {
                 "rabbitmq" | "amqp" => Broker::Amqp,
                 "kafka" => Broker::Kafka,
                 "redis" => Broker::Redis,
+                "nsq" => Broker::Nsq,
                 other => panic!("FAULTS_BROKERS: unknown broker {other}"),
             })
             .collect();
@@ -115,6 +121,8 @@ impl Settings {
             pg_port,
             redis_url,
             redis_port,
+            nsq_address,
+            nsq_port,
         }
     }
 

@@ -2,6 +2,7 @@
 //! of those deliveries against the outbox once the load has stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,9 @@ pub struct Delivery {
     pub id: Uuid,
     pub key: String,
     pub at: Instant,
+    /// The broker had delivered this very message before and put it back in its queue (NSQ:
+    /// attempts above 1), so where it arrives says nothing of the order it was published in.
+    pub requeued: bool,
 }
 
 /// Every delivery in arrival order, shared by the consumer tasks.
@@ -47,13 +51,27 @@ impl Deliveries {
     }
 
     pub(crate) fn record_at(&self, id: Uuid, key: String, redelivered: bool, at: Instant) {
+        self.record_delivery(
+            Delivery {
+                id,
+                key,
+                at,
+                requeued: false,
+            },
+            redelivered,
+        )
+    }
+
+    /// `redelivered`: the consumer may have read this message before (the broker says so); a
+    /// message it did read before counts as the consumer's redelivery, not a duplicate.
+    pub(crate) fn record_delivery(&self, delivery: Delivery, redelivered: bool) {
         let mut inner = self.inner.lock().expect("deliveries");
-        if redelivered && inner.seen.contains(&id) {
+        if redelivered && inner.seen.contains(&delivery.id) {
             inner.consumer_redeliveries += 1;
             return;
         }
-        inner.seen.insert(id);
-        inner.log.push(Delivery { id, key, at });
+        inner.seen.insert(delivery.id);
+        inner.log.push(delivery);
     }
 
     pub fn len(&self) -> usize {
@@ -88,7 +106,29 @@ pub struct ConsumerTask {
 }
 
 impl ConsumerTask {
-    pub(crate) fn new(stop: CancellationToken, handle: JoinHandle<()>) -> Self {
+    /// Runs `session` (a consumer's connection, until it fails) again and again, 200 ms apart
+    /// while the broker restarts, until stopped. `state` (addresses, the position read to)
+    /// goes from each session to the next.
+    pub(crate) fn repeat<S, F, Fut>(mut state: S, mut session: F) -> Self
+    where
+        S: Send + 'static,
+        F: FnMut(S) -> Fut + Send + 'static,
+        Fut: Future<Output = S> + Send,
+    {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            while !token.is_cancelled() {
+                state = tokio::select! {
+                    _ = token.cancelled() => return,
+                    state = session(state) => state,
+                };
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        });
         Self { stop, handle }
     }
 
@@ -101,21 +141,10 @@ impl ConsumerTask {
 /// Consumes `queue` directly from RabbitMQ (not through the proxy), acking after recording
 /// and reconnecting while the broker restarts.
 pub fn consume_rabbit(amqp_url: String, queue: String, into: Deliveries) -> ConsumerTask {
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let handle = tokio::spawn(async move {
-        while !token.is_cancelled() {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = rabbit_session(&amqp_url, &queue, &into) => {}
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    });
-    ConsumerTask { stop, handle }
+    ConsumerTask::repeat((amqp_url, queue, into), |(url, queue, into)| async move {
+        rabbit_session(&url, &queue, &into).await;
+        (url, queue, into)
+    })
 }
 
 async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
@@ -235,16 +264,18 @@ pub fn consume_kafka(
     ConsumerTask { stop, handle }
 }
 
-/// A record's LogAppendTime as an `Instant` of this process (the brokers share its clock).
+/// A record's LogAppendTime as an `Instant` of this process.
 fn appended_at(timestamp: Timestamp) -> Instant {
-    let now = Instant::now();
     let Timestamp::LogAppendTime(ms) = timestamp else {
-        return now;
+        return Instant::now();
     };
-    let appended = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    let ago = SystemTime::now()
-        .duration_since(appended)
-        .unwrap_or_default();
+    instant_at(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// A time the broker recorded, as an `Instant` of this process (the brokers share its clock).
+pub(crate) fn instant_at(at: SystemTime) -> Instant {
+    let now = Instant::now();
+    let ago = SystemTime::now().duration_since(at).unwrap_or_default();
     now.checked_sub(ago).unwrap_or(now)
 }
 
@@ -293,6 +324,13 @@ pub struct Summary {
     pub dead: usize,
     pub wrongly_published: usize,
     pub order_violations: usize,
+    /// First deliveries the broker had delivered before and requeued (NSQ only).
+    pub requeued: usize,
+    /// Of those, the ones that arrived after a later message of their key: the broker's
+    /// requeue, not counted as order violations.
+    pub requeued_out_of_order: usize,
+    /// Requeued first deliveries by the fault whose window holds the time the broker took them.
+    pub requeued_by_fault: BTreeMap<String, usize>,
     pub duplicates: usize,
     pub unexplained_duplicates: usize,
     pub consumer_redeliveries: u64,
@@ -302,6 +340,16 @@ pub struct Summary {
     pub duplicates_by_fault: BTreeMap<String, usize>,
     /// Faults that did not do what they are there for.
     pub fault_failures: Vec<String>,
+}
+
+/// The latest fault whose window, widened by `slack`, holds `at`: a confirm cut off by a fault
+/// (or a message in flight when nsqd stopped) comes before the fault, so a window's slack
+/// overlaps the previous fault's.
+fn fault_at(faults: &[FaultWindow], at: Instant, slack: Duration) -> Option<&FaultWindow> {
+    faults
+        .iter()
+        .filter(|f| at + slack >= f.start && at <= f.recovered + slack)
+        .max_by_key(|f| f.start)
 }
 
 /// A duplicate can only come from a confirm that was not recorded, which needs a fault:
@@ -335,13 +383,7 @@ pub fn check(
     for d in deliveries {
         if let Some(first) = first_at.get(&d.id) {
             s.duplicates += 1;
-            // The latest fault that may have caused it: a confirm cut off by a fault comes
-            // before the fault, so a window's slack overlaps the previous fault's.
-            let explained_by = faults
-                .iter()
-                .filter(|f| *first + slack >= f.start && *first <= f.recovered + slack)
-                .max_by_key(|f| f.start);
-            match explained_by {
+            match fault_at(faults, *first, slack) {
                 Some(f) => *s.duplicates_by_fault.entry(f.name.clone()).or_default() += 1,
                 None => s.unexplained_duplicates += 1,
             }
@@ -359,11 +401,20 @@ pub fn check(
             s.wrongly_published += 1;
             continue;
         };
-        if let Some(prev) = last_seq.insert(d.key.as_str(), seq) {
-            if prev > seq {
-                s.order_violations += 1;
-            }
+        if d.requeued {
+            s.requeued += 1;
+            let fault = fault_at(faults, d.at, slack).map_or("outside every fault", |f| &f.name);
+            *s.requeued_by_fault.entry(fault.to_string()).or_default() += 1;
         }
+        match last_seq.get(d.key.as_str()) {
+            Some(&prev) if prev > seq && d.requeued => {
+                s.requeued_out_of_order += 1;
+                continue;
+            }
+            Some(&prev) if prev > seq => s.order_violations += 1,
+            _ => {}
+        }
+        last_seq.insert(d.key.as_str(), seq);
     }
     s.delivered = first_at.len();
     let lost: Vec<&Row> = rows
@@ -422,6 +473,8 @@ impl Summary {
         self.dead += o.dead;
         self.wrongly_published += o.wrongly_published;
         self.order_violations += o.order_violations;
+        self.requeued += o.requeued;
+        self.requeued_out_of_order += o.requeued_out_of_order;
         self.duplicates += o.duplicates;
         self.unexplained_duplicates += o.unexplained_duplicates;
         self.consumer_redeliveries += o.consumer_redeliveries;
@@ -431,6 +484,9 @@ impl Summary {
         }
         for (fault, n) in &o.duplicates_by_fault {
             *self.duplicates_by_fault.entry(fault.clone()).or_default() += n;
+        }
+        for (fault, n) in &o.requeued_by_fault {
+            *self.requeued_by_fault.entry(fault.clone()).or_default() += n;
         }
         self.fault_failures.extend(o.fault_failures.iter().cloned());
     }

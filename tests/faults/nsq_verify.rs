@@ -1,0 +1,71 @@
+//! The verifier's NSQ consumer: one subscriber of the topic's channel, directly on nsqd (not
+//! through the proxy), finishing every message as it reads it and subscribing again while the
+//! server restarts.
+//!
+//! With nsqd's --mem-queue-size=0 a channel's messages wait in its on-disk queue, which hands
+//! them out in the order they were put in, so a consumer alone on the channel that finishes
+//! everything gets each message the first time in the order nsqd took it. Two things of nsqd's
+//! bring a message again:
+//! - a kill -9 leaves the queues' read positions as last synced (every 2 s here): nsqd reads
+//!   on from there, and delivers messages again under the same nsqd id and attempts 1, in
+//!   order. The consumer recognises them by the id: its own redeliveries, not duplicates.
+//! - a clean stop puts the messages in flight to the consumer (written to it, not finished)
+//!   at the end of the channel's queue. The consumer may not have received one (the socket
+//!   closed first); it then arrives after later messages, with attempts 2. Such a first
+//!   delivery is marked requeued, and the check counts it apart from order violations: where
+//!   nsqd put it back says nothing of the order the relay published in.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::common::nsq::consumer::{Message, Subscription};
+use crate::verify::{instant_at, ConsumerTask, Deliveries, Delivery};
+
+/// Bounds each step: connecting, and the silence after which a connection counts as dead
+/// (nsqd sends a heartbeat every second).
+const STEP: Duration = Duration::from_secs(5);
+
+/// The verifier's channel; created by its first subscription, before the relay publishes.
+pub const CHANNEL: &str = "verifier";
+
+pub fn consume_nsq(address: String, topic: String, into: Deliveries) -> ConsumerTask {
+    ConsumerTask::repeat(
+        (address, topic, HashSet::new(), into),
+        |(address, topic, mut read, into)| async move {
+            session(&address, &topic, &mut read, &into).await;
+            (address, topic, read, into)
+        },
+    )
+}
+
+/// Reads until the connection fails. `read`: the nsqd ids read so far.
+async fn session(address: &str, topic: &str, read: &mut HashSet<[u8; 16]>, into: &Deliveries) {
+    let Ok(mut subscription) = Subscription::open(address, topic, CHANNEL, 500, STEP).await else {
+        return;
+    };
+    while let Ok(m) = subscription.next(Instant::now() + STEP).await {
+        let redelivered = !read.insert(m.id) || m.attempts > 1;
+        if let Some(delivery) = delivery(&m) {
+            into.record_delivery(delivery, redelivered);
+        }
+    }
+}
+
+/// The row a message carries: its envelope's `id`, and the key in its JSON payload (`data`).
+/// The time is when nsqd took the message: the verifier's own reads wait on restarts.
+fn delivery(m: &Message) -> Option<Delivery> {
+    let event: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+    let id: Uuid = event["id"].as_str()?.parse().ok()?;
+    let key = event["data"]["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Some(Delivery {
+        id,
+        key,
+        at: instant_at(m.timestamp),
+        requeued: m.attempts > 1,
+    })
+}
