@@ -147,7 +147,7 @@ impl ExactlyOnce {
             let named = self.transactions.take_over().await.map_err(|e| {
                 self.health.set_broker_up(false);
                 self.after_failure(holding, &e);
-                CycleError::Kafka(e)
+                CycleError::TakeOver(e)
             })?;
             self.health.set_broker_up(true);
             tracing::info!(
@@ -325,6 +325,10 @@ impl ExactlyOnce {
 
 #[derive(Debug, thiserror::Error)]
 enum CycleError {
+    /// Names the key: a broker without transactions (or a principal without the rights on
+    /// the transactional id) fails here, on every try.
+    #[error("broker.kafka.delivery = \"exactly_once\": cannot initialise Kafka transactions: {0}")]
+    TakeOver(TransactionError),
     #[error(transparent)]
     Kafka(TransactionError),
     #[error(transparent)]
