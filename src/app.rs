@@ -13,11 +13,11 @@ use crate::health::{Health, Heartbeat};
 use crate::http;
 use crate::lease::Lease;
 use crate::publish::amqp::AmqpPublisher;
-use crate::publish::kafka::{KafkaPublisher, KafkaSetupError};
+use crate::publish::kafka::{self, Delivery, KafkaPublisher, KafkaSetupError, Transactions};
 use crate::publish::nsq::{NsqPublisher, NsqSetupError};
 use crate::publish::redis::{RedisPublisher, RedisSetupError};
 use crate::publish::Publisher;
-use crate::relay::Relay;
+use crate::relay::{ExactlyOnce, PassedFloor, Relay};
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
 use crate::telemetry::gauges::Gauges;
@@ -82,6 +82,9 @@ async fn run_relay(
             config.broker.amqp.clone(),
             config.relay.publish_timeout,
         )),
+        BrokerKind::Kafka if config.broker.kafka.delivery == Delivery::ExactlyOnce => {
+            Built::KafkaTransactions(kafka_transactions(&config)?)
+        }
         BrokerKind::Kafka => Built::Kafka(kafka_publisher(&config)?),
         BrokerKind::Redis => Built::Redis(RedisPublisher::new(
             config.broker.redis.clone(),
@@ -98,6 +101,9 @@ async fn run_relay(
     match publisher {
         Built::Amqp(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
         Built::Kafka(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
+        Built::KafkaTransactions(t) => {
+            run_loop(pool, Transactional(t), config, health, shutdown).await
+        }
         Built::Redis(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
         Built::Nsq(p) => run_with(pool, Arc::new(p), config, health, shutdown).await,
     }
@@ -107,6 +113,7 @@ async fn run_relay(
 enum Built {
     Amqp(AmqpPublisher),
     Kafka(KafkaPublisher),
+    KafkaTransactions(Transactions),
     Redis(RedisPublisher),
     Nsq(NsqPublisher),
 }
@@ -114,6 +121,23 @@ enum Built {
 /// Creates the Kafka producer, which validates every librdkafka property.
 pub fn kafka_publisher(config: &Config) -> Result<KafkaPublisher, KafkaSetupError> {
     KafkaPublisher::new(&config.broker.kafka, config.relay.publish_timeout)
+}
+
+/// The transactional producer of `delivery = "exactly_once"`, under the configured or the
+/// derived `transactional.id`.
+pub fn kafka_transactions(config: &Config) -> Result<Transactions, AppError> {
+    let db = store::connect_options(config.database.url.expose())?;
+    let id = kafka::transactional_id(
+        &config.broker.kafka,
+        db.get_host(),
+        db.get_port(),
+        db.get_database().unwrap_or("postgres"),
+    );
+    Ok(Transactions::new(
+        &config.broker.kafka,
+        id,
+        config.relay.publish_timeout,
+    )?)
 }
 
 /// Waits until the database answers and the schema is migrated, retrying with backoff.
@@ -151,6 +175,96 @@ pub async fn run_with<P: Publisher>(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    run_loop(pool, AtLeastOnce(publisher), config, health, shutdown).await
+}
+
+/// Builds the relay loop once the lease exists: the default one over a publisher, or the
+/// exactly-once one over Kafka transactions.
+trait BuildLoop {
+    fn build(
+        self,
+        pool: &PgPool,
+        config: &Config,
+        lease: Arc<Lease>,
+        health: Arc<Health>,
+    ) -> RelayLoop;
+}
+
+struct AtLeastOnce<P>(Arc<P>);
+struct Transactional(Transactions);
+
+impl<P: Publisher> BuildLoop for AtLeastOnce<P> {
+    fn build(
+        self,
+        pool: &PgPool,
+        config: &Config,
+        lease: Arc<Lease>,
+        health: Arc<Health>,
+    ) -> RelayLoop {
+        let relay = Relay::new(
+            pool.clone(),
+            self.0,
+            config.relay.clone(),
+            config.retry.clone(),
+            config.sweeper.on_published(),
+            lease,
+            health,
+            config.database.call_timeout(),
+        );
+        let passed = relay.passed_floor();
+        RelayLoop {
+            passed,
+            run: Box::new(move |token, beat| {
+                Box::pin(async move { relay.run(token, &beat).await })
+            }),
+        }
+    }
+}
+
+impl BuildLoop for Transactional {
+    fn build(
+        self,
+        pool: &PgPool,
+        config: &Config,
+        lease: Arc<Lease>,
+        health: Arc<Health>,
+    ) -> RelayLoop {
+        let relay = ExactlyOnce::new(
+            pool.clone(),
+            self.0,
+            config.relay.clone(),
+            config.retry.clone(),
+            config.sweeper.on_published(),
+            lease,
+            health,
+            config.database.call_timeout(),
+            config.broker.kafka.transaction_interval,
+        );
+        let passed = relay.passed_floor();
+        RelayLoop {
+            passed,
+            run: Box::new(move |token, beat| {
+                Box::pin(async move { relay.run(token, &beat).await })
+            }),
+        }
+    }
+}
+
+type LoopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A relay loop ready to run, and its floor for the backlog check.
+struct RelayLoop {
+    passed: Arc<PassedFloor>,
+    run: Box<dyn FnOnce(CancellationToken, Arc<Heartbeat>) -> LoopFuture + Send>,
+}
+
+async fn run_loop(
+    pool: PgPool,
+    relay: impl BuildLoop,
+    config: Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     let tracker = TaskTracker::new();
     let failure: Arc<std::sync::Mutex<Option<AppError>>> = Arc::default();
     let tasks = Tasks {
@@ -168,17 +282,7 @@ pub async fn run_with<P: Publisher>(
         db_timeout,
     ));
     tracing::info!(replica = lease.holder(), lease = %config.ha.lease_name, "standing by for the lease");
-    let relay = Relay::new(
-        pool.clone(),
-        publisher,
-        config.relay.clone(),
-        config.retry.clone(),
-        config.sweeper.on_published(),
-        lease.clone(),
-        health.clone(),
-        db_timeout,
-    );
-    let passed = relay.passed_floor();
+    let RelayLoop { passed, run } = relay.build(&pool, &config, lease.clone(), health.clone());
     let sweeper = Arc::new(Sweeper::new(
         pool.clone(),
         config.sweeper.clone(),
@@ -195,7 +299,7 @@ pub async fn run_with<P: Publisher>(
     tasks.spawn("relay", |beat| async move {
         // Stops the renewals on return and on panic alike.
         let stop_lease = relay_done.drop_guard();
-        relay.run(token, &beat).await;
+        run(token, beat).await;
         drop(stop_lease);
         // Only after the last outcome is recorded may a standby take over.
         l.release().await;

@@ -69,6 +69,13 @@ impl Lease {
         }
     }
 
+    /// Gives up the lease locally (publishing stops at once) after learning that another
+    /// replica publishes: the next renewal finds out from the database who holds it.
+    pub fn forfeit(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.health.set_leader(false);
+    }
+
     /// Acquires or renews once; updates the local state and the leader gauge.
     pub async fn tick(&self) {
         let ttl = self.config.lease_ttl;

@@ -20,6 +20,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod health;
 pub mod healthcheck;
 pub mod http;

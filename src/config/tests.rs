@@ -550,3 +550,42 @@ mod nsq_tests {
         assert!(text.contains("broker.nsq.auth_secret_file"), "{text}");
     }
 }
+
+#[cfg(test)]
+mod exactly_once_tests {
+    use crate::config::*;
+
+    fn issues(toml: &str) -> String {
+        match Config::from_figment(&Figment::from(Toml::string(toml))) {
+            Ok(_) => String::new(),
+            Err(ConfigError::Invalid(issues)) => issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn exactly_once_is_refused_without_kafka_and_with_defeating_properties() {
+        let text = issues("[broker.kafka]\ndelivery = \"exactly_once\"\n");
+        assert!(
+            text.contains("broker.kafka.delivery") && text.contains("needs broker.kind"),
+            "{text}"
+        );
+        let ok = "[broker]\nkind = \"kafka\"\n[broker.kafka]\ndelivery = \"exactly_once\"\n";
+        assert_eq!(issues(ok), "");
+        let own_id = format!("{ok}[broker.kafka.properties]\n\"transactional.id\" = \"x\"\n");
+        let text = issues(&own_id);
+        assert!(
+            text.contains("broker.kafka.properties.transactional.id")
+                && text.contains("broker.kafka.transactional_id"),
+            "{text}"
+        );
+        let text = issues("[broker.kafka]\nprogress_topic = \"no spaces\"\n");
+        assert!(text.contains("broker.kafka.progress_topic"), "{text}");
+        let text = issues("[broker.kafka]\ndelivery = \"twice\"\n");
+        assert!(text.contains("broker.kafka.delivery"), "{text}");
+    }
+}

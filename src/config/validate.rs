@@ -124,6 +124,16 @@ pub(super) fn relations(c: &Config, checks: &mut Checks) {
         };
         checks.issue(key, message);
     }
+    if c.broker.kind != crate::publish::BrokerKind::Kafka
+        && c.broker.kafka.delivery == crate::publish::kafka::Delivery::ExactlyOnce
+    {
+        // Only Kafka has transactions; silently publishing at least once would betray the
+        // setting.
+        checks.issue(
+            "broker.kafka.delivery",
+            "\"exactly_once\" needs broker.kind = \"kafka\"",
+        );
+    }
     if c.broker.kind == crate::publish::BrokerKind::Redis
         && c.broker.redis.wait_replicas > 0
         && c.broker.redis.wait_timeout >= c.relay.publish_timeout

@@ -23,6 +23,7 @@ use crate::telemetry::instruments;
 
 mod chains;
 mod config;
+mod exactly_once;
 mod keys;
 mod pacing;
 mod pipeline;
@@ -35,6 +36,7 @@ mod tests;
 
 use chains::{cut_chains, into_chains, key_of};
 pub use config::{RelayConfig, RetryConfig};
+pub use exactly_once::ExactlyOnce;
 use keys::ChainEnd;
 use pacing::{Found, Pacing};
 use pipeline::Pipeline;

@@ -20,6 +20,30 @@ pub struct KafkaConfig {
     pub sasl_password_file: String,
     /// Passed through to librdkafka, except the keys the relay owns.
     pub properties: KafkaProperties,
+    /// At least once (the default) or exactly once for `read_committed` consumers.
+    pub delivery: Delivery,
+    /// Exactly once: the producer's `transactional.id`, shared by the replicas of one relay
+    /// group. Empty: derived from the database's address and name (see [`transactional_id`]).
+    pub transactional_id: String,
+    /// Exactly once: the compacted topic holding each transaction's progress record.
+    pub progress_topic: String,
+    /// Exactly once: the longest a transaction gathers claimed rows before it commits. Longer
+    /// means fewer, larger transactions (each commit writes a marker to every partition it
+    /// touched) and later visibility for read_committed consumers.
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+}
+
+/// How the Kafka publisher delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Idempotent producer; a crash between the broker's acknowledgement and the mark re-sends.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions fenced by the lease, with a progress record in each: read_committed
+    /// consumers see every row once.
+    ExactlyOnce,
 }
 
 impl Default for KafkaConfig {
@@ -29,6 +53,10 @@ impl Default for KafkaConfig {
             connect_timeout: Duration::from_secs(10),
             sasl_password_file: String::new(),
             properties: KafkaProperties::default(),
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: String::new(),
+            progress_topic: "outbox-relay-progress".to_string(),
+            transaction_interval: Duration::from_millis(20),
         }
     }
 }
@@ -39,6 +67,20 @@ impl KafkaConfig {
             c.issue("broker.kafka.bootstrap_servers", "must not be empty");
         }
         c.duration("broker.kafka.connect_timeout", self.connect_timeout, DAY);
+        c.duration(
+            "broker.kafka.transaction_interval",
+            self.transaction_interval,
+            Duration::from_secs(60),
+        );
+        if !valid_topic_name(&self.progress_topic) {
+            c.issue(
+                "broker.kafka.progress_topic",
+                "must be 1 to 249 characters of ASCII letters, digits, '.', '_' and '-'",
+            );
+        }
+        if self.transactional_id.len() > 255 {
+            c.issue("broker.kafka.transactional_id", "must be at most 255 bytes");
+        }
         for (name, value) in &self.properties.0 {
             let key = format!("broker.kafka.properties.{name}");
             if let Some((_, instead)) = OWNED.iter().find(|(k, _)| k == name) {
@@ -186,7 +228,11 @@ pub(crate) const OWNED: &[(&str, &str)] = &[
     ("delivery.timeout.ms", "set relay.publish_timeout"),
     (
         "transactional.id",
-        "the relay does not use Kafka transactions",
+        "set broker.kafka.transactional_id (used with delivery = \"exactly_once\")",
+    ),
+    (
+        "transaction.timeout.ms",
+        "the relay derives it from relay.publish_timeout",
     ),
     (
         "enable.gapless.guarantee",
@@ -198,3 +244,25 @@ pub(crate) const REQUIRED: &[(&str, &[&str])] = &[
     ("request.required.acks", &["all", "-1"]),
     ("enable.idempotence", &["true"]),
 ];
+
+/// Kafka's rule for topic names (`Topic.validate` in the broker).
+fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The `transactional.id` of exactly-once delivery: the configured one, or one derived from
+/// the outbox's database (host, port and name as the relay connects to them) and schema, which
+/// every replica of a relay group shares and no other outbox has.
+pub fn transactional_id(config: &KafkaConfig, host: &str, port: u16, database: &str) -> String {
+    if config.transactional_id.is_empty() {
+        format!("outbox-relay.{host}:{port}.{database}.outbox")
+    } else {
+        config.transactional_id.clone()
+    }
+}

@@ -6,8 +6,10 @@
 //! duplicates or reorders within a partition while it retries internally.
 
 mod config;
+mod transactions;
 
-pub use config::{KafkaConfig, KafkaProperties};
+pub use config::{transactional_id, Delivery, KafkaConfig, KafkaProperties};
+pub use transactions::{Delivered, Progress, TransactionError, Transactions};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -243,6 +245,26 @@ pub fn classify(cause: KafkaError) -> PublishError {
     error.caused_by(cause)
 }
 
+/// The record a row becomes: topic = destination, key = message key, the payload as
+/// written, the row's headers plus `message_id` and `content-type`, the commit time as its
+/// timestamp.
+fn record(message: &OutboxMessage) -> Result<FutureRecord<'_, str, [u8]>, PublishError> {
+    if message.destination.is_empty() {
+        return Err(PublishError::permanent(
+            FailureReason::Invalid,
+            "empty topic name",
+        ));
+    }
+    let mut record = FutureRecord::to(&message.destination)
+        .payload(message.payload.as_slice())
+        .headers(headers(message)?)
+        .timestamp(message.committed_at.timestamp_millis());
+    if let Some(key) = &message.message_key {
+        record = record.key(key.as_str());
+    }
+    Ok(record)
+}
+
 fn headers(message: &OutboxMessage) -> Result<OwnedHeaders, PublishError> {
     let id = message.message_id.to_string();
     let mut headers = OwnedHeaders::new();
@@ -322,20 +344,7 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        if message.destination.is_empty() {
-            return Err(PublishError::permanent(
-                FailureReason::Invalid,
-                "empty topic name",
-            ));
-        }
-        let headers = headers(message)?;
-        let mut record = FutureRecord::to(&message.destination)
-            .payload(&message.payload)
-            .headers(headers)
-            .timestamp(message.committed_at.timestamp_millis());
-        if let Some(key) = &message.message_key {
-            record = record.key(key);
-        }
+        let record = record(message)?;
         let current = self.current()?;
         // The queue timeout is backpressure: while librdkafka's queue is full, wait for room.
         let outcome = match current

@@ -1,0 +1,336 @@
+//! The relay loop of exactly-once delivery into Kafka: on each new lease, initialise the
+//! transactional producer (fencing earlier holders) and mark what the last committed
+//! transaction named; then claim, send the rows and a progress record in one transaction,
+//! commit, and mark (docs/ARCHITECTURE.md, "Exactly-once into Kafka").
+//!
+//! One transaction at a time: Kafka allows one open transaction per producer, and a key's
+//! rows become visible in the order their transactions commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::pacing::{Found, Pacing};
+use super::state::Logged;
+use super::window::{FenceTracker, PassedFloor};
+use super::{RelayConfig, RetryConfig};
+use crate::backoff::Backoff;
+use crate::health::{Health, Heartbeat};
+use crate::lease::{Held, Lease};
+use crate::publish::kafka::{Delivered, TransactionError, Transactions};
+use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
+use crate::telemetry::instruments;
+
+pub struct ExactlyOnce {
+    pool: PgPool,
+    transactions: Transactions,
+    config: RelayConfig,
+    retry: RetryConfig,
+    on_published: store::OnPublished,
+    lease: Arc<Lease>,
+    health: Arc<Health>,
+    passed: Arc<PassedFloor>,
+    db_timeout: Duration,
+    /// `broker.kafka.transaction_interval`: how long one transaction gathers claimed rows.
+    interval: Duration,
+}
+
+/// Where the loop stands with the lease it publishes under.
+struct Holding {
+    /// The lease token the producer was initialised for; a new token needs a new
+    /// initialisation (it fences the earlier holder) and a read of the progress topic.
+    token: Option<i64>,
+    /// Rows committed in Kafka whose mark is not written yet: left out of claims, and named
+    /// again by the next progress record until they are marked.
+    unmarked: Vec<RowId>,
+}
+
+impl ExactlyOnce {
+    // Each is a separate part wired by app.rs, as for the default loop.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: PgPool,
+        transactions: Transactions,
+        config: RelayConfig,
+        retry: RetryConfig,
+        on_published: store::OnPublished,
+        lease: Arc<Lease>,
+        health: Arc<Health>,
+        db_timeout: Duration,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            transactions,
+            config,
+            retry,
+            on_published,
+            lease,
+            health,
+            passed: Arc::default(),
+            db_timeout,
+            interval,
+        }
+    }
+
+    /// For the backlog check, as [`super::Relay::passed_floor`].
+    pub fn passed_floor(&self) -> Arc<PassedFloor> {
+        self.passed.clone()
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.retry.initial_backoff,
+            max: self.retry.max_backoff,
+        }
+    }
+
+    /// The longest one turn may take: gathering claims, then sending, committing or
+    /// aborting (each bounded by `relay.publish_timeout`), then the mark.
+    fn turn_bound(&self) -> Duration {
+        self.interval + 3 * self.config.publish_timeout + 6 * self.db_timeout
+    }
+
+    /// Runs until `shutdown`; the transaction under way when it comes is finished first.
+    pub async fn run(mut self, shutdown: CancellationToken, beat: &Heartbeat) {
+        let mut fence = FenceTracker::new(self.passed.clone());
+        let mut pacing = Pacing::default();
+        let mut holding = Holding {
+            token: None,
+            unmarked: Vec::new(),
+        };
+        let mut trouble = 0u32;
+        while !shutdown.is_cancelled() {
+            beat.beat_within(self.turn_bound().max(self.config.poll_interval));
+            let wait = match self.turn(&mut holding, &mut fence, &mut pacing).await {
+                Ok(wait) => {
+                    trouble = 0;
+                    wait
+                }
+                Err(e) => {
+                    fence.forget_floor();
+                    trouble = trouble.saturating_add(1);
+                    let delay = self.backoff().delay(trouble);
+                    tracing::warn!(error = %e, retry_in = ?delay, "exactly-once cycle failed");
+                    delay
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+        self.transactions.stop().await;
+        tracing::info!("relay stopped");
+    }
+
+    /// One transaction, or the wait before the next look. Returns how long to wait.
+    async fn turn(
+        &mut self,
+        holding: &mut Holding,
+        fence: &mut FenceTracker,
+        pacing: &mut Pacing,
+    ) -> Result<Duration, CycleError> {
+        let Some(held) = self.lease.current() else {
+            if holding.token.take().is_some() {
+                // Standing by: the next holder's initialisation fences this producer anyway.
+                self.transactions.stop().await;
+            }
+            return Ok(self.config.poll_interval);
+        };
+        if holding.token != Some(held.token) {
+            let named = self.transactions.take_over().await.map_err(|e| {
+                self.health.set_broker_up(false);
+                self.after_failure(holding, &e);
+                CycleError::TakeOver(e)
+            })?;
+            self.health.set_broker_up(true);
+            tracing::info!(
+                transactional_id = self.transactions.id(),
+                rows = named.len(),
+                "initialised the transactional producer; marking what the last committed transaction carried"
+            );
+            holding.token = Some(held.token);
+            holding.unmarked = named;
+        }
+        if !holding.unmarked.is_empty() {
+            let rows: Vec<(RowId, Outcome)> = holding
+                .unmarked
+                .iter()
+                .map(|id| (*id, Outcome::Published))
+                .collect();
+            self.record(&rows, &HashMap::new()).await?;
+            holding.unmarked.clear();
+        }
+        let rows = self.gather(fence, held, &holding.unmarked).await?;
+        let found = if rows.len() >= self.config.batch_size.get() as usize {
+            Found::Backlog
+        } else {
+            Found::CaughtUp
+        };
+        let wait = pacing.next_wait(
+            rows.len(),
+            found,
+            self.config.poll_interval,
+            fence.is_pending(),
+        );
+        if rows.is_empty() {
+            return Ok(wait.unwrap_or_default());
+        }
+        metrics::histogram!(instruments::BATCH_MESSAGES).record(rows.len() as f64);
+        let started = std::time::Instant::now();
+        let delivered = self
+            .transactions
+            .deliver(&rows, &holding.unmarked)
+            .await
+            .map_err(|e| {
+                self.after_failure(holding, &e);
+                CycleError::Kafka(e)
+            })?;
+        let logged: HashMap<RowId, Logged> = rows.iter().map(|m| (m.id, Logged::of(m))).collect();
+        match delivered {
+            Delivered::Committed => {
+                crate::crash::point("after_commit");
+                metrics::histogram!(instruments::BROKER_ACK)
+                    .record(started.elapsed().as_secs_f64());
+                let ids: Vec<RowId> = rows.iter().map(|m| m.id).collect();
+                let outcomes: Vec<(RowId, Outcome)> =
+                    ids.iter().map(|id| (*id, Outcome::Published)).collect();
+                if let Err(e) = self.record(&outcomes, &logged).await {
+                    // Committed in Kafka: never sent again. The next progress record names
+                    // these rows until a mark succeeds.
+                    holding.unmarked = ids;
+                    return Err(e);
+                }
+            }
+            Delivered::Aborted(failed) => {
+                // Only the failed rows are recorded; the rest of the transaction stays
+                // committed and goes out in the next one, spending no attempt.
+                let outcomes: Vec<(RowId, Outcome)> = failed
+                    .into_iter()
+                    .map(|(id, e)| {
+                        metrics::counter!(
+                            instruments::PUBLISH_FAILURES,
+                            "destination" => logged.get(&id).map(|l| l.destination.clone()).unwrap_or_default(),
+                            "reason" => e.reason().as_str()
+                        )
+                        .increment(1);
+                        let attempts = rows
+                            .iter()
+                            .find(|m| m.id == id)
+                            .map_or(0, |m| u32::try_from(m.attempts).unwrap_or(0));
+                        tracing::warn!(
+                            message_id = %logged.get(&id).map(|l| l.message_id).unwrap_or_default(),
+                            attempt = attempts + 1,
+                            error = %e.chain(),
+                            "publish failed; the transaction was aborted"
+                        );
+                        let outcome = Outcome::Failed {
+                            error: e.chain(),
+                            permanent: e.is_permanent(),
+                            backoff: self.backoff().delay(attempts + 1),
+                        };
+                        (id, outcome)
+                    })
+                    .collect();
+                self.record(&outcomes, &logged).await?;
+            }
+        }
+        Ok(wait.unwrap_or_default())
+    }
+
+    /// Claims rows for one transaction: again at once while claims come back full, until
+    /// `transaction_interval` has passed.
+    async fn gather(
+        &self,
+        fence: &mut FenceTracker,
+        held: Held,
+        unmarked: &[RowId],
+    ) -> Result<Vec<OutboxMessage>, CycleError> {
+        let started = tokio::time::Instant::now();
+        let limit = self.config.batch_size.get();
+        let mut rows: Vec<OutboxMessage> = Vec::new();
+        loop {
+            let exclude: Vec<i64> = unmarked
+                .iter()
+                .map(|id| id.0)
+                .chain(rows.iter().map(|m| m.id.0))
+                .collect();
+            let claim = async {
+                let (safe, floor) = fence.advance(&self.pool).await?;
+                let args = store::ClaimArgs {
+                    fence_seq: safe,
+                    limit,
+                    lease: self.lease.lease_ref(held),
+                    exclude: &exclude,
+                    held_back: &[],
+                    floor,
+                };
+                store::claim(&self.pool, &args).await
+            };
+            let batch = store::within(2 * self.db_timeout, claim).await;
+            self.health.set_database_up(batch.is_ok());
+            let batch = batch?;
+            let full = batch.len() >= limit as usize;
+            rows.extend(batch);
+            if !full || started.elapsed() >= self.interval {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// Writes outcomes within the database's call timeout; logs and counts them.
+    async fn record(
+        &self,
+        outcomes: &[(RowId, Outcome)],
+        logged: &HashMap<RowId, Logged>,
+    ) -> Result<(), CycleError> {
+        let recorded = store::within(
+            self.db_timeout,
+            store::record_outcomes(
+                &self.pool,
+                outcomes,
+                self.retry.max_attempts.get(),
+                self.on_published,
+            ),
+        )
+        .await?;
+        for r in recorded {
+            if let Some(l) = logged.get(&r.id) {
+                l.observe(r.status);
+            }
+        }
+        Ok(())
+    }
+
+    /// A fenced producer means another replica holds the lease now: forget it here and stand
+    /// by. A producer that must start again does so at the next turn.
+    fn after_failure(&self, holding: &mut Holding, e: &TransactionError) {
+        match e {
+            TransactionError::Fenced { .. } => {
+                tracing::error!(error = %e, "another relay initialised this transactional.id: standing by");
+                self.lease.forfeit();
+                holding.token = None;
+            }
+            TransactionError::Restart(_) => holding.token = None,
+            TransactionError::Retryable(_) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CycleError {
+    /// Names the key: a broker without transactions (or a principal without the rights on
+    /// the transactional id) fails here, on every try.
+    #[error("broker.kafka.delivery = \"exactly_once\": cannot initialise Kafka transactions: {0}")]
+    TakeOver(TransactionError),
+    #[error(transparent)]
+    Kafka(TransactionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
