@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_first_deliveries_in_order, free_port, http_request, unique, wait_for, Rabbit,
+    assert_first_deliveries_in_order, free_port, http_request, leader_of, unique, wait_for, Rabbit,
     RelayProcess, TestDb,
 };
 use lapin::ExchangeKind;
@@ -15,24 +15,6 @@ use nix::sys::signal::Signal;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn is_leader(r: &RelayProcess) -> bool {
-    r.metric("outbox_relay_leader").await == Some(1.0)
-}
-
-/// Waits until exactly one of the replicas leads; returns its index.
-async fn leader_of(replicas: &[&RelayProcess]) -> usize {
-    wait_for("a leader", WAIT, || async {
-        let mut leaders = Vec::new();
-        for (i, r) in replicas.iter().enumerate() {
-            if is_leader(r).await {
-                leaders.push(i);
-            }
-        }
-        (leaders.len() == 1).then(|| leaders[0])
-    })
-    .await
-}
 
 async fn assert_delivered_in_order(rabbit: &Rabbit, queue: &str, ids: &[Uuid]) -> usize {
     let got = rabbit.drain(queue).await;
@@ -71,7 +53,7 @@ async fn standby_takes_over_after_kill_9_of_the_publisher() {
         "the kill must land mid-stream"
     );
     wait_for("the standby to lead", WAIT, || async {
-        is_leader(&standby).await.then_some(())
+        standby.is_leader().await.then_some(())
     })
     .await;
     let takeover = killed_at.elapsed();
@@ -109,7 +91,7 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
 
     paused.signal(Signal::SIGSTOP);
     wait_for("the standby to lead", WAIT, || async {
-        is_leader(standby).await.then_some(())
+        standby.is_leader().await.then_some(())
     })
     .await;
     // The new leader works in commit order, so once it has published more, the rows the paused
@@ -122,7 +104,7 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
     paused.signal(Signal::SIGCONT);
     // The resumed replica notices it lost the lease...
     wait_for("the resumed replica to stand by", WAIT, || async {
-        (!is_leader(paused).await).then_some(())
+        (!paused.is_leader().await).then_some(())
     })
     .await;
     let sample = format!("outbox_relay_messages_published_total{{destination=\"{exchange}\"}}");
@@ -138,7 +120,7 @@ async fn a_paused_publisher_does_not_publish_once_another_holds_the_lease() {
         before,
         "the paused replica published after losing the lease"
     );
-    assert!(is_leader(standby).await);
+    assert!(standby.is_leader().await);
     let duplicates = assert_delivered_in_order(&rabbit, &queue, &ids).await;
     println!("SIGSTOP/SIGCONT: {duplicates} duplicates re-sent");
 }
@@ -154,7 +136,7 @@ async fn readiness_follows_the_broker_on_the_publisher_and_liveness_does_not() {
         )],
     );
     wait_for("the relay to lead", WAIT, || async {
-        is_leader(&relay).await.then_some(())
+        relay.is_leader().await.then_some(())
     })
     .await;
     let (status, body) = wait_for("readyz to report the broker", WAIT, || async {
@@ -175,7 +157,7 @@ async fn readiness_follows_the_broker_on_the_publisher_and_liveness_does_not() {
         (healthy.get("/readyz").await?.0 == 200).then_some(())
     })
     .await;
-    assert!(!is_leader(&healthy).await);
+    assert!(!healthy.is_leader().await);
 
     // With the database unreachable nothing is ready, and the process stays alive.
     let no_db = RelayProcess::spawn("postgres://postgres@127.0.0.1:1/postgres", &[]);
@@ -227,7 +209,7 @@ async fn admin_commands_inspect_requeue_and_discard_dead_messages_while_the_rela
         db.wait_status(id, "dead").await;
     }
     wait_for("a lease holder", WAIT, || async {
-        is_leader(&relay).await.then_some(())
+        relay.is_leader().await.then_some(())
     })
     .await;
 

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::kafka::{bootstrap, client_config, create_topic, record_count};
-use common::{unique, wait_for, Broker, RelayOptions, RelayProcess, TestDb};
+use common::{leader_of, unique, wait_for, Broker, RelayOptions, RelayProcess, TestDb};
+use nix::sys::signal::Signal;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -136,4 +137,52 @@ async fn a_crash_after_the_commit_sends_nothing_again() {
 #[tokio::test]
 async fn a_crash_before_the_commit_loses_nothing() {
     crash_at("before_commit").await;
+}
+
+/// A publisher paused past its lease while a standby takes over: the standby's start fences it,
+/// so after SIGCONT it commits nothing a read_committed consumer sees, and stands by.
+#[tokio::test]
+async fn a_paused_publisher_commits_nothing_once_a_standby_took_over() {
+    let db = TestDb::new().await;
+    let topic = unique("eos");
+    create_topic(&bootstrap(), &topic, PARTITIONS).await;
+    let env = exactly_once(&unique("progress"));
+    let replicas = [spawn(&db, &env, &[]), spawn(&db, &env, &[])];
+    let leader = leader_of(&[&replicas[0], &replicas[1]]).await;
+    let (paused, standby) = (&replicas[leader], &replicas[1 - leader]);
+    let mut ids = db.enqueue_many(&topic, 1, 3000, 12).await;
+    wait_for("some published", WAIT, || async {
+        (db.count("published").await >= 300).then_some(())
+    })
+    .await;
+    paused.signal(Signal::SIGSTOP);
+    wait_for("the standby to lead", WAIT, || async {
+        standby.is_leader().await.then_some(())
+    })
+    .await;
+    let at_takeover = db.count("published").await;
+    wait_for("the new leader to make progress", WAIT, || async {
+        (db.count("published").await >= at_takeover + 200).then_some(())
+    })
+    .await;
+    paused.signal(Signal::SIGCONT);
+    wait_for("the resumed replica to stand by", WAIT, || async {
+        (!paused.is_leader().await).then_some(())
+    })
+    .await;
+    ids.extend(db.enqueue_many(&topic, 3001, 4000, 12).await);
+    wait_for("everything published", WAIT, || async {
+        (db.count("published").await == 4000).then_some(())
+    })
+    .await;
+    assert!(standby.is_leader().await);
+    let got = read_committed(&topic).await;
+    assert_eq!(
+        got.len(),
+        4000,
+        "read_committed sees each row once and nothing else"
+    );
+    let seen: std::collections::HashSet<Uuid> = got.iter().map(|(id, _)| *id).collect();
+    assert!(ids.iter().all(|id| seen.contains(id)), "nothing lost");
+    assert_eq!(common::assert_in_order(got), 0, "no duplicates");
 }

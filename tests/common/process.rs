@@ -243,3 +243,24 @@ pub async fn http_request(
         .unwrap_or_default();
     Some((status, body))
 }
+
+impl RelayProcess {
+    /// Whether this replica reports holding the lease.
+    pub async fn is_leader(&self) -> bool {
+        self.metric("outbox_relay_leader").await == Some(1.0)
+    }
+}
+
+/// Waits (up to a minute) until exactly one of the replicas leads; returns its index.
+pub async fn leader_of(replicas: &[&RelayProcess]) -> usize {
+    wait_for("a leader", Duration::from_secs(60), || async {
+        let mut leaders = Vec::new();
+        for (i, r) in replicas.iter().enumerate() {
+            if r.is_leader().await {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await
+}
