@@ -33,6 +33,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # The service users may not be allowed into the caller's directory; every path below is absolute.
 cd /
 LOCAL="$ROOT/.local"
+# shellcheck source=lib/ports.sh
+. "$ROOT/scripts/lib/ports.sh"
 PG_PORT=${OUTBOX_PG_PORT:-54329}
 AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
 RABBIT_DIST_PORT=$((AMQP_PORT + 1))
@@ -401,6 +403,11 @@ case "${1:-up}" in
     fi
     install_missing "${services[@]}"
     choose_state_dir
+    # Every port of the set, the Kafka cluster's (and the fault suite's proxies') included.
+    reserve_ports "$PG_PORT" "$AMQP_PORT-$((AMQP_PORT + 5))" "$AMQPS_PORT" \
+      "$KAFKA_PORT-$((KAFKA_PORT + 5))" "$((KAFKA_PORT + 2000))-$((KAFKA_PORT + 2005))" \
+      "$((KAFKA_PORT + 3000))-$((KAFKA_PORT + 3001))" "$((KAFKA_PORT + 4000))-$((KAFKA_PORT + 4005))" \
+      "$REDIS_PORT-$((REDIS_PORT + 2))" "$NSQ_PORT-$((NSQ_PORT + 2))"
     tls_up
     for service in "${services[@]}"; do
       case "$service" in
