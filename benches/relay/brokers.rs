@@ -313,7 +313,13 @@ pub(crate) async fn round_trip<P: Publisher>(broker: Broker, publisher: &P, n: u
     };
     let expected = Arc::new(AtomicUsize::new(n));
     let (subscribed, ready) = tokio::sync::oneshot::channel();
-    let consumer = tokio::spawn(consume(broker, destination.clone(), expected, subscribed));
+    let consumer = tokio::spawn(consume(
+        broker,
+        destination.clone(),
+        expected,
+        subscribed,
+        false,
+    ));
     ready.await.unwrap();
     publisher.ready().await.expect("broker");
     let mut confirm = Vec::with_capacity(n);

@@ -23,15 +23,55 @@ pub(crate) struct Latency {
     pub(crate) cpu_by_command: Vec<(String, f64)>,
 }
 
+impl Latency {
+    /// Adds this run's figures, each named after `name`.
+    pub(crate) fn report(&self, f: &mut Figures, name: &str) {
+        f.add(format!("{name}: p50"), self.p50, "ms");
+        f.add(format!("{name}: p99"), self.p99, "ms");
+        f.add(format!("{name}: p99.9"), self.p999, "ms");
+        if let (Some(p50), Some(p99)) = (self.recorded_p50, self.recorded_p99) {
+            f.add(format!("{name}: p50 to published_at"), p50, "ms");
+            f.add(format!("{name}: p99 to published_at"), p99, "ms");
+        }
+        f.add(
+            format!("{name}: p50 to the writer's commit"),
+            self.visible_p50,
+            "ms",
+        );
+        f.add(
+            format!("{name}: p99 to the writer's commit"),
+            self.visible_p99,
+            "ms",
+        );
+        f.add(
+            format!("{name}: p50 broker acknowledgement"),
+            self.broker_ack_p50,
+            "ms",
+        );
+        f.add(
+            format!("{name}: p99 broker acknowledgement"),
+            self.broker_ack_p99,
+            "ms",
+        );
+        f.add(format!("{name}: machine busy"), self.machine_busy, "%");
+        for (comm, used) in &self.cpu_by_command {
+            f.add(format!("{name}: CPU of {comm}"), *used, "s");
+        }
+    }
+}
+
 pub(crate) type Receipts = HashMap<uuid::Uuid, SystemTime>;
 
 /// Consumes `destination` until `expected` distinct messages arrived (or a deadline passed),
 /// keeping the moment each message id was first received.
+/// `read_committed`: a Kafka consumer that sees only committed transactions (exactly-once
+/// delivery); what such a consumer waits for is what is measured.
 pub(crate) async fn consume(
     broker: Broker,
     destination: String,
     expected: Arc<AtomicUsize>,
     subscribed: tokio::sync::oneshot::Sender<()>,
+    read_committed: bool,
 ) -> Receipts {
     let mut got = Receipts::new();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -83,6 +123,14 @@ pub(crate) async fn consume(
                 // default; a fetch fails while a new topic's leaders settle).
                 .set("fetch.wait.max.ms", "5")
                 .set("fetch.error.backoff.ms", "5")
+                .set(
+                    "isolation.level",
+                    if read_committed {
+                        "read_committed"
+                    } else {
+                        "read_uncommitted"
+                    },
+                )
                 .create()
                 .unwrap();
             // The topic is new: offset 0 is its start, and fetching from there at once spares
@@ -208,21 +256,34 @@ pub(crate) async fn latency(
     };
     let expected = Arc::new(AtomicUsize::new(usize::MAX));
     let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let read_committed =
+        settings.contains(&("OUTBOX_RELAY__BROKER__KAFKA__DELIVERY", "exactly_once"));
     let consumer = tokio::spawn(consume(
         broker,
         destination.clone(),
         expected.clone(),
         subscribed,
+        read_committed,
     ));
     ready.await.unwrap();
     let relay = spawn_relay(&url, broker, label, settings);
-    // The relay is up once its lease row exists; load before that would measure start-up.
-    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox.relay_leases")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        == 0
-    {
+    // The relay is up once it holds the lease and is ready (its broker connected; with
+    // exactly-once delivery, its transactions initialised): load before that would measure
+    // start-up.
+    let started_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.relay_leases")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let ready = matches!(relay.get("/readyz").await, Some((200, _)));
+        if leases > 0 && ready {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < started_up,
+            "the relay did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -349,7 +410,13 @@ pub(crate) async fn kafka_alone_latency(rate: u32, secs: u64) -> (f64, f64) {
     // that runs.
     let expected = Arc::new(AtomicUsize::new(total as usize + 1));
     let (subscribed, ready) = tokio::sync::oneshot::channel();
-    let consumer = tokio::spawn(consume(Broker::Kafka, topic.clone(), expected, subscribed));
+    let consumer = tokio::spawn(consume(
+        Broker::Kafka,
+        topic.clone(),
+        expected,
+        subscribed,
+        false,
+    ));
     ready.await.unwrap();
     let producer = bench_producer(&bootstrap());
     let body = payload();

@@ -10,8 +10,9 @@
 //! drain to Kafka (the database path and the Kafka traffic) at the target rate at once.
 //! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
 //! parts (ceilings, beside-kafka (needs ceilings, and delete for that mode), drain-rabbitmq,
-//! drain-rabbitmq-quorum, drain-kafka, drain-redis, drain-redis-wait, drain-nsq, delete, vacuum,
-//! naive, latency-rabbitmq, latency-kafka, latency-redis, latency-nsq, latency-rabbitmq-delete);
+//! drain-rabbitmq-quorum, drain-kafka, drain-kafka-eos (needs drain-kafka for its ratio),
+//! drain-redis, drain-redis-wait, drain-nsq, delete, vacuum, naive, latency-rabbitmq,
+//! latency-kafka, latency-kafka-eos, latency-redis, latency-nsq, latency-rabbitmq-delete);
 //! BENCH_RELAY__SECTION__KEY overrides a relay setting.
 
 use std::collections::HashMap;
@@ -51,6 +52,9 @@ const KAFKA_PARTITIONS: i32 = 3;
 const PAYLOAD_BYTES: usize = 256;
 /// The relay's `relay.max_in_flight` (as overridden with BENCH_RELAY__RELAY__MAX_IN_FLIGHT),
 /// so that the broker ceilings keep as many messages unconfirmed as the relay may.
+/// The relay setting of exactly-once delivery into Kafka.
+const EXACTLY_ONCE: (&str, &str) = ("OUTBOX_RELAY__BROKER__KAFKA__DELIVERY", "exactly_once");
+
 fn in_flight() -> usize {
     std::env::var("BENCH_RELAY__RELAY__MAX_IN_FLIGHT")
         .ok()
@@ -343,6 +347,7 @@ async fn main() {
 
     let mut drain_amqp = None;
     let mut drain_redis = None;
+    let mut drain_kafka = None;
     let modes = [
         ("", database_ceiling, &[][..]),
         (
@@ -395,6 +400,9 @@ async fn main() {
             if broker == Broker::Redis && mode == 0 {
                 drain_redis = Some(rate);
             }
+            if broker == Broker::Kafka && mode == 0 {
+                drain_kafka = Some(rate);
+            }
             if target == CLASSIC && mode == 0 {
                 drain_amqp = Some(rate);
                 f.add(
@@ -427,6 +435,34 @@ async fn main() {
         if let Some(base) = drain_redis {
             f.add(
                 "drain to Redis, wait_replicas = 1 / without",
+                rate / base,
+                "x",
+            );
+        }
+    }
+
+    if wanted("drain-kafka-eos") {
+        let (pool, url) = fresh_db().await;
+        fill(&pool, &topic, rows).await;
+        let d = drain(
+            &pool,
+            &url,
+            Broker::Kafka,
+            rows,
+            "drain-kafka-eos",
+            &[EXACTLY_ONCE],
+        )
+        .await;
+        d.relay.stop_blocking();
+        let rate = f.add("drain to Kafka, exactly once", d.rate, "msg/s");
+        f.add(
+            "drain to Kafka, exactly once: machine busy (all cores)",
+            d.machine_busy,
+            "%",
+        );
+        if let Some(base) = drain_kafka {
+            f.add(
+                "drain to Kafka, exactly once / at least once",
                 rate / base,
                 "x",
             );
@@ -480,23 +516,26 @@ async fn main() {
 
     // Delete on publish for RabbitMQ only: it changes the database path, which both share.
     let latency_parts = [
-        (Broker::Amqp, "", &[][..]),
-        (Broker::Kafka, "", &[][..]),
-        (Broker::Redis, "", &[][..]),
-        (Broker::Nsq, "", &[][..]),
+        ("latency-rabbitmq", Broker::Amqp, "", &[][..]),
+        ("latency-kafka", Broker::Kafka, "", &[][..]),
+        ("latency-redis", Broker::Redis, "", &[][..]),
+        ("latency-nsq", Broker::Nsq, "", &[][..]),
         (
+            "latency-rabbitmq-delete",
             Broker::Amqp,
             ", delete on publish",
             &[("OUTBOX_RELAY__SWEEPER__PUBLISHED_RETENTION", "0s")][..],
         ),
+        // Read back with read_committed: what such a consumer waits for is the commit.
+        (
+            "latency-kafka-eos",
+            Broker::Kafka,
+            ", exactly once",
+            &[EXACTLY_ONCE][..],
+        ),
     ];
-    for (broker, suffix, settings) in latency_parts {
-        let part = format!(
-            "latency-{}{}",
-            broker.id(),
-            if settings.is_empty() { "" } else { "-delete" }
-        );
-        if !wanted(&part) {
+    for (part, broker, suffix, settings) in latency_parts {
+        if !wanted(part) {
             continue;
         }
         for rate in env("BENCH_RATES", "1000,5000")
@@ -505,38 +544,10 @@ async fn main() {
         {
             let label = format!("{part}-{rate}");
             let l = latency(broker, rate, latency_secs, &label, settings).await;
-            let name = format!("latency to {}{suffix} at {rate} msg/s", broker.name());
-            f.add(format!("{name}: p50"), l.p50, "ms");
-            f.add(format!("{name}: p99"), l.p99, "ms");
-            f.add(format!("{name}: p99.9"), l.p999, "ms");
-            if let (Some(p50), Some(p99)) = (l.recorded_p50, l.recorded_p99) {
-                f.add(format!("{name}: p50 to published_at"), p50, "ms");
-                f.add(format!("{name}: p99 to published_at"), p99, "ms");
-            }
-            f.add(
-                format!("{name}: p50 to the writer's commit"),
-                l.visible_p50,
-                "ms",
+            l.report(
+                &mut f,
+                &format!("latency to {}{suffix} at {rate} msg/s", broker.name()),
             );
-            f.add(
-                format!("{name}: p99 to the writer's commit"),
-                l.visible_p99,
-                "ms",
-            );
-            f.add(
-                format!("{name}: p50 broker acknowledgement"),
-                l.broker_ack_p50,
-                "ms",
-            );
-            f.add(
-                format!("{name}: p99 broker acknowledgement"),
-                l.broker_ack_p99,
-                "ms",
-            );
-            f.add(format!("{name}: machine busy"), l.machine_busy, "%");
-            for (comm, used) in &l.cpu_by_command {
-                f.add(format!("{name}: CPU of {comm}"), *used, "s");
-            }
             if broker == Broker::Kafka && settings.is_empty() {
                 // The broker's own share, in the same run: produce to consume at this rate.
                 let (p50, p99) = kafka_alone_latency(rate, latency_secs.min(30)).await;

@@ -21,6 +21,7 @@ use crate::backoff::Backoff;
 use crate::health::{Health, Heartbeat};
 use crate::lease::{Held, Lease};
 use crate::publish::kafka::{Delivered, TransactionError, Transactions};
+use crate::publish::FailureReason;
 use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
 use crate::telemetry::instruments;
 
@@ -209,6 +210,15 @@ impl ExactlyOnce {
                 }
             }
             Delivered::Aborted(failed) => {
+                if failed
+                    .iter()
+                    .any(|(_, e)| e.reason() == FailureReason::Timeout)
+                {
+                    // A new producer for the next transaction: librdkafka may keep the
+                    // metadata of a deleted topic and send to its old leaders for ever (see
+                    // `Replace::StaleMetadata` in the default publisher); a new one asks afresh.
+                    holding.token = None;
+                }
                 // Only the failed rows are recorded; the rest of the transaction stays
                 // committed and goes out in the next one, spending no attempt.
                 let outcomes: Vec<(RowId, Outcome)> = failed

@@ -308,7 +308,8 @@ impl Rig<'_> {
             detail = caused.join(", ");
             // Faults start only once the relay has published, so the stall meets produce
             // requests in flight: a fault that forced no bump did not test what it names.
-            if fault == Fault::EpochBump && bumps == 0 {
+            // A transactional producer aborts instead: no bump is expected of it.
+            if fault == Fault::EpochBump && bumps == 0 && !self.exactly_once {
                 failure = Some("librdkafka did not bump the producer's epoch".to_string());
             }
         }
@@ -394,6 +395,7 @@ impl Rig<'_> {
                     &bootstrap,
                     &self.destination,
                     KAFKA_PARTITIONS,
+                    self.exactly_once,
                     self.deliveries.clone(),
                 ));
                 (start, Instant::now())

@@ -56,9 +56,9 @@ async fn run() -> ExitCode {
     let settings = Settings::from_env();
     let started = Instant::now();
     let mut results = Vec::new();
-    for &broker in &settings.brokers {
-        let summary = driver::run_broker(&settings, broker).await;
-        results.push((broker.id().to_string(), summary));
+    for &target in &settings.brokers {
+        let summary = driver::run_broker(&settings, target).await;
+        results.push((target.id().to_string(), summary));
     }
     let mut total = Summary::default();
     for (_, s) in &results {

@@ -14,7 +14,7 @@ use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
 use crate::nsq_verify;
 use crate::proxy::Proxy;
 use crate::redis_verify;
-use crate::settings::Settings;
+use crate::settings::{Settings, Target};
 use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
 
 pub const KAFKA_PARTITIONS: i32 = 4;
@@ -33,6 +33,8 @@ pub const KAFKA_PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
 pub struct Rig<'a> {
     pub settings: &'a Settings,
     pub broker: Broker,
+    /// Kafka with exactly-once delivery (the `kafka-eos` run).
+    pub exactly_once: bool,
     pub db: TestDb,
     pub db_proxy: Proxy,
     /// Between the relay and the broker: RabbitMQ's one, or one in front of each Kafka broker
@@ -59,8 +61,9 @@ pub struct Rig<'a> {
 impl<'a> Rig<'a> {
     /// The database proxy, the destination and the broker proxy, and the verifier's consumer;
     /// no relay yet.
-    pub async fn set_up(settings: &'a Settings, broker: Broker) -> Rig<'a> {
-        println!("== {}: setting up", broker.id());
+    pub async fn set_up(settings: &'a Settings, target: Target) -> Rig<'a> {
+        let broker = target.broker;
+        println!("== {}: setting up", target.id());
         let db = TestDb::new().await;
         let db_proxy = Proxy::to_local(settings.pg_port).await;
         let mut relay_db_url = url::Url::parse(&db.url).unwrap();
@@ -165,6 +168,17 @@ impl<'a> Rig<'a> {
                         ("OUTBOX_RELAY__LOG__LEVEL", "info,librdkafka=debug"),
                     ],
                 );
+                if target.exactly_once {
+                    let (progress, id) = (common::unique("progress"), common::unique("txn"));
+                    set_env(
+                        &mut relay_env,
+                        &[
+                            ("OUTBOX_RELAY__BROKER__KAFKA__DELIVERY", "exactly_once"),
+                            ("OUTBOX_RELAY__BROKER__KAFKA__PROGRESS_TOPIC", &progress),
+                            ("OUTBOX_RELAY__BROKER__KAFKA__TRANSACTIONAL_ID", &id),
+                        ],
+                    );
+                }
                 common::kafka::create_topic_retrying(
                     &kafka_bootstrap,
                     &destination,
@@ -177,6 +191,7 @@ impl<'a> Rig<'a> {
                     &kafka_bootstrap,
                     &destination,
                     KAFKA_PARTITIONS,
+                    target.exactly_once,
                     deliveries.clone(),
                 );
                 (proxies, String::new(), consumer)
@@ -236,6 +251,7 @@ impl<'a> Rig<'a> {
         Rig {
             settings,
             broker,
+            exactly_once: target.exactly_once,
             db,
             db_proxy,
             broker_proxies,

@@ -6,6 +6,26 @@ use std::time::Duration;
 use crate::common;
 use crate::common::Broker;
 
+/// One run of the suite: a broker, and for Kafka the delivery mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub broker: Broker,
+    /// `broker.kafka.delivery = "exactly_once"`: the verifier reads with read_committed and
+    /// every duplicate is a failure.
+    pub exactly_once: bool,
+}
+
+impl Target {
+    /// As FAULTS_BROKERS names it.
+    pub fn id(self) -> &'static str {
+        if self.exactly_once {
+            "kafka-eos"
+        } else {
+            self.broker.id()
+        }
+    }
+}
+
 pub struct Settings {
     pub rounds: usize,
     /// Only the faults whose name contains one of these (FAULTS_ONLY, comma-separated), for
@@ -20,7 +40,7 @@ pub struct Settings {
     pub writers: usize,
     pub keys_per_writer: usize,
     pub recovery_bound: Duration,
-    pub brokers: Vec<Broker>,
+    pub brokers: Vec<Target>,
     pub services: PathBuf,
     pub amqp_url: String,
     pub amqp_port: u16,
@@ -95,12 +115,19 @@ impl Settings {
         );
         let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka,redis,nsq".to_string())
             .split(',')
-            .map(|b| match b.trim() {
-                "rabbitmq" | "amqp" => Broker::Amqp,
-                "kafka" => Broker::Kafka,
-                "redis" => Broker::Redis,
-                "nsq" => Broker::Nsq,
-                other => panic!("FAULTS_BROKERS: unknown broker {other}"),
+            .map(|b| {
+                let (broker, exactly_once) = match b.trim() {
+                    "rabbitmq" | "amqp" => (Broker::Amqp, false),
+                    "kafka" => (Broker::Kafka, false),
+                    "kafka-eos" => (Broker::Kafka, true),
+                    "redis" => (Broker::Redis, false),
+                    "nsq" => (Broker::Nsq, false),
+                    other => panic!("FAULTS_BROKERS: unknown broker {other}"),
+                };
+                Target {
+                    broker,
+                    exactly_once,
+                }
             })
             .collect();
         Self {

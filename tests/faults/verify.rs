@@ -214,14 +214,22 @@ async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
 /// Reads every partition of `topic` from the beginning through `bootstrap`. A record's time is
 /// when the broker appended it (the topic's LogAppendTime), not when the verifier read it: the
 /// verifier's own connections pass through the stalled proxies and wait for restarted brokers.
+/// `read_committed`: only records of committed transactions (exactly-once delivery).
 pub fn consume_kafka(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
+    read_committed: bool,
     into: Deliveries,
 ) -> ConsumerTask {
+    let isolation = if read_committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        .set("isolation.level", isolation)
         .set("group.id", super::common::unique("faults"))
         .set("client.id", "faults-verifier")
         .set("enable.auto.commit", "false")
@@ -333,6 +341,8 @@ pub struct Summary {
     pub requeued_by_fault: BTreeMap<String, usize>,
     pub duplicates: usize,
     pub unexplained_duplicates: usize,
+    /// Exactly-once delivery: every duplicate a read_committed consumer sees is a failure.
+    pub exactly_once: bool,
     pub consumer_redeliveries: u64,
     pub longest_recovery: Duration,
     pub longest_recovery_fault: String,
@@ -451,6 +461,12 @@ impl Summary {
             if n > 0 {
                 v.push(format!("{what}: {n}"));
             }
+        }
+        if self.exactly_once && self.duplicates > 0 {
+            v.push(format!(
+                "duplicates under exactly-once delivery: {}",
+                self.duplicates
+            ));
         }
         v.extend(self.fault_failures.iter().cloned());
         if self.longest_recovery > recovery_bound {
