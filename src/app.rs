@@ -17,7 +17,7 @@ use crate::publish::kafka::{self, Delivery, KafkaPublisher, KafkaSetupError, Tra
 use crate::publish::nsq::{NsqPublisher, NsqSetupError};
 use crate::publish::redis::{RedisPublisher, RedisSetupError};
 use crate::publish::Publisher;
-use crate::relay::{ExactlyOnce, PassedFloor, Relay};
+use crate::relay::{ExactlyOnce, Parts, PassedFloor, Relay};
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
 use crate::telemetry::gauges::Gauges;
@@ -181,36 +181,15 @@ pub async fn run_with<P: Publisher>(
 /// Builds the relay loop once the lease exists: the default one over a publisher, or the
 /// exactly-once one over Kafka transactions.
 trait BuildLoop {
-    fn build(
-        self,
-        pool: &PgPool,
-        config: &Config,
-        lease: Arc<Lease>,
-        health: Arc<Health>,
-    ) -> RelayLoop;
+    fn build(self, parts: Parts, config: &Config) -> RelayLoop;
 }
 
 struct AtLeastOnce<P>(Arc<P>);
 struct Transactional(Transactions);
 
 impl<P: Publisher> BuildLoop for AtLeastOnce<P> {
-    fn build(
-        self,
-        pool: &PgPool,
-        config: &Config,
-        lease: Arc<Lease>,
-        health: Arc<Health>,
-    ) -> RelayLoop {
-        let relay = Relay::new(
-            pool.clone(),
-            self.0,
-            config.relay.clone(),
-            config.retry.clone(),
-            config.sweeper.on_published(),
-            lease,
-            health,
-            config.database.call_timeout(),
-        );
+    fn build(self, parts: Parts, _: &Config) -> RelayLoop {
+        let relay = Relay::new(parts, self.0);
         let passed = relay.passed_floor();
         RelayLoop {
             passed,
@@ -222,24 +201,8 @@ impl<P: Publisher> BuildLoop for AtLeastOnce<P> {
 }
 
 impl BuildLoop for Transactional {
-    fn build(
-        self,
-        pool: &PgPool,
-        config: &Config,
-        lease: Arc<Lease>,
-        health: Arc<Health>,
-    ) -> RelayLoop {
-        let relay = ExactlyOnce::new(
-            pool.clone(),
-            self.0,
-            config.relay.clone(),
-            config.retry.clone(),
-            config.sweeper.on_published(),
-            lease,
-            health,
-            config.database.call_timeout(),
-            config.broker.kafka.transaction_interval,
-        );
+    fn build(self, parts: Parts, config: &Config) -> RelayLoop {
+        let relay = ExactlyOnce::new(parts, self.0, config.broker.kafka.transaction_interval);
         let passed = relay.passed_floor();
         RelayLoop {
             passed,
@@ -282,7 +245,16 @@ async fn run_loop(
         db_timeout,
     ));
     tracing::info!(replica = lease.holder(), lease = %config.ha.lease_name, "standing by for the lease");
-    let RelayLoop { passed, run } = relay.build(&pool, &config, lease.clone(), health.clone());
+    let parts = Parts {
+        pool: pool.clone(),
+        config: config.relay.clone(),
+        retry: config.retry.clone(),
+        on_published: config.sweeper.on_published(),
+        lease: lease.clone(),
+        health: health.clone(),
+        db_timeout,
+    };
+    let RelayLoop { passed, run } = relay.build(parts, &config);
     let sweeper = Arc::new(Sweeper::new(
         pool.clone(),
         config.sweeper.clone(),

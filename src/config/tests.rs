@@ -468,7 +468,7 @@ mod amqp_url_tests {
 mod nsq_tests {
     use crate::config::*;
 
-    fn issues(toml: &str) -> String {
+    pub(super) fn issues(toml: &str) -> String {
         match Config::from_figment(&Figment::from(Toml::string(toml))) {
             Ok(_) => String::new(),
             Err(ConfigError::Invalid(issues)) => issues
@@ -553,19 +553,8 @@ mod nsq_tests {
 
 #[cfg(test)]
 mod exactly_once_tests {
-    use crate::config::*;
-
-    fn issues(toml: &str) -> String {
-        match Config::from_figment(&Figment::from(Toml::string(toml))) {
-            Ok(_) => String::new(),
-            Err(ConfigError::Invalid(issues)) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    // Every issue of a config, one per line: the NSQ tests' helper.
+    use super::nsq_tests::issues;
 
     #[test]
     fn exactly_once_is_refused_without_kafka_and_with_defeating_properties() {

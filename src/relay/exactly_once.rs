@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::pacing::{Found, Pacing};
 use super::state::Logged;
 use super::window::{FenceTracker, PassedFloor};
-use super::{RelayConfig, RetryConfig};
+use super::{Parts, RelayConfig, RetryConfig};
 use crate::backoff::Backoff;
 use crate::health::{Health, Heartbeat};
 use crate::lease::{Held, Lease};
@@ -50,19 +50,17 @@ struct Holding {
 }
 
 impl ExactlyOnce {
-    // Each is a separate part wired by app.rs, as for the default loop.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        pool: PgPool,
-        transactions: Transactions,
-        config: RelayConfig,
-        retry: RetryConfig,
-        on_published: store::OnPublished,
-        lease: Arc<Lease>,
-        health: Arc<Health>,
-        db_timeout: Duration,
-        interval: Duration,
-    ) -> Self {
+    /// `interval`: `broker.kafka.transaction_interval`.
+    pub fn new(parts: Parts, transactions: Transactions, interval: Duration) -> Self {
+        let Parts {
+            pool,
+            config,
+            retry,
+            on_published,
+            lease,
+            health,
+            db_timeout,
+        } = parts;
         Self {
             pool,
             transactions,

@@ -74,20 +74,29 @@ pub struct Relay<P> {
     record_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
+/// What either relay loop (this one, or [`ExactlyOnce`]) runs with; app.rs wires it.
+pub struct Parts {
+    pub pool: PgPool,
+    pub config: RelayConfig,
+    pub retry: RetryConfig,
+    pub on_published: store::OnPublished,
+    pub lease: Arc<Lease>,
+    pub health: Arc<Health>,
+    /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
+    pub db_timeout: Duration,
+}
+
 impl<P: Publisher> Relay<P> {
-    // Each is a separate part wired by app.rs; grouping them into a struct only to pass them
-    // here would add a type without a job.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        pool: PgPool,
-        publisher: Arc<P>,
-        config: RelayConfig,
-        retry: RetryConfig,
-        on_published: store::OnPublished,
-        lease: Arc<Lease>,
-        health: Arc<Health>,
-        db_timeout: Duration,
-    ) -> Self {
+    pub fn new(parts: Parts, publisher: Arc<P>) -> Self {
+        let Parts {
+            pool,
+            config,
+            retry,
+            on_published,
+            lease,
+            health,
+            db_timeout,
+        } = parts;
         Self {
             pool,
             publisher,
