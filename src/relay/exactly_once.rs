@@ -25,6 +25,9 @@ use crate::publish::FailureReason;
 use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
 use crate::telemetry::instruments;
 
+/// The most rows one transaction gathers from several claims.
+const MAX_ROWS: usize = 10_000;
+
 pub struct ExactlyOnce {
     pool: PgPool,
     transactions: Transactions,
@@ -261,7 +264,7 @@ impl ExactlyOnce {
         unmarked: &[RowId],
     ) -> Result<Vec<OutboxMessage>, CycleError> {
         let started = tokio::time::Instant::now();
-        let limit = self.config.batch_size.get();
+        let limit = self.config.batch_size.get().min(MAX_ROWS as u32);
         let mut rows: Vec<OutboxMessage> = Vec::new();
         loop {
             let exclude: Vec<i64> = unmarked
@@ -286,7 +289,9 @@ impl ExactlyOnce {
             let batch = batch?;
             let full = batch.len() >= limit as usize;
             rows.extend(batch);
-            if !full || started.elapsed() >= self.interval {
+            // Bounded: the progress record names every row, and it must stay far below the
+            // broker's message size limit (1 MB by default; an id takes up to 20 bytes).
+            if !full || started.elapsed() >= self.interval || rows.len() >= MAX_ROWS {
                 return Ok(rows);
             }
         }
