@@ -191,9 +191,12 @@ impl ExactlyOnce {
             .deliver(&rows, &holding.unmarked)
             .await
             .map_err(|e| {
+                // /readyz: not ready while transactions fail (a broker outage included).
+                self.health.set_broker_up(false);
                 self.after_failure(holding, &e);
                 CycleError::Kafka(e)
             })?;
+        self.health.set_broker_up(true);
         let logged: HashMap<RowId, Logged> = rows.iter().map(|m| (m.id, Logged::of(m))).collect();
         match delivered {
             Delivered::Committed => {
