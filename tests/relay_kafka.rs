@@ -26,9 +26,7 @@ async fn committed_messages_round_trip_with_keys_headers_and_order() {
         undecided,
     } = db.round_trip_rows(&topic).await;
 
-    for id in &expected {
-        db.wait_status(*id, "published").await;
-    }
+    db.wait_all(&expected, "published").await;
     let got = consume(&bootstrap(), &topic, 3, expected.len(), WAIT).await;
     assert_eq!(
         record_count(&bootstrap(), &topic, 3).await,

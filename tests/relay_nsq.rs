@@ -32,9 +32,7 @@ async fn committed_messages_round_trip_with_keys_headers_payload_and_order() {
         undecided,
     } = db.round_trip_rows(&topic).await;
 
-    for id in &expected {
-        db.wait_status(*id, "published").await;
-    }
+    db.wait_all(&expected, "published").await;
     assert_eq!(
         message_count(&topic).await,
         expected.len() as u64,

@@ -39,9 +39,7 @@ async fn committed_messages_round_trip_with_keys_headers_payload_and_order() {
         undecided,
     } = db.round_trip_rows(&stream).await;
 
-    for id in &expected {
-        db.wait_status(*id, "published").await;
-    }
+    db.wait_all(&expected, "published").await;
     let got = entries(&url(), &stream).await;
     assert_eq!(got.len(), expected.len(), "nothing else in the stream");
     let ids: Vec<Uuid> = got.iter().map(|e| e.message_id()).collect();

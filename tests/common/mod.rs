@@ -310,6 +310,13 @@ impl TestDb {
             .expect("count")
     }
 
+    /// Waits until every one of `ids` has `status`, each within [`Self::wait_status`]'s bound.
+    pub async fn wait_all(&self, ids: &[Uuid], status: &str) {
+        for id in ids {
+            self.wait_status(*id, status).await;
+        }
+    }
+
     pub async fn wait_status(&self, id: Uuid, status: &str) {
         wait_for(
             &format!("message {id} to become {status}"),
