@@ -10,16 +10,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::pacing::{Found, Pacing};
 use super::state::Logged;
 use super::window::{FenceTracker, PassedFloor};
-use super::{Parts, RelayConfig, RetryConfig};
+use super::Parts;
 use crate::backoff::Backoff;
-use crate::health::{Health, Heartbeat};
-use crate::lease::{Held, Lease};
+use crate::health::Heartbeat;
+use crate::lease::Held;
 use crate::publish::kafka::{Delivered, TransactionError, Transactions};
 use crate::publish::FailureReason;
 use crate::store::{self, OutboxMessage, Outcome, RowId, StoreError};
@@ -29,15 +28,9 @@ use crate::telemetry::instruments;
 const MAX_ROWS: usize = 10_000;
 
 pub struct ExactlyOnce {
-    pool: PgPool,
+    parts: Parts,
     transactions: Transactions,
-    config: RelayConfig,
-    retry: RetryConfig,
-    on_published: store::OnPublished,
-    lease: Arc<Lease>,
-    health: Arc<Health>,
     passed: Arc<PassedFloor>,
-    db_timeout: Duration,
     /// `broker.kafka.transaction_interval`: how long one transaction gathers claimed rows.
     interval: Duration,
 }
@@ -55,25 +48,10 @@ struct Holding {
 impl ExactlyOnce {
     /// `interval`: `broker.kafka.transaction_interval`.
     pub fn new(parts: Parts, transactions: Transactions, interval: Duration) -> Self {
-        let Parts {
-            pool,
-            config,
-            retry,
-            on_published,
-            lease,
-            health,
-            db_timeout,
-        } = parts;
         Self {
-            pool,
+            parts,
             transactions,
-            config,
-            retry,
-            on_published,
-            lease,
-            health,
             passed: Arc::default(),
-            db_timeout,
             interval,
         }
     }
@@ -85,15 +63,15 @@ impl ExactlyOnce {
 
     fn backoff(&self) -> Backoff {
         Backoff {
-            initial: self.retry.initial_backoff,
-            max: self.retry.max_backoff,
+            initial: self.parts.retry.initial_backoff,
+            max: self.parts.retry.max_backoff,
         }
     }
 
     /// The longest one turn may take: gathering claims, then sending, committing or
     /// aborting (each bounded by `relay.publish_timeout`), then the mark.
     fn turn_bound(&self) -> Duration {
-        self.interval + 3 * self.config.publish_timeout + 6 * self.db_timeout
+        self.interval + 3 * self.parts.config.publish_timeout + 6 * self.parts.db_timeout
     }
 
     /// Runs until `shutdown`; the transaction under way when it comes is finished first.
@@ -106,7 +84,7 @@ impl ExactlyOnce {
         };
         let mut trouble = 0u32;
         while !shutdown.is_cancelled() {
-            beat.beat_within(self.turn_bound().max(self.config.poll_interval));
+            beat.beat_within(self.turn_bound().max(self.parts.config.poll_interval));
             let wait = match self.turn(&mut holding, &mut fence, &mut pacing).await {
                 Ok(wait) => {
                     trouble = 0;
@@ -138,20 +116,20 @@ impl ExactlyOnce {
         fence: &mut FenceTracker,
         pacing: &mut Pacing,
     ) -> Result<Duration, CycleError> {
-        let Some(held) = self.lease.current() else {
+        let Some(held) = self.parts.lease.current() else {
             if holding.token.take().is_some() {
                 // Standing by: the next holder's initialisation fences this producer anyway.
                 self.transactions.stop().await;
             }
-            return Ok(self.config.poll_interval);
+            return Ok(self.parts.config.poll_interval);
         };
         if holding.token != Some(held.token) {
             let named = self.transactions.take_over().await.map_err(|e| {
-                self.health.set_broker_up(false);
+                self.parts.health.set_broker_up(false);
                 self.after_failure(holding, &e);
                 CycleError::TakeOver(e)
             })?;
-            self.health.set_broker_up(true);
+            self.parts.health.set_broker_up(true);
             tracing::info!(
                 transactional_id = self.transactions.id(),
                 rows = named.len(),
@@ -170,7 +148,7 @@ impl ExactlyOnce {
             holding.unmarked.clear();
         }
         let rows = self.gather(fence, held, &holding.unmarked).await?;
-        let found = if rows.len() >= self.config.batch_size.get() as usize {
+        let found = if rows.len() >= self.parts.config.batch_size.get() as usize {
             Found::Backlog
         } else {
             Found::CaughtUp
@@ -178,7 +156,7 @@ impl ExactlyOnce {
         let wait = pacing.next_wait(
             rows.len(),
             found,
-            self.config.poll_interval,
+            self.parts.config.poll_interval,
             fence.is_pending(),
         );
         if rows.is_empty() {
@@ -192,11 +170,11 @@ impl ExactlyOnce {
             .await
             .map_err(|e| {
                 // /readyz: not ready while transactions fail (a broker outage included).
-                self.health.set_broker_up(false);
+                self.parts.health.set_broker_up(false);
                 self.after_failure(holding, &e);
                 CycleError::Kafka(e)
             })?;
-        self.health.set_broker_up(true);
+        self.parts.health.set_broker_up(true);
         let logged: HashMap<RowId, Logged> = rows.iter().map(|m| (m.id, Logged::of(m))).collect();
         match delivered {
             Delivered::Committed => {
@@ -267,7 +245,7 @@ impl ExactlyOnce {
         unmarked: &[RowId],
     ) -> Result<Vec<OutboxMessage>, CycleError> {
         let started = tokio::time::Instant::now();
-        let limit = self.config.batch_size.get().min(MAX_ROWS as u32);
+        let limit = self.parts.config.batch_size.get().min(MAX_ROWS as u32);
         let mut rows: Vec<OutboxMessage> = Vec::new();
         loop {
             let exclude: Vec<i64> = unmarked
@@ -276,19 +254,19 @@ impl ExactlyOnce {
                 .chain(rows.iter().map(|m| m.id.0))
                 .collect();
             let claim = async {
-                let (safe, floor) = fence.advance(&self.pool).await?;
+                let (safe, floor) = fence.advance(&self.parts.pool).await?;
                 let args = store::ClaimArgs {
                     fence_seq: safe,
                     limit,
-                    lease: self.lease.lease_ref(held),
+                    lease: self.parts.lease.lease_ref(held),
                     exclude: &exclude,
                     held_back: &[],
                     floor,
                 };
-                store::claim(&self.pool, &args).await
+                store::claim(&self.parts.pool, &args).await
             };
-            let batch = store::within(2 * self.db_timeout, claim).await;
-            self.health.set_database_up(batch.is_ok());
+            let batch = store::within(2 * self.parts.db_timeout, claim).await;
+            self.parts.health.set_database_up(batch.is_ok());
             let batch = batch?;
             let full = batch.len() >= limit as usize;
             rows.extend(batch);
@@ -307,12 +285,12 @@ impl ExactlyOnce {
         logged: &HashMap<RowId, Logged>,
     ) -> Result<(), CycleError> {
         let recorded = store::within(
-            self.db_timeout,
+            self.parts.db_timeout,
             store::record_outcomes(
-                &self.pool,
+                &self.parts.pool,
                 outcomes,
-                self.retry.max_attempts.get(),
-                self.on_published,
+                self.parts.retry.max_attempts.get(),
+                self.parts.on_published,
             ),
         )
         .await?;
@@ -330,7 +308,7 @@ impl ExactlyOnce {
         match e {
             TransactionError::Fenced { .. } => {
                 tracing::error!(error = %e, "another relay initialised this transactional.id: standing by");
-                self.lease.forfeit();
+                self.parts.lease.forfeit();
                 holding.token = None;
             }
             TransactionError::Restart(_) => holding.token = None,
