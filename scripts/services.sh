@@ -236,6 +236,16 @@ kafka_bootstrap() {
   fi
 }
 
+# The brokers' inter-broker listeners (scripts/kafka.sh: client port + 2000). They advertise
+# themselves, not a proxy: the fault suite's own clients reach the cluster around its proxies.
+kafka_internal_bootstrap() {
+  local list="" p
+  for p in $(kafka_bootstrap | tr , ' '); do
+    list="${list:+$list,}127.0.0.1:$((${p#127.0.0.1:} + 2000))"
+  done
+  echo "$list"
+}
+
 pg_up() {
   local bin
   bin=$(pg_bin)
@@ -381,6 +391,7 @@ export OUTBOX_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export OUTBOX_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
 export OUTBOX_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:$AMQPS_PORT/%2f
 export OUTBOX_TEST_KAFKA_BOOTSTRAP=$(kafka_bootstrap)
+export OUTBOX_TEST_KAFKA_INTERNAL_BOOTSTRAP=$(kafka_internal_bootstrap)
 export OUTBOX_TEST_KAFKA_TLS_BOOTSTRAP=127.0.0.1:$((KAFKA_PORT + 3000))
 export OUTBOX_TEST_KAFKA_WRONG_HOST_BOOTSTRAP=127.0.0.1:$((KAFKA_PORT + 3001))
 export OUTBOX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT

@@ -343,9 +343,10 @@ impl Rig<'_> {
             }
             Broker::Kafka => {
                 // Deleting a topic destroys its records. So that "lost" keeps meaning lost by
-                // the relay, the relay is paused while the verifier reads the topic to its end
-                // and the topic is deleted. It resumes before the topic exists again: it meets
-                // a missing topic with metadata, producer state and requests for the old one.
+                // the relay, the relay is paused, and its proxies hold its requests, while the
+                // verifier reads the topic to its end and the topic is deleted. It resumes
+                // before the topic exists again: it meets a missing topic with metadata,
+                // producer state and requests for the old one.
                 let bootstrap = self.kafka_bootstrap.clone();
                 // First the leaders move (a clean restart of partition 0's leader), so that the
                 // relay holds leader epochs above the new topic's 0 (librdkafka#4898).
@@ -358,8 +359,11 @@ impl Rig<'_> {
                 for r in &self.relays {
                     r.signal(Signal::SIGSTOP);
                 }
-                // Produce requests sent just before the pause land.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Produce requests sent before the pause land, or wait in a proxy: once the
+                // brokers answered all they were given, the topic's end no longer moves.
+                for p in &self.broker_proxies {
+                    p.hold_requests(Duration::from_secs(60)).await;
+                }
                 let base = self.incarnation_base;
                 let moved = cluster::leaders_moved(&bootstrap, &self.destination).await;
                 common::wait_for(
@@ -378,6 +382,9 @@ impl Rig<'_> {
                 // Gone from the brokers' metadata before the relay may write again: a record
                 // appended to the old topic now would be destroyed with it.
                 cluster::wait_topic_gone(&bootstrap, &self.destination).await;
+                for p in &self.broker_proxies {
+                    p.release_requests();
+                }
                 for r in &self.relays {
                     r.signal(Signal::SIGCONT);
                 }

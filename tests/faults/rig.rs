@@ -40,7 +40,7 @@ pub struct Rig<'a> {
     /// Between the relay and the broker: RabbitMQ's one, or one in front of each Kafka broker
     /// (node 1 first), on the port that broker advertises.
     pub broker_proxies: Vec<Proxy>,
-    /// Kafka: the proxies, as the relay and the verifier bootstrap.
+    /// Kafka: how the suite's own clients reach the cluster (around the proxies).
     pub kafka_bootstrap: String,
     pub relay_db_url: String,
     pub relay_env: Vec<(String, String)>,
@@ -126,14 +126,14 @@ impl<'a> Rig<'a> {
                     settings.kafka_proxy_ports.iter().zip(&settings.kafka_ports)
                 {
                     proxies.push(
-                        Proxy::start(
+                        Proxy::start_kafka(
                             ([127, 0, 0, 1], listen).into(),
                             ([127, 0, 0, 1], broker).into(),
                         )
                         .await,
                     );
                 }
-                kafka_bootstrap = proxies
+                let relay_bootstrap = proxies
                     .iter()
                     .map(|p| p.addr.to_string())
                     .collect::<Vec<_>>()
@@ -143,7 +143,7 @@ impl<'a> Rig<'a> {
                 let mut expected = settings.kafka_proxy_ports.clone();
                 expected.sort_unstable();
                 assert_eq!(
-                    cluster::advertised_ports(&kafka_bootstrap).await,
+                    cluster::advertised_ports(&relay_bootstrap).await,
                     expected,
                     "the Kafka brokers must advertise the proxies' ports (restart them with \
                      OUTBOX_KAFKA_ADVERTISED_PORTS, as scripts/faults.sh sets it)"
@@ -155,7 +155,7 @@ impl<'a> Rig<'a> {
                         ("OUTBOX_RELAY__BROKER__KIND", "kafka"),
                         (
                             "OUTBOX_RELAY__BROKER__KAFKA__BOOTSTRAP_SERVERS",
-                            &kafka_bootstrap,
+                            &relay_bootstrap,
                         ),
                         ("OUTBOX_RELAY__BROKER__KAFKA__CONNECT_TIMEOUT", "2s"),
                         ("OUTBOX_RELAY__RELAY__PUBLISH_TIMEOUT", &timeout),
@@ -168,6 +168,7 @@ impl<'a> Rig<'a> {
                         ("OUTBOX_RELAY__LOG__LEVEL", "info,librdkafka=debug"),
                     ],
                 );
+                kafka_bootstrap = settings.kafka_direct_bootstrap.clone();
                 if target.exactly_once {
                     let (progress, id) = (common::unique("progress"), common::unique("txn"));
                     set_env(

@@ -49,6 +49,10 @@ pub struct Settings {
     /// The client port each Kafka broker advertises, node 1 first: the suite's proxy in front
     /// of it listens there (OUTBOX_KAFKA_ADVERTISED_PORTS, as scripts/faults.sh sets it).
     pub kafka_proxy_ports: Vec<u16>,
+    /// The brokers' inter-broker listeners, which advertise themselves: the suite's own clients
+    /// (verifier, admin) bootstrap there and never pass the proxies, whose faults and holds are
+    /// meant for the relay alone.
+    pub kafka_direct_bootstrap: String,
     pub pg_port: u16,
     pub redis_url: String,
     pub redis_port: u16,
@@ -95,6 +99,15 @@ impl Settings {
                 .collect(),
             Err(_) => kafka_ports.iter().map(|p| p + 1).collect(),
         };
+        // scripts/kafka.sh puts a broker's inter-broker listener 2000 above its client port.
+        let kafka_direct_bootstrap = std::env::var("OUTBOX_TEST_KAFKA_INTERNAL_BOOTSTRAP")
+            .unwrap_or_else(|_| {
+                kafka_ports
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{}", p + 2000))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
         assert_eq!(
             kafka_ports.len(),
             kafka_proxy_ports.len(),
@@ -145,6 +158,7 @@ impl Settings {
             amqp_port,
             kafka_ports,
             kafka_proxy_ports,
+            kafka_direct_bootstrap,
             pg_port,
             redis_url,
             redis_port,
