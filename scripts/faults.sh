@@ -6,8 +6,8 @@
 # advertised client ports are the suite's TCP proxies, so the relay's Kafka connections pass
 # through them; Redis, a primary with its replica; nsqd (--mem-queue-size=0, as scripts/nsq.sh
 # runs it).
-# Settings: FAULTS_ROUNDS (3), FAULTS_RATE (200 msg/s), FAULTS_BROKERS (rabbitmq,kafka,redis,nsq;
-# also kafka-eos, Kafka with exactly-once delivery read back with read_committed, not yet a default),
+# Settings: FAULTS_ROUNDS (3), FAULTS_RATE (200 msg/s), FAULTS_BROKERS (rabbitmq,kafka,kafka-eos,
+# redis,nsq; kafka-eos is Kafka with exactly-once delivery, read back with read_committed),
 # FAULTS_WRITERS (4), FAULTS_KEYS_PER_WRITER (25), FAULTS_RECOVERY_BOUND_SECS (30), FAULTS_ONLY and
 # FAULTS_SKIP (parts of fault names, comma-separated), FAULTS_KAFKA_DEBUG (the relay's librdkafka
 # debug contexts, eos). Ports: FAULTS_PG_PORT, FAULTS_AMQP_PORT, FAULTS_KAFKA_PORT,
@@ -25,7 +25,7 @@ export OUTBOX_NSQ_PORT=${FAULTS_NSQ_PORT:-54160}
 export OUTBOX_KAFKA_ADVERTISED_PORTS="$((OUTBOX_KAFKA_PORT + 1)),$((OUTBOX_KAFKA_PORT + 3)),$((OUTBOX_KAFKA_PORT + 5))"
 # Only the services of the brokers under test (FAULTS_BROKERS=nsq starts Postgres and nsqd).
 services=(postgres)
-for broker in $(echo "${FAULTS_BROKERS:-rabbitmq,kafka,redis,nsq}" | tr ',' ' '); do
+for broker in $(echo "${FAULTS_BROKERS:-rabbitmq,kafka,kafka-eos,redis,nsq}" | tr ',' ' '); do
   case "$broker" in
     rabbitmq | amqp) services+=(rabbitmq) ;;
     kafka | kafka-eos) services+=(kafka) ;;

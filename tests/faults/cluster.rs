@@ -144,6 +144,35 @@ pub async fn record_count(bootstrap: &str, topic: &str) -> Option<i64> {
     .expect("watermarks task")
 }
 
+/// Each partition's high watermark and last stable offset (as a read_committed consumer sees
+/// the end), for a report: a stable offset left behind the watermark is an open transaction
+/// that read_committed consumers wait for.
+pub async fn partition_ends(bootstrap: &str, topic: &str) -> Vec<(i32, Option<i64>, Option<i64>)> {
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let client = |isolation: &str| -> Option<BaseConsumer> {
+            ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("isolation.level", isolation)
+                .create()
+                .ok()
+        };
+        let (uncommitted, committed) = (client("read_uncommitted"), client("read_committed"));
+        let end = |c: &Option<BaseConsumer>, p: i32| {
+            c.as_ref()?
+                .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                .ok()
+                .map(|(_, high)| high)
+        };
+        (0..KAFKA_PARTITIONS)
+            .map(|p| (p, end(&uncommitted, p), end(&committed, p)))
+            .collect()
+    })
+    .await
+    .expect("watermarks task")
+}
+
 /// Deletes the topic, retrying (up to 30 s) while the cluster refuses for a while, such as
 /// while the controller moves.
 pub async fn delete_topic(bootstrap: &str, topic: &str) {

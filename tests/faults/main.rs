@@ -129,9 +129,10 @@ fn print_table(rows: &[(String, Summary)]) {
         if s.lost > 0 {
             println!(
                 "lost {name}: {} still committed in the outbox (not published by the end), {} \
-                 published or dead",
+                 published or dead; commit_seq {:?}",
                 s.lost_unpublished,
-                s.lost - s.lost_unpublished
+                s.lost - s.lost_unpublished,
+                s.lost_seqs
             );
         }
         if s.duplicates_by_fault.is_empty() {

@@ -383,6 +383,15 @@ impl<'a> Rig<'a> {
         }
         if !all_arrived {
             println!("   not every published message arrived at the verifier");
+            if self.broker == Broker::Kafka {
+                for (p, high, stable) in
+                    cluster::partition_ends(&self.kafka_bootstrap, &self.destination).await
+                {
+                    println!(
+                        "   partition {p}: high watermark {high:?}, last stable offset {stable:?}"
+                    );
+                }
+            }
         }
         for mut r in self.relays.drain(..) {
             r.signal(Signal::SIGTERM);

@@ -126,23 +126,26 @@ impl Settings {
                 .any(|p| shared.contains(p)),
             "the fault suite restarts its services: run it with its own (scripts/faults.sh)"
         );
-        let brokers = env_or("FAULTS_BROKERS", "rabbitmq,kafka,redis,nsq".to_string())
-            .split(',')
-            .map(|b| {
-                let (broker, exactly_once) = match b.trim() {
-                    "rabbitmq" | "amqp" => (Broker::Amqp, false),
-                    "kafka" => (Broker::Kafka, false),
-                    "kafka-eos" => (Broker::Kafka, true),
-                    "redis" => (Broker::Redis, false),
-                    "nsq" => (Broker::Nsq, false),
-                    other => panic!("FAULTS_BROKERS: unknown broker {other}"),
-                };
-                Target {
-                    broker,
-                    exactly_once,
-                }
-            })
-            .collect();
+        let brokers = env_or(
+            "FAULTS_BROKERS",
+            "rabbitmq,kafka,kafka-eos,redis,nsq".to_string(),
+        )
+        .split(',')
+        .map(|b| {
+            let (broker, exactly_once) = match b.trim() {
+                "rabbitmq" | "amqp" => (Broker::Amqp, false),
+                "kafka" => (Broker::Kafka, false),
+                "kafka-eos" => (Broker::Kafka, true),
+                "redis" => (Broker::Redis, false),
+                "nsq" => (Broker::Nsq, false),
+                other => panic!("FAULTS_BROKERS: unknown broker {other}"),
+            };
+            Target {
+                broker,
+                exactly_once,
+            }
+        })
+        .collect();
         Self {
             rounds: env_or("FAULTS_ROUNDS", 3),
             only: list("FAULTS_ONLY"),

@@ -212,8 +212,8 @@ async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
 }
 
 /// Reads every partition of `topic` from the beginning through `bootstrap`. A record's time is
-/// when the broker appended it (the topic's LogAppendTime), not when the verifier read it: the
-/// verifier's own connections pass through the stalled proxies and wait for restarted brokers.
+/// when the broker appended it (the topic's LogAppendTime), not when the verifier read it, as
+/// it may read late while brokers restart.
 /// `read_committed`: only records of committed transactions (exactly-once delivery).
 pub fn consume_kafka(
     bootstrap: &str,
@@ -222,40 +222,87 @@ pub fn consume_kafka(
     read_committed: bool,
     into: Deliveries,
 ) -> ConsumerTask {
-    let isolation = if read_committed {
-        "read_committed"
-    } else {
-        "read_uncommitted"
+    let reader = KafkaReader {
+        bootstrap: bootstrap.to_string(),
+        topic: topic.to_string(),
+        partitions,
+        read_committed,
+        into,
+        next_offset: HashMap::new(),
     };
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("isolation.level", isolation)
-        .set("group.id", super::common::unique("faults"))
-        .set("client.id", "faults-verifier")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("kafka consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition offset");
-    }
-    consumer.assign(&tpl).expect("assign partitions");
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let handle = tokio::spawn(async move {
-        // The next offset of each partition: a record below it was read before.
-        let mut next_offset: HashMap<i32, i64> = HashMap::new();
+    ConsumerTask::repeat(reader, |mut reader| async move {
+        reader.session().await;
+        reader
+    })
+}
+
+/// A Kafka verifier's state from one consumer to the next.
+struct KafkaReader {
+    bootstrap: String,
+    topic: String,
+    partitions: i32,
+    read_committed: bool,
+    into: Deliveries,
+    /// The next offset of each partition: a record below it was read before.
+    next_offset: HashMap<i32, i64>,
+}
+
+/// How long a consumer may receive nothing while its partitions hold more before it is
+/// replaced. An assigned librdkafka consumer sometimes never fetches again after every broker
+/// restarted (librdkafka#5153, rust-rdkafka#597); the load never pauses this long.
+const KAFKA_QUIET: Duration = Duration::from_secs(10);
+
+impl KafkaReader {
+    /// One consumer, from where the last one stopped, until it stalls.
+    async fn session(&mut self) {
+        let isolation = if self.read_committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        };
+        let Ok(consumer) = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("isolation.level", isolation)
+            .set("group.id", super::common::unique("faults"))
+            .set("client.id", "faults-verifier")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .create::<StreamConsumer>()
+        else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            let from = self
+                .next_offset
+                .get(&p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            tpl.add_partition_offset(&self.topic, p, from)
+                .expect("partition offset");
+        }
+        if consumer.assign(&tpl).is_err() {
+            return;
+        }
+        let mut last_record = Instant::now();
         loop {
-            let m = tokio::select! {
-                _ = token.cancelled() => return,
-                m = consumer.recv() => m,
+            let m = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                Ok(Ok(m)) => m,
+                // Transport errors while a broker or the proxy misbehaves; librdkafka retries.
+                Ok(Err(_)) | Err(_) => {
+                    if last_record.elapsed() > KAFKA_QUIET && self.behind().await {
+                        println!(
+                            "   verifier: nothing read for {KAFKA_QUIET:?} while {} holds more: \
+                             reading on with a new consumer",
+                            self.topic
+                        );
+                        return;
+                    }
+                    continue;
+                }
             };
-            // Transport errors while the broker or the proxy misbehaves; librdkafka retries.
-            let Ok(m) = m else { continue };
-            let next = next_offset.entry(m.partition()).or_insert(0);
+            last_record = Instant::now();
+            let next = self.next_offset.entry(m.partition()).or_insert(0);
             let reread = m.offset() < *next;
             *next = (*next).max(m.offset() + 1);
             let id = m.headers().and_then(|h| {
@@ -265,11 +312,24 @@ pub fn consume_kafka(
             });
             if let Some(id) = id {
                 let key = key_of(m.payload().unwrap_or_default());
-                into.record_at(id, key, reread, appended_at(m.timestamp()));
+                self.into
+                    .record_at(id, key, reread, appended_at(m.timestamp()));
             }
         }
-    });
-    ConsumerTask { stop, handle }
+    }
+
+    /// Whether a partition holds more than this reader has read. A transaction ends with a
+    /// marker, which takes an offset and is never delivered: with transactions, one offset
+    /// past the last record read is the end.
+    async fn behind(&self) -> bool {
+        let ends = super::cluster::partition_ends(&self.bootstrap, &self.topic).await;
+        let marker = i64::from(self.read_committed);
+        ends.iter().any(|&(p, high, stable)| {
+            let end = if self.read_committed { stable } else { high };
+            let read = self.next_offset.get(&p).copied().unwrap_or(0);
+            end.is_some_and(|end| end > read + marker)
+        })
+    }
 }
 
 /// A record's LogAppendTime as an `Instant` of this process.
@@ -329,6 +389,9 @@ pub struct Summary {
     pub lost: usize,
     /// Of the lost, those the relay had not published when the run ended (still committed).
     pub lost_unpublished: usize,
+    /// The lowest and highest commit_seq among the lost rows: a run of lost rows at the end
+    /// points at a verifier that stopped, scattered ones at the relay.
+    pub lost_seqs: Option<(i64, i64)>,
     pub dead: usize,
     pub wrongly_published: usize,
     pub order_violations: usize,
@@ -437,6 +500,8 @@ pub fn check(
         .collect();
     s.lost = lost.len();
     s.lost_unpublished = lost.iter().filter(|r| r.status == "committed").count();
+    let seqs = lost.iter().filter_map(|r| r.commit_seq);
+    s.lost_seqs = seqs.clone().min().zip(seqs.max());
     if let Some(f) = faults.iter().max_by_key(|f| f.recovery) {
         s.longest_recovery = f.recovery;
         s.longest_recovery_fault = f.name.clone();
