@@ -190,12 +190,14 @@ impl Transactions {
             .key(self.id.as_str())
             .payload(value.as_slice());
         let progress_sent = enqueue(&producer, progress_record, self.timeout).await;
+        let reports = ReportPoller::start(&producer);
         for (id, sent) in pending {
             if let Err(e) = sent.await {
                 failed.push((id, e));
             }
         }
         let progress_failed = progress_sent.await.err();
+        reports.stop().await;
         if failed.is_empty() && progress_failed.is_none() {
             crate::crash::point("before_commit");
             let (commit, timeout) = (producer.clone(), self.timeout);
@@ -358,6 +360,32 @@ fn read_last(
             return Ok(Progress::default());
         }
         look_back *= 2;
+    }
+}
+
+/// Serves the producer's delivery reports from a thread of its own while a transaction waits
+/// for them, polling every millisecond: the polling thread of rdkafka's `FutureProducer`
+/// sometimes serves them only at its next 100 ms wake-up, which each transaction would wait.
+struct ReportPoller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: tokio::task::JoinHandle<()>,
+}
+
+impl ReportPoller {
+    fn start(producer: &FutureProducer) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, producer) = (stop.clone(), producer.clone());
+        let thread = tokio::task::spawn_blocking(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                producer.poll(Duration::from_millis(1));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.await;
     }
 }
 
