@@ -125,10 +125,20 @@ pub(crate) async fn drain(
     let started = Instant::now();
     let relay = spawn_relay(db_url, broker, label, settings);
     wait_drained(pool).await;
-    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let rate = rows as f64 / elapsed.as_secs_f64();
+    let span: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM max(published_at) - min(published_at))::float8 \
+         FROM outbox.messages",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("published_at span");
     let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
     DrainFigures {
         rate,
+        publishing_rate: rows as f64 / span.max(1e-3),
+        start_up: elapsed.saturating_sub(Duration::from_secs_f64(span)),
         cpu_by_command,
         machine_busy,
         peak_rss_mib: relay.peak_rss_mib(),

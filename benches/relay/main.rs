@@ -401,7 +401,12 @@ async fn main() {
                 drain_redis = Some(rate);
             }
             if broker == Broker::Kafka && mode == 0 {
-                drain_kafka = Some(rate);
+                drain_kafka = Some((rate, d.publishing_rate));
+                f.add(
+                    format!("drain to {name}: once publishing"),
+                    d.publishing_rate,
+                    "msg/s",
+                );
             }
             if target == CLASSIC && mode == 0 {
                 drain_amqp = Some(rate);
@@ -455,15 +460,30 @@ async fn main() {
         .await;
         d.relay.stop_blocking();
         let rate = f.add("drain to Kafka, exactly once", d.rate, "msg/s");
+        let publishing = f.add(
+            "drain to Kafka, exactly once: once publishing",
+            d.publishing_rate,
+            "msg/s",
+        );
+        f.add(
+            "drain to Kafka, exactly once: start-up (initialising the producer, reading progress)",
+            d.start_up.as_secs_f64() * 1000.0,
+            "ms",
+        );
         f.add(
             "drain to Kafka, exactly once: machine busy (all cores)",
             d.machine_busy,
             "%",
         );
-        if let Some(base) = drain_kafka {
+        if let Some((base, base_publishing)) = drain_kafka {
             f.add(
                 "drain to Kafka, exactly once / at least once",
                 rate / base,
+                "x",
+            );
+            f.add(
+                "drain to Kafka, exactly once / at least once, once publishing",
+                publishing / base_publishing,
                 "x",
             );
         }

@@ -43,6 +43,11 @@ pub(crate) fn spawn_relay(
 
 pub(crate) struct DrainFigures {
     pub(crate) rate: f64,
+    /// Rows over the span of their `published_at`: the rate once the relay publishes, without
+    /// its start (connecting, and with exactly-once delivery the producer's initialisation).
+    pub(crate) publishing_rate: f64,
+    /// From the relay's start to the first row published.
+    pub(crate) start_up: Duration,
     pub(crate) peak_rss_mib: f64,
     pub(crate) cpu_seconds: f64,
     /// Where the machine's CPU went during the drain: seconds per command, busiest first.

@@ -4,7 +4,9 @@
 //! commit, and mark (docs/ARCHITECTURE.md, "Exactly-once into Kafka").
 //!
 //! One transaction at a time: Kafka allows one open transaction per producer, and a key's
-//! rows become visible in the order their transactions commit.
+//! rows become visible in the order their transactions commit. The mark of a committed
+//! transaction's rows runs while the next one gathers and sends: its rows stay out of claims
+//! and are named by the next progress record until the mark is written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,9 +42,41 @@ struct Holding {
     /// The lease token the producer was initialised for; a new token needs a new
     /// initialisation (it fences the earlier holder) and a read of the progress topic.
     token: Option<i64>,
-    /// Rows committed in Kafka whose mark is not written yet: left out of claims, and named
-    /// again by the next progress record until they are marked.
+    /// Rows committed in Kafka whose mark is not written yet (a mark failed, or a new holder
+    /// read them from the progress topic): left out of claims, named again by the next
+    /// progress record, and marked before the next claim.
     unmarked: Vec<RowId>,
+    /// The mark under way, of the last committed transaction's rows.
+    marking: Option<Marking>,
+}
+
+impl Holding {
+    /// Every row committed in Kafka and not known to be marked.
+    fn committed_unmarked(&self) -> Vec<RowId> {
+        let marking = self.marking.iter().flat_map(|m| m.ids.iter());
+        self.unmarked.iter().chain(marking).copied().collect()
+    }
+
+    /// Waits for the mark under way. Its rows join `unmarked` if it failed.
+    async fn finish_mark(&mut self) -> Result<(), CycleError> {
+        let Some(Marking { ids, task }) = self.marking.take() else {
+            return Ok(());
+        };
+        let result = match task.await {
+            Ok(marked) => marked.map_err(CycleError::from),
+            Err(e) => Err(CycleError::Mark(e.to_string())),
+        };
+        if result.is_err() {
+            self.unmarked.extend(ids);
+        }
+        result
+    }
+}
+
+/// A mark of committed rows running beside the next transaction.
+struct Marking {
+    ids: Vec<RowId>,
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
 impl ExactlyOnce {
@@ -81,6 +115,7 @@ impl ExactlyOnce {
         let mut holding = Holding {
             token: None,
             unmarked: Vec::new(),
+            marking: None,
         };
         let mut trouble = 0u32;
         while !shutdown.is_cancelled() {
@@ -105,6 +140,9 @@ impl ExactlyOnce {
                 }
             }
         }
+        if let Err(e) = holding.finish_mark().await {
+            tracing::warn!(error = %e, "the last mark failed; the next holder completes it from the progress topic");
+        }
         self.transactions.stop().await;
         tracing::info!("relay stopped");
     }
@@ -117,6 +155,8 @@ impl ExactlyOnce {
         pacing: &mut Pacing,
     ) -> Result<Duration, CycleError> {
         let Some(held) = self.parts.lease.current() else {
+            // Committed rows: a mark written after the lease is gone is still true.
+            let _ = holding.finish_mark().await;
             if holding.token.take().is_some() {
                 // Standing by: the next holder's initialisation fences this producer anyway.
                 self.transactions.stop().await;
@@ -124,6 +164,8 @@ impl ExactlyOnce {
             return Ok(self.parts.config.poll_interval);
         };
         if holding.token != Some(held.token) {
+            // The progress topic names every committed row, marked or not.
+            let _ = holding.finish_mark().await;
             let named = self.transactions.take_over().await.map_err(|e| {
                 self.parts.health.set_broker_up(false);
                 self.after_failure(holding, &e);
@@ -147,7 +189,10 @@ impl ExactlyOnce {
             self.record(&rows, &HashMap::new()).await?;
             holding.unmarked.clear();
         }
-        let rows = self.gather(fence, held, &holding.unmarked).await?;
+        let gather_started = std::time::Instant::now();
+        let committed_unmarked = holding.committed_unmarked();
+        let rows = self.gather(fence, held, &committed_unmarked).await?;
+        let gathered = gather_started.elapsed();
         let found = if rows.len() >= self.parts.config.batch_size.get() as usize {
             Found::Backlog
         } else {
@@ -166,7 +211,7 @@ impl ExactlyOnce {
         let started = std::time::Instant::now();
         let delivered = self
             .transactions
-            .deliver(&rows, &holding.unmarked)
+            .deliver(&rows, &committed_unmarked)
             .await
             .map_err(|e| {
                 // /readyz: not ready while transactions fail (a broker outage included).
@@ -179,17 +224,21 @@ impl ExactlyOnce {
         match delivered {
             Delivered::Committed => {
                 crate::crash::point("after_commit");
-                metrics::histogram!(instruments::BROKER_ACK)
-                    .record(started.elapsed().as_secs_f64());
+                let committed_in = started.elapsed();
+                metrics::histogram!(instruments::BROKER_ACK).record(committed_in.as_secs_f64());
+                // One mark at a time: the previous one ends before this one starts.
+                let previous = holding.finish_mark().await;
+                let waited_for_mark = started.elapsed() - committed_in;
                 let ids: Vec<RowId> = rows.iter().map(|m| m.id).collect();
-                let outcomes: Vec<(RowId, Outcome)> =
-                    ids.iter().map(|id| (*id, Outcome::Published)).collect();
-                if let Err(e) = self.record(&outcomes, &logged).await {
-                    // Committed in Kafka: never sent again. The next progress record names
-                    // these rows until a mark succeeds.
-                    holding.unmarked = ids;
-                    return Err(e);
-                }
+                holding.marking = Some(self.start_mark(ids, logged));
+                previous?;
+                tracing::debug!(
+                    rows = rows.len(),
+                    ?gathered,
+                    ?committed_in,
+                    ?waited_for_mark,
+                    "transaction committed"
+                );
             }
             Delivered::Aborted(failed) => {
                 if failed
@@ -278,6 +327,26 @@ impl ExactlyOnce {
         }
     }
 
+    /// Marks committed rows published in a task of their own, within the database's call
+    /// timeout; logs and counts them.
+    fn start_mark(&self, ids: Vec<RowId>, logged: HashMap<RowId, Logged>) -> Marking {
+        let (pool, limit) = (self.parts.pool.clone(), self.parts.db_timeout);
+        let (max_attempts, on_published) =
+            (self.parts.retry.max_attempts.get(), self.parts.on_published);
+        let outcomes: Vec<(RowId, Outcome)> =
+            ids.iter().map(|id| (*id, Outcome::Published)).collect();
+        let task = tokio::spawn(async move {
+            let marked = store::record_outcomes(&pool, &outcomes, max_attempts, on_published);
+            for r in store::within(limit, marked).await? {
+                if let Some(l) = logged.get(&r.id) {
+                    l.observe(r.status);
+                }
+            }
+            Ok(())
+        });
+        Marking { ids, task }
+    }
+
     /// Writes outcomes within the database's call timeout; logs and counts them.
     async fn record(
         &self,
@@ -327,4 +396,6 @@ enum CycleError {
     Kafka(TransactionError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the mark of committed rows stopped: {0}")]
+    Mark(String),
 }
