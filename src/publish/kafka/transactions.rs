@@ -21,9 +21,10 @@ use super::{classify, client_config, record, KafkaConfig, KafkaSetupError};
 use crate::publish::PublishError;
 use crate::store::{OutboxMessage, RowId};
 
-/// Offsets read back from the end of the progress topic at first; grown eightfold until a record of
-/// this `transactional.id` turns up or the topic's start is reached. Each transaction writes
-/// one record and one commit marker, so the last record is usually within the last two.
+/// Offsets read back from the end of the progress topic at first; grown eightfold until a
+/// record of this `transactional.id` turns up or the topic's start is reached. Each transaction
+/// writes one record and one commit marker, so the last record is usually within the last two
+/// (unless other relay groups share the topic).
 const FIRST_LOOK_BACK: i64 = 64;
 
 /// Why a transaction (or the producer's start) failed, as the loop must act on it.
@@ -387,9 +388,16 @@ impl ReportPoller {
         Self { stop, thread }
     }
 
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.thread.await;
+        let _ = (&mut self.thread).await;
+    }
+}
+
+impl Drop for ReportPoller {
+    /// A transaction dropped while it waits must not leave the thread polling for ever.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
