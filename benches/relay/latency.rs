@@ -512,3 +512,54 @@ fn histogram_quantile(exposition: &str, name: &str, q: f64) -> f64 {
     }
     lower
 }
+
+/// Commit-to-consumer latency of each part BENCH_ONLY asks for, at each rate of BENCH_RATES.
+pub(crate) async fn latency_parts(
+    f: &mut Figures,
+    wanted: &impl Fn(&str) -> bool,
+    latency_secs: u64,
+) {
+    // Delete on publish for RabbitMQ only: it changes the database path, which both share.
+    let latency_parts = [
+        ("latency-rabbitmq", Broker::Amqp, "", &[][..]),
+        ("latency-kafka", Broker::Kafka, "", &[][..]),
+        ("latency-redis", Broker::Redis, "", &[][..]),
+        ("latency-nsq", Broker::Nsq, "", &[][..]),
+        (
+            "latency-rabbitmq-delete",
+            Broker::Amqp,
+            ", delete on publish",
+            &[("OUTBOX_RELAY__SWEEPER__PUBLISHED_RETENTION", "0s")][..],
+        ),
+        // Read back with read_committed: what such a consumer waits for is the commit.
+        (
+            "latency-kafka-eos",
+            Broker::Kafka,
+            ", exactly once",
+            &[EXACTLY_ONCE][..],
+        ),
+    ];
+    for (part, broker, suffix, settings) in latency_parts {
+        if !wanted(part) {
+            continue;
+        }
+        for rate in env("BENCH_RATES", "1000,5000")
+            .split(',')
+            .map(|r| r.parse::<u32>().expect("BENCH_RATES"))
+        {
+            let label = format!("{part}-{rate}");
+            let l = latency(broker, rate, latency_secs, &label, settings).await;
+            l.report(
+                f,
+                &format!("latency to {}{suffix} at {rate} msg/s", broker.name()),
+            );
+            if broker == Broker::Kafka && settings.is_empty() {
+                // The broker's own share, in the same run: produce to consume at this rate.
+                let (p50, p99) = kafka_alone_latency(rate, latency_secs.min(30)).await;
+                let alone = format!("Kafka alone at {rate} msg/s, produce to consumer");
+                f.add(format!("{alone}: p50"), p50, "ms");
+                f.add(format!("{alone}: p99"), p99, "ms");
+            }
+        }
+    }
+}

@@ -50,11 +50,11 @@ const KEYS: i64 = 1000;
 /// Partitions of the bench's topics.
 const KAFKA_PARTITIONS: i32 = 3;
 const PAYLOAD_BYTES: usize = 256;
-/// The relay's `relay.max_in_flight` (as overridden with BENCH_RELAY__RELAY__MAX_IN_FLIGHT),
-/// so that the broker ceilings keep as many messages unconfirmed as the relay may.
 /// The relay setting of exactly-once delivery into Kafka.
 const EXACTLY_ONCE: (&str, &str) = ("OUTBOX_RELAY__BROKER__KAFKA__DELIVERY", "exactly_once");
 
+/// The relay's `relay.max_in_flight` (as overridden with BENCH_RELAY__RELAY__MAX_IN_FLIGHT),
+/// so that the broker ceilings keep as many messages unconfirmed as the relay may.
 fn in_flight() -> usize {
     std::env::var("BENCH_RELAY__RELAY__MAX_IN_FLIGHT")
         .ok()
@@ -534,49 +534,7 @@ async fn main() {
         }
     }
 
-    // Delete on publish for RabbitMQ only: it changes the database path, which both share.
-    let latency_parts = [
-        ("latency-rabbitmq", Broker::Amqp, "", &[][..]),
-        ("latency-kafka", Broker::Kafka, "", &[][..]),
-        ("latency-redis", Broker::Redis, "", &[][..]),
-        ("latency-nsq", Broker::Nsq, "", &[][..]),
-        (
-            "latency-rabbitmq-delete",
-            Broker::Amqp,
-            ", delete on publish",
-            &[("OUTBOX_RELAY__SWEEPER__PUBLISHED_RETENTION", "0s")][..],
-        ),
-        // Read back with read_committed: what such a consumer waits for is the commit.
-        (
-            "latency-kafka-eos",
-            Broker::Kafka,
-            ", exactly once",
-            &[EXACTLY_ONCE][..],
-        ),
-    ];
-    for (part, broker, suffix, settings) in latency_parts {
-        if !wanted(part) {
-            continue;
-        }
-        for rate in env("BENCH_RATES", "1000,5000")
-            .split(',')
-            .map(|r| r.parse::<u32>().expect("BENCH_RATES"))
-        {
-            let label = format!("{part}-{rate}");
-            let l = latency(broker, rate, latency_secs, &label, settings).await;
-            l.report(
-                &mut f,
-                &format!("latency to {}{suffix} at {rate} msg/s", broker.name()),
-            );
-            if broker == Broker::Kafka && settings.is_empty() {
-                // The broker's own share, in the same run: produce to consume at this rate.
-                let (p50, p99) = kafka_alone_latency(rate, latency_secs.min(30)).await;
-                let alone = format!("Kafka alone at {rate} msg/s, produce to consumer");
-                f.add(format!("{alone}: p50"), p50, "ms");
-                f.add(format!("{alone}: p99"), p99, "ms");
-            }
-        }
-    }
+    latency_parts(&mut f, &wanted, latency_secs).await;
     classic.delete().await;
     quorum.delete().await;
     if wanted("drain-nsq") || wanted("delete") {
