@@ -1,5 +1,16 @@
 //! The configuration's tests: the example file, precedence, every key's checks, fuzzing.
 
+/// Every issue a TOML document gives, one string each (none for a valid config).
+#[cfg(test)]
+fn issues_of(toml: &str) -> Vec<String> {
+    use crate::config::*;
+    match Config::from_figment(&Figment::from(Toml::string(toml))) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod general {
     use std::time::Duration;
@@ -357,13 +368,7 @@ mod fuzz_tests {
 mod amqp_tls_tests {
     use crate::config::*;
 
-    fn issues(toml: &str) -> Vec<String> {
-        match Config::from_figment(&Figment::from(Toml::string(toml))) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    use super::issues_of as issues;
 
     fn amqp(url: &str, ca: &str) -> String {
         format!("[broker.amqp]\nurl = \"{url}\"\ntls_ca_file = \"{ca}\"\n")
@@ -468,16 +473,9 @@ mod amqp_url_tests {
 mod nsq_tests {
     use crate::config::*;
 
+    /// Every issue, one per line.
     pub(super) fn issues(toml: &str) -> String {
-        match Config::from_figment(&Figment::from(Toml::string(toml))) {
-            Ok(_) => String::new(),
-            Err(ConfigError::Invalid(issues)) => issues
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Err(e) => panic!("{e}"),
-        }
+        super::issues_of(toml).join("\n")
     }
 
     #[test]

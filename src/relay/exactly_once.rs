@@ -73,6 +73,32 @@ impl Holding {
     }
 }
 
+/// What writing outcomes needs, owned so that a mark's task can take it.
+struct Recorder {
+    pool: sqlx::PgPool,
+    limit: Duration,
+    max_attempts: u32,
+    on_published: store::OnPublished,
+}
+
+impl Recorder {
+    /// Writes outcomes within the database's call timeout; logs and counts them.
+    async fn record(
+        &self,
+        outcomes: &[(RowId, Outcome)],
+        logged: &HashMap<RowId, Logged>,
+    ) -> Result<(), StoreError> {
+        let recorded =
+            store::record_outcomes(&self.pool, outcomes, self.max_attempts, self.on_published);
+        for r in store::within(self.limit, recorded).await? {
+            if let Some(l) = logged.get(&r.id) {
+                l.observe(r.status);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A mark of committed rows running beside the next transaction.
 struct Marking {
     ids: Vec<RowId>,
@@ -327,48 +353,30 @@ impl ExactlyOnce {
         }
     }
 
-    /// Marks committed rows published in a task of their own, within the database's call
-    /// timeout; logs and counts them.
+    /// Marks committed rows published in a task of their own.
     fn start_mark(&self, ids: Vec<RowId>, logged: HashMap<RowId, Logged>) -> Marking {
-        let (pool, limit) = (self.parts.pool.clone(), self.parts.db_timeout);
-        let (max_attempts, on_published) =
-            (self.parts.retry.max_attempts.get(), self.parts.on_published);
+        let recorder = self.recorder();
         let outcomes: Vec<(RowId, Outcome)> =
             ids.iter().map(|id| (*id, Outcome::Published)).collect();
-        let task = tokio::spawn(async move {
-            let marked = store::record_outcomes(&pool, &outcomes, max_attempts, on_published);
-            for r in store::within(limit, marked).await? {
-                if let Some(l) = logged.get(&r.id) {
-                    l.observe(r.status);
-                }
-            }
-            Ok(())
-        });
+        let task = tokio::spawn(async move { recorder.record(&outcomes, &logged).await });
         Marking { ids, task }
     }
 
-    /// Writes outcomes within the database's call timeout; logs and counts them.
     async fn record(
         &self,
         outcomes: &[(RowId, Outcome)],
         logged: &HashMap<RowId, Logged>,
     ) -> Result<(), CycleError> {
-        let recorded = store::within(
-            self.parts.db_timeout,
-            store::record_outcomes(
-                &self.parts.pool,
-                outcomes,
-                self.parts.retry.max_attempts.get(),
-                self.parts.on_published,
-            ),
-        )
-        .await?;
-        for r in recorded {
-            if let Some(l) = logged.get(&r.id) {
-                l.observe(r.status);
-            }
+        Ok(self.recorder().record(outcomes, logged).await?)
+    }
+
+    fn recorder(&self) -> Recorder {
+        Recorder {
+            pool: self.parts.pool.clone(),
+            limit: self.parts.db_timeout,
+            max_attempts: self.parts.retry.max_attempts.get(),
+            on_published: self.parts.on_published,
         }
-        Ok(())
     }
 
     /// A fenced producer means another replica holds the lease now: forget it here and stand

@@ -124,24 +124,11 @@ pub async fn advertised_ports(bootstrap: &str) -> Vec<u16> {
 /// The records in the topic (the sum of its partitions' high watermarks); `None` while the
 /// cluster cannot tell (a partition between leaders).
 pub async fn record_count(bootstrap: &str, topic: &str) -> Option<i64> {
-    let bootstrap = bootstrap.to_string();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .ok()?;
-        (0..KAFKA_PARTITIONS)
-            .map(|p| {
-                let (_, high) = client
-                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                    .ok()?;
-                Some(high)
-            })
-            .sum()
-    })
-    .await
-    .expect("watermarks task")
+    partition_ends(bootstrap, topic)
+        .await
+        .into_iter()
+        .map(|(_, high, _)| high)
+        .sum()
 }
 
 /// Each partition's high watermark and last stable offset (as a read_committed consumer sees
