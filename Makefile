@@ -5,7 +5,8 @@
 demo:
 	scripts/demo.sh
 
-# The whole test suite against real Postgres, RabbitMQ and Apache Kafka.
+# The whole test suite against real Postgres, RabbitMQ, Apache Kafka, Redis and NSQ, and the
+# client libraries' tests against the same Postgres.
 test:
 	scripts/test.sh
 
@@ -21,6 +22,8 @@ bench:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	@unformatted=$$(gofmt -l clients/go); test -z "$$unformatted" || { echo "gofmt: $$unformatted"; exit 1; }
+	cd clients/go && go vet ./...
 
 # Dependency licences, banned/duplicate crates and sources (crates.io only), per deny.toml.
 # Offline checks only: advisories need the RustSec database from GitHub.

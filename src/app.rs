@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::check_back::CheckBack;
 use crate::config::{BrokerKind, Config};
 use crate::health::{Health, Heartbeat};
 use crate::http;
@@ -33,6 +34,8 @@ pub enum AppError {
     RedisSetup(#[from] RedisSetupError),
     #[error(transparent)]
     NsqSetup(#[from] NsqSetupError),
+    #[error(transparent)]
+    CheckBackSetup(#[from] crate::check_back::SetupError),
     #[error("cannot listen on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
     #[error("task `{0}` failed: {1}")]
@@ -261,6 +264,12 @@ async fn run_loop(
         Some(lease.clone()),
         db_timeout,
     ));
+    let check_back = CheckBack::new(
+        pool.clone(),
+        config.check_back.clone(),
+        lease.clone(),
+        db_timeout,
+    )?;
 
     // The lease is renewed until the relay has drained, not just until shutdown begins:
     // otherwise a standby could take over while confirms are still being recorded.
@@ -292,6 +301,10 @@ async fn run_loop(
     let token = shutdown.clone();
     tasks.spawn("sweeper-purge", |beat| async move {
         sweeper.run_purge(token, &beat).await
+    });
+    let token = shutdown.clone();
+    tasks.spawn("check-back", |beat| async move {
+        check_back.run(token, &beat).await
     });
 
     tracker.close();

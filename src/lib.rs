@@ -1,11 +1,13 @@
-//! outbox-relay: publishes rows of a Postgres transactional outbox to RabbitMQ or Kafka.
+//! outbox-relay: publishes rows of a Postgres transactional outbox to RabbitMQ, Kafka, Redis
+//! Streams or NSQ.
 //!
 //! # Layout
 //! - [`config`]: loading and validating the TOML file and environment overrides.
 //! - [`store`]: every SQL statement (`src/store/sql/*.sql`), the row and status types.
 //! - [`relay`]: the loop that claims committed rows, publishes them and records outcomes.
-//! - [`publish`]: the [`publish::Publisher`] trait, the RabbitMQ and Kafka publishers.
+//! - [`publish`]: the [`publish::Publisher`] trait and one publisher per broker.
 //! - [`sweeper`]: expiry of prepared rows and purge of finished rows.
+//! - [`check_back`]: asking a prepared row's producer whether it was committed.
 //! - [`lease`]: which replica publishes (a lease row in Postgres).
 //! - [`http`], [`health`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`app`]: wires the tasks together and shuts them down.
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod app;
 pub mod backoff;
+pub mod check_back;
 pub mod cli;
 pub mod config;
 pub mod crash;

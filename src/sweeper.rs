@@ -40,7 +40,8 @@ impl Sweeper {
         }
     }
 
-    /// Every `sweeper.interval`: prepared rows past `expires_at` become `rolled_back`.
+    /// Every `sweeper.interval`: prepared rows past `expires_at` become `rolled_back`, or
+    /// `dead` when they name a producer (check-back's safety rule).
     pub async fn run_expiry(&self, shutdown: CancellationToken, beat: &Heartbeat) {
         self.every(
             self.config.interval,
@@ -97,7 +98,7 @@ impl Sweeper {
         }
     }
 
-    /// Rolls back every expired prepared row, in batches; returns how many. Each batch is a
+    /// Ends every expired prepared row, in batches; returns how many. Each batch is a
     /// turn of `beat`: a long run is progress, however long it takes.
     pub async fn expire_once(
         &self,
@@ -108,9 +109,19 @@ impl Sweeper {
         let mut total = 0;
         loop {
             beat.inspect(|b| b.beat());
-            let n =
+            let ended =
                 store::within(self.db_timeout, store::expire_prepared(&self.pool, limit)).await?;
-            metrics::counter!(instruments::EXPIRED).increment(n);
+            let parked = ended.iter().filter(|s| **s == MessageStatus::Dead).count() as u64;
+            let n = ended.len() as u64;
+            metrics::counter!(instruments::EXPIRED, "outcome" => "rolled_back")
+                .increment(n - parked);
+            metrics::counter!(instruments::EXPIRED, "outcome" => "dead").increment(parked);
+            if parked > 0 {
+                tracing::warn!(
+                    rows = parked,
+                    "prepared messages expired undecided by their producer; parked as dead (`dead list`, then `dead requeue` or `dead discard`)"
+                );
+            }
             total += n;
             if n < u64::from(limit) || shutdown.is_cancelled() {
                 return Ok(total);

@@ -121,7 +121,8 @@ async fn metrics_pass_promtool_and_cover_every_metric_the_alerts_and_dashboard_u
             env!("CARGO_PKG_VERSION")
         ),
         // Visible from the start, so that alerts see their first increment.
-        "outbox_relay_messages_expired_total 0".to_string(),
+        "outbox_relay_messages_expired_total{outcome=\"dead\"} 0".to_string(),
+        "outbox_relay_messages_expired_total{outcome=\"rolled_back\"} 0".to_string(),
         "outbox_relay_passed_rows_found_total 0".to_string(),
         "outbox_relay_messages_purged_total{status=\"dead\"} 0".to_string(),
         "outbox_relay_table_size_bytes ".to_string(),

@@ -396,92 +396,6 @@ pub(crate) async fn latency(
     }
 }
 
-/// Kafka alone at `rate` messages a second for `secs` seconds: the relay's producer settings,
-/// keys spread as in the relay's runs, produce to consumer receipt, no relay and no database.
-/// The broker's own share of commit-to-receive latency, measured in the same run.
-pub(crate) async fn kafka_alone_latency(rate: u32, secs: u64) -> (f64, f64) {
-    let topic = format!(
-        "bench-alone-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let total = u64::from(rate) * secs;
-    // One more: a first message, sent and reported before the clock starts, so the producer's
-    // start (its id from the broker, the new topic's metadata) is not measured, as in a relay
-    // that runs.
-    let expected = Arc::new(AtomicUsize::new(total as usize + 1));
-    let (subscribed, ready) = tokio::sync::oneshot::channel();
-    let consumer = tokio::spawn(consume(
-        Broker::Kafka,
-        topic.clone(),
-        expected,
-        subscribed,
-        false,
-    ));
-    ready.await.unwrap();
-    let producer = bench_producer(&bootstrap());
-    let body = payload();
-    let first = uuid::Uuid::new_v4().to_string();
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .payload(&body)
-                .key("k0")
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "message_id",
-                    value: Some(&first),
-                })),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
-    let mut sent_at = Receipts::new();
-    let mut pending = futures::stream::FuturesUnordered::new();
-    let started = tokio::time::Instant::now();
-    for i in 0..total {
-        let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
-        // Within the relay's in-flight limit, as the relay would be.
-        while pending.len() >= in_flight() {
-            pending.next().await;
-        }
-        tokio::select! {
-            () = tokio::time::sleep_until(due) => {}
-            Some(()) = pending.next(), if !pending.is_empty() => {
-                tokio::time::sleep_until(due).await;
-            }
-        }
-        let id = uuid::Uuid::new_v4();
-        let key = format!("k{}", i as i64 % KEYS);
-        let id_text = id.to_string();
-        let record =
-            FutureRecord::to(&topic)
-                .payload(&body)
-                .key(&key)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "message_id",
-                    value: Some(&id_text),
-                }));
-        // Enqueued here, not on the first poll of a future: the loop may not poll `pending`
-        // again before the next send is due, and a record waiting for that poll would be
-        // counted as broker latency.
-        sent_at.insert(id, SystemTime::now());
-        pending.push(enqueue(&producer, record));
-    }
-    while pending.next().await.is_some() {}
-    let receipts = consumer.await.unwrap();
-    let mut ms: Vec<f64> = sent_at
-        .iter()
-        .filter_map(|(id, sent)| receipts.get(id)?.duration_since(*sent).ok())
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
-    assert_eq!(
-        ms.len(),
-        total as usize,
-        "every message reached the consumer"
-    );
-    p50_p99(&mut ms)
-}
-
 /// The `q` quantile of histogram `name` in a Prometheus text exposition, interpolated
 /// linearly within the bucket it falls in (Prometheus' `histogram_quantile`).
 fn histogram_quantile(exposition: &str, name: &str, q: f64) -> f64 {
@@ -553,10 +467,21 @@ pub(crate) async fn latency_parts(
                 f,
                 &format!("latency to {}{suffix} at {rate} msg/s", broker.name()),
             );
-            if broker == Broker::Kafka && settings.is_empty() {
-                // The broker's own share, in the same run: produce to consume at this rate.
-                let (p50, p99) = kafka_alone_latency(rate, latency_secs.min(30)).await;
-                let alone = format!("Kafka alone at {rate} msg/s, produce to consumer");
+            if broker == Broker::Kafka {
+                // The broker's own share, in the same run: produce to consume at this rate, as
+                // the relay produces in this mode.
+                let (how, alone) = if settings.is_empty() {
+                    (
+                        Alone::AtLeastOnce,
+                        format!("Kafka alone at {rate} msg/s, produce to consumer"),
+                    )
+                } else {
+                    (
+                        Alone::Transactions,
+                        format!("Kafka alone in transactions at {rate} msg/s, due to read_committed consumer"),
+                    )
+                };
+                let (p50, p99) = kafka_alone_latency(rate, latency_secs.min(30), how).await;
                 f.add(format!("{alone}: p50"), p50, "ms");
                 f.add(format!("{alone}: p99"), p99, "ms");
             }

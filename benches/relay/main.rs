@@ -117,6 +117,7 @@ impl Publisher for PacedPublisher {
     async fn close(&self) {}
 }
 
+mod alone;
 mod brokers;
 mod ceilings;
 #[path = "../../tests/common/mod.rs"]
@@ -126,6 +127,7 @@ mod latency;
 mod process;
 mod report;
 
+use alone::*;
 use brokers::*;
 use ceilings::*;
 use common::kafka::{bootstrap, create_topic};

@@ -1,7 +1,8 @@
 //! Secrets and certificates from files: `database.url_file`, `broker.amqp.url_file`,
 //! `broker.kafka.sasl_password_file`, `broker.redis.url_file`, `broker.nsq.auth_secret_file` (Secrets mounted as files:
 //! Kubernetes volumes, Vault Agent, CSI drivers), `broker.amqp.tls_ca_file`,
-//! `broker.redis.tls_ca_file` and `broker.nsq.tls_ca_file`. Each is read once at start, like every
+//! `broker.redis.tls_ca_file`, `broker.nsq.tls_ca_file` and each check-back producer's token,
+//! CA and client identity files. Each is read once at start, like every
 //! other key; a value and its file form together are a mistake, reported on the file key.
 
 use super::{Checks, Config, SecretUrl};
@@ -69,6 +70,7 @@ impl Checks<'_> {
         ) {
             kafka.properties.0.insert(SASL_PASSWORD.into(), password);
         }
+        c.check_back.read_files(self);
     }
 
     /// The content of the file named by `file_key`, unless it is unset, `value_key` holds a
@@ -89,7 +91,12 @@ impl Checks<'_> {
         self.file_unless(file_key, both, path)
     }
 
-    fn file_unless(&mut self, file_key: &str, other: Option<&str>, path: &str) -> Option<String> {
+    pub(crate) fn file_unless(
+        &mut self,
+        file_key: &str,
+        other: Option<&str>,
+        path: &str,
+    ) -> Option<String> {
         if path.is_empty() {
             return None;
         }

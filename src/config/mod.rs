@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::check_back::{CheckBackConfig, ProducerConfig};
 pub use crate::http::HttpConfig;
 pub use crate::lease::HaConfig;
 pub use crate::publish::amqp::AmqpConfig;
@@ -39,6 +40,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub retry: RetryConfig,
     pub sweeper: SweeperConfig,
+    pub check_back: CheckBackConfig,
     pub ha: HaConfig,
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
@@ -115,6 +117,7 @@ impl Config {
         self.relay.check(c);
         self.retry.check(c);
         self.sweeper.check(c);
+        self.check_back.check(c);
         self.ha.check(c);
         self.http.check(c);
         self.metrics.check(c);
@@ -140,4 +143,4 @@ mod secret;
 mod validate;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

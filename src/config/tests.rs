@@ -2,7 +2,7 @@
 
 /// Every issue a TOML document gives, one string each (none for a valid config).
 #[cfg(test)]
-fn issues_of(toml: &str) -> Vec<String> {
+pub(crate) fn issues_of(toml: &str) -> Vec<String> {
     use crate::config::*;
     match Config::from_figment(&Figment::from(Toml::string(toml))) {
         Ok(_) => Vec::new(),

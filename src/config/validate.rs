@@ -124,6 +124,8 @@ pub(super) fn relations(c: &Config, checks: &mut Checks) {
         };
         checks.issue(key, message);
     }
+    c.check_back
+        .check_against_stall(c.http.livez_stall_timeout, checks);
     if c.broker.kind != crate::publish::BrokerKind::Kafka
         && c.broker.kafka.delivery == crate::publish::kafka::Delivery::ExactlyOnce
     {

@@ -4,6 +4,7 @@
 //! statement is a file in `src/store/sql/`; nothing else in the crate writes SQL.
 
 mod admin;
+pub mod check_back;
 mod config;
 mod error;
 mod model;
@@ -376,13 +377,13 @@ impl Failures<'_> {
     }
 }
 
-/// Rolls back one batch of expired prepared rows; returns how many.
-pub async fn expire_prepared(pool: &PgPool, limit: u32) -> Result<u64, StoreError> {
-    Ok(sqlx::query(include_str!("sql/expire_prepared.sql"))
+/// Ends one batch of expired prepared rows: rolled back, or parked as dead when they name a
+/// producer. Returns the new status of each.
+pub async fn expire_prepared(pool: &PgPool, limit: u32) -> Result<Vec<MessageStatus>, StoreError> {
+    Ok(sqlx::query_scalar(include_str!("sql/expire_prepared.sql"))
         .bind(i64::from(limit))
-        .execute(pool)
-        .await?
-        .rows_affected())
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Deletes one batch of `status` rows finished more than `retention` ago; returns how many.

@@ -21,6 +21,8 @@ pub const BROKER_ACK: &str = "outbox_relay_broker_ack_seconds";
 pub const BATCH_MESSAGES: &str = "outbox_relay_batch_messages";
 pub const DEAD_NOW: &str = "outbox_relay_dead_messages";
 pub const EXPIRED: &str = "outbox_relay_messages_expired_total";
+pub const CHECKS: &str = "outbox_relay_check_back_total";
+pub const CHECKS_UNCONFIGURED: &str = "outbox_relay_check_back_unconfigured_total";
 pub const PURGED: &str = "outbox_relay_messages_purged_total";
 pub const PASSED_ROWS_FOUND: &str = "outbox_relay_passed_rows_found_total";
 pub const LEADER: &str = "outbox_relay_leader";
@@ -97,7 +99,9 @@ impl Exporter {
 pub fn keep_alive() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)
         .set(1.0);
-    metrics::counter!(EXPIRED).increment(0);
+    for outcome in ["rolled_back", "dead"] {
+        metrics::counter!(EXPIRED, "outcome" => outcome).increment(0);
+    }
     metrics::counter!(PASSED_ROWS_FOUND).increment(0);
     for status in PURGED_STATUSES {
         metrics::counter!(PURGED, "status" => status).increment(0);
@@ -137,8 +141,16 @@ fn describe() {
         "From handing a message to the broker client to the broker's acknowledgement."
     );
     describe_counter!(
+        CHECKS,
+        "Check-back calls to a configured producer, by producer and outcome (committed, rolled_back, unknown, timeout, unreachable, bad_answer)."
+    );
+    describe_counter!(
+        CHECKS_UNCONFIGURED,
+        "Prepared messages due for check-back whose producer is not in check_back.producers: never called."
+    );
+    describe_counter!(
         EXPIRED,
-        "Prepared messages rolled back because they expired."
+        "Prepared messages that expired undecided: rolled back, or parked as dead when they name a check-back producer."
     );
     describe_counter!(
         PURGED,

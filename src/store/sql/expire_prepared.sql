@@ -1,4 +1,7 @@
--- Rolls back one batch of prepared rows whose time to be decided has passed.
+-- Ends one batch of prepared rows whose time to be decided has passed. A row without a producer
+-- is rolled back. A row with one is parked as dead: its writer may have committed, and only
+-- the producer's answer could have told (docs/check-back.md, the safety rule); an operator
+-- requeues it (which commits it) or discards it.
 -- $1: batch size. SKIP LOCKED: a row being committed right now is left to that transaction,
 -- and outbox.commit() itself refuses expired rows.
 WITH due AS (
@@ -11,7 +14,14 @@ WITH due AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE outbox.messages AS m
-   SET status = 'rolled_back', finished_at = clock_timestamp()
+   SET status = CASE WHEN m.producer IS NULL THEN 'rolled_back' ELSE 'dead' END::outbox.message_status,
+       finished_at = clock_timestamp(),
+       last_error = CASE
+           WHEN m.producer IS NULL THEN m.last_error
+           ELSE 'never decided: producer ' || m.producer || ' did not answer committed or rolled_back before expires_at'
+                || coalesce(' (last check: ' || m.last_error || ')', '')
+       END
   FROM due
  WHERE m.id = due.id
    AND m.status = 'prepared'
+RETURNING m.status

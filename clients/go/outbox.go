@@ -1,0 +1,190 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Querier runs one statement and returns its one row. pgx's *pgx.Conn, pgx.Tx and
+// *pgxpool.Pool satisfy it; [Std] adapts database/sql.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// StdQuerier is what database/sql's *sql.DB, *sql.Tx and *sql.Conn have in common.
+type StdQuerier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+type std struct{ q StdQuerier }
+
+func (s std) QueryRow(ctx context.Context, query string, args ...any) pgx.Row {
+	return s.q.QueryRowContext(ctx, query, args...)
+}
+
+// Std makes a database/sql handle (a *sql.DB, *sql.Tx or *sql.Conn) a [Querier].
+func Std(q StdQuerier) Querier { return std{q} }
+
+// Message is what a writer publishes. Destination and Payload are required.
+type Message struct {
+	// Destination is the RabbitMQ exchange, Kafka topic, Redis stream or NSQ topic.
+	Destination string
+	// Payload is the message body, a JSON document.
+	Payload json.RawMessage
+	// Key orders messages: those with the same key reach the broker in commit order.
+	Key string
+	// RoutingKey is RabbitMQ's routing key (defaults to Key).
+	RoutingKey string
+	// Headers are sent as broker headers.
+	Headers map[string]string
+	// DeliverAt delays publication until then ([Enqueue] only).
+	DeliverAt time.Time
+}
+
+// ErrNotPrepared: Confirm or Cancel found no prepared message with that id. It was decided
+// already (by the writer or by check-back), or it expired.
+var ErrNotPrepared = errors.New("outbox: the message is not prepared (decided already, or expired)")
+
+// ErrCheckedFirst: the relay's check-back reached the barrier before the local transaction,
+// and was answered "rolled back". The local transaction must roll back.
+var ErrCheckedFirst = errors.New("outbox: check-back answered rolled_back before this local transaction; roll it back")
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func headers(m Message) (string, error) {
+	if m.Headers == nil {
+		return "{}", nil
+	}
+	b, err := json.Marshal(m.Headers)
+	return string(b), err
+}
+
+func check(m Message) error {
+	if m.Destination == "" {
+		return errors.New("outbox: Message.Destination is required")
+	}
+	if len(m.Payload) == 0 {
+		return errors.New("outbox: Message.Payload is required")
+	}
+	if !json.Valid(m.Payload) {
+		return errors.New("outbox: Message.Payload is not valid JSON")
+	}
+	return nil
+}
+
+//go:embed sql/enqueue.sql
+var enqueueSQL string
+
+// Enqueue writes a committed message with q, which should be the transaction that changes
+// your business data: the message is published if and only if that transaction commits.
+// Returns the message id, which consumers de-duplicate on.
+func Enqueue(ctx context.Context, q Querier, m Message) (string, error) {
+	if err := check(m); err != nil {
+		return "", err
+	}
+	h, err := headers(m)
+	if err != nil {
+		return "", err
+	}
+	var at *time.Time
+	if !m.DeliverAt.IsZero() {
+		at = &m.DeliverAt
+	}
+	var id string
+	err = q.QueryRow(ctx, enqueueSQL, m.Destination, string(m.Payload), nullable(m.Key),
+		nullable(m.RoutingKey), h, at).Scan(&id)
+	if err != nil {
+		return "", fmt.Errorf("outbox: enqueue: %w", err)
+	}
+	return id, nil
+}
+
+//go:embed sql/prepare.sql
+var prepareSQL string
+
+// Prepare writes a prepared message with outboxDB (not inside your local transaction: the
+// message must exist before the local transaction commits). It is published only once
+// confirmed. producer names your service in the relay's [check_back.producers] so that the
+// relay can ask [CheckHandler] if the writer dies before Confirm; "" turns check-back off and
+// the message then rolls back at its ttl. ttl bounds how long it may stay undecided.
+func Prepare(ctx context.Context, outboxDB Querier, m Message, producer string, ttl time.Duration) (string, error) {
+	if err := check(m); err != nil {
+		return "", err
+	}
+	if !m.DeliverAt.IsZero() {
+		return "", errors.New("outbox: Message.DeliverAt is for Enqueue only")
+	}
+	if ttl <= 0 {
+		return "", errors.New("outbox: ttl must be positive")
+	}
+	h, err := headers(m)
+	if err != nil {
+		return "", err
+	}
+	var id string
+	err = outboxDB.QueryRow(ctx, prepareSQL, m.Destination, string(m.Payload), nullable(m.Key),
+		nullable(m.RoutingKey), h, ttl.Milliseconds(), nullable(producer)).Scan(&id)
+	if err != nil {
+		return "", fmt.Errorf("outbox: prepare: %w", err)
+	}
+	return id, nil
+}
+
+//go:embed sql/barrier_commit.sql
+var barrierCommitSQL string
+
+// InLocalTx writes the barrier row that says the local transaction localTx commits message
+// id. Call it inside that transaction, before its commit. It returns [ErrCheckedFirst] when
+// check-back answered first; roll localTx back then.
+func InLocalTx(ctx context.Context, localTx Querier, id string) error {
+	var inserted int
+	err := localTx.QueryRow(ctx, barrierCommitSQL, id).Scan(&inserted)
+	if err != nil {
+		return fmt.Errorf("outbox: barrier: %w", err)
+	}
+	if inserted == 0 {
+		return ErrCheckedFirst
+	}
+	return nil
+}
+
+//go:embed sql/confirm.sql
+var confirmSQL string
+
+//go:embed sql/cancel.sql
+var cancelSQL string
+
+// Confirm commits prepared message id after the local transaction committed: the relay
+// publishes it. Returns [ErrNotPrepared] if it was decided already or expired.
+func Confirm(ctx context.Context, outboxDB Querier, id string) error {
+	return decide(ctx, outboxDB, confirmSQL, id, "confirm")
+}
+
+// Cancel rolls back prepared message id after the local transaction rolled back: it is never
+// published. Returns [ErrNotPrepared] if it was decided already or expired.
+func Cancel(ctx context.Context, outboxDB Querier, id string) error {
+	return decide(ctx, outboxDB, cancelSQL, id, "cancel")
+}
+
+func decide(ctx context.Context, q Querier, query, id, what string) error {
+	var changed bool
+	if err := q.QueryRow(ctx, query, id).Scan(&changed); err != nil {
+		return fmt.Errorf("outbox: %s: %w", what, err)
+	}
+	if !changed {
+		return ErrNotPrepared
+	}
+	return nil
+}

@@ -1,0 +1,1 @@
+SELECT outbox.rollback($1::uuid)

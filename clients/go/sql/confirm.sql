@@ -1,0 +1,1 @@
+SELECT outbox.commit($1::uuid)

@@ -1,0 +1,9 @@
+-- No decision yet (`unknown`, an error, a timeout, an unconfigured producer): ask again after
+-- the row's delay. $1: message ids, $2: delays in milliseconds, $3: what happened, per row.
+UPDATE outbox.messages AS m
+   SET checks = m.checks + 1,
+       next_check_at = clock_timestamp() + later.delay_ms * interval '1 millisecond',
+       last_error = later.reason
+  FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS later(message_id, delay_ms, reason)
+ WHERE m.message_id = later.message_id
+   AND m.status = 'prepared'
