@@ -3,7 +3,6 @@ package outbox_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
@@ -13,32 +12,33 @@ import (
 	"github.com/outbox-relay/outbox-relay/clients/go/outbox"
 )
 
-// The two-phase flow of a service whose own data is not in the outbox's database.
+// placeOrder is the two-phase flow of a service whose own data is not in the outbox's
+// database. The README shows its body; TestPlaceOrder runs it.
+func placeOrder(ctx context.Context, outboxDB, localDB *pgxpool.Pool, msg outbox.Message) error {
+	id, err := outbox.Prepare(ctx, outboxDB, msg, "orders", 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	err = pgx.BeginFunc(ctx, localDB, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO orders (id) VALUES ($1)", 42); err != nil {
+			return err
+		}
+		return outbox.InLocalTx(ctx, tx, id) // the barrier row
+	})
+	if err != nil {
+		_ = outbox.Cancel(ctx, outboxDB, id)
+		return err
+	}
+	return outbox.Confirm(ctx, outboxDB, id) // a crash before this is what check-back covers
+}
+
 func Example() {
 	ctx := context.Background()
 	outboxDB, _ := pgxpool.New(ctx, "postgres://app@outbox-db/app")
 	localDB, _ := pgxpool.New(ctx, "postgres://app@orders-db/orders")
-
 	msg := outbox.Message{Destination: "orders", Key: "order-42", Payload: json.RawMessage(`{"order":42}`)}
-	id, err := outbox.Prepare(ctx, outboxDB, msg, "orders", 5*time.Minute)
-	if err != nil {
-		return
-	}
-	err = pgx.BeginFunc(ctx, localDB, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "INSERT INTO orders (id) VALUES (42)"); err != nil {
-			return err
-		}
-		return outbox.InLocalTx(ctx, tx, id) // the barrier row, committed with the order
-	})
-	if err != nil {
-		_ = outbox.Cancel(ctx, outboxDB, id)
-		return
-	}
-	// If the process dies here, the relay asks the handler below, which answers "committed".
-	if err := outbox.Confirm(ctx, outboxDB, id); err != nil && !errors.Is(err, outbox.ErrNotPrepared) {
-		return
-	}
+	_ = placeOrder(ctx, outboxDB, localDB, msg)
 
-	// Serve check-back at the url of [check_back.producers.orders] in the relay's config.
+	// The check-back endpoint, at the url of [check_back.producers.orders] in the relay's config:
 	http.Handle("/outbox/check", outbox.CheckHandler(localDB))
 }

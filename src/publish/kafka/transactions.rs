@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -323,6 +323,23 @@ async fn enqueue(
     }
 }
 
+/// The progress reader's client context. Reaching the partition's end is how the reader knows
+/// it read everything; librdkafka also reports each as a client-wide error event, which the
+/// default context logs at ERROR on every start of an exactly-once relay.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::trace!(reason, "progress reader reached the end of the topic");
+        } else {
+            tracing::error!(error = %error, reason, "librdkafka: progress reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Reads the progress topic's single partition backwards in growing steps, up to its last
 /// stable offset, for the last record keyed `id`.
 fn read_last(
@@ -331,7 +348,7 @@ fn read_last(
     id: &str,
     timeout: Duration,
 ) -> Result<Progress, KafkaError> {
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
     let (low, high) = consumer.fetch_watermarks(topic, 0, Timeout::After(timeout))?;
     let mut look_back = FIRST_LOOK_BACK;
     loop {
