@@ -1,6 +1,7 @@
 //! Kafka alone at a fixed rate: the broker's own share of commit-to-receive latency, with no
 //! relay and no database, measured in the same run as the relay's latency parts.
 
+use outbox_relay::publish::kafka::serve_reports;
 use rdkafka::producer::Producer;
 
 use super::*;
@@ -170,7 +171,7 @@ async fn in_transactions(topic: &str, rate: u32, total: u64) -> Receipts {
         let (flag, p) = (stop.clone(), producer.clone());
         let poller = tokio::task::spawn_blocking(move || {
             while !flag.load(Ordering::Relaxed) {
-                p.poll(Duration::from_millis(1));
+                serve_reports(&p);
             }
         });
         while reports.next().await.is_some() {}
