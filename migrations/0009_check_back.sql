@@ -18,9 +18,26 @@ COMMENT ON COLUMN outbox.messages.next_check_at IS
 CREATE INDEX messages_check_back_idx ON outbox.messages (created_at)
     WHERE status = 'prepared' AND producer IS NOT NULL;
 
--- The old signature goes: a second function with one more defaulted argument would make every
--- call that leaves it out ambiguous. Positional and named calls of the old form still resolve.
+-- The old signature goes: a second function with more defaulted arguments would make every
+-- call that leaves them out ambiguous. Positional and named calls of the old form still resolve.
+-- New: `producer` (check-back) and `deliver_at` (as enqueue has it: the message is published
+-- no earlier, even when committed before).
 DROP FUNCTION outbox.prepare(text, jsonb, text, text, jsonb, interval);
+
+-- The checks of a prepared message's own arguments, shared with prepare_bytes (0010).
+CREATE FUNCTION outbox.check_prepare_args(ttl interval, producer text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF ttl IS NULL OR ttl <= interval '0' THEN
+        RAISE EXCEPTION 'outbox: ttl must be a positive interval, got %', ttl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF producer IS NOT NULL AND producer !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+        RAISE EXCEPTION 'outbox: producer must be 1 to 64 letters, digits, _ or -, got %', producer
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
 
 CREATE FUNCTION outbox.prepare(
     destination text,
@@ -29,7 +46,8 @@ CREATE FUNCTION outbox.prepare(
     routing_key text DEFAULT NULL,
     headers jsonb DEFAULT '{}',
     ttl interval DEFAULT '5 minutes',
-    producer text DEFAULT NULL
+    producer text DEFAULT NULL,
+    deliver_at timestamptz DEFAULT NULL
 ) RETURNS uuid
     LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -39,19 +57,30 @@ BEGIN
     IF prepare.payload IS NULL THEN
         RAISE EXCEPTION 'outbox: payload must not be null' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF prepare.ttl IS NULL OR prepare.ttl <= interval '0' THEN
-        RAISE EXCEPTION 'outbox: ttl must be a positive interval, got %', prepare.ttl
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF prepare.producer IS NOT NULL AND prepare.producer !~ '^[A-Za-z0-9_-]{1,64}$' THEN
-        RAISE EXCEPTION 'outbox: producer must be 1 to 64 letters, digits, _ or -, got %', prepare.producer
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    INSERT INTO outbox.messages AS m (status, destination, payload, message_key, routing_key, headers, expires_at, producer)
+    PERFORM outbox.check_prepare_args(prepare.ttl, prepare.producer);
+    INSERT INTO outbox.messages AS m (status, destination, payload, message_key, routing_key, headers, expires_at,
+                                      producer, available_at)
     VALUES ('prepared', prepare.destination, convert_to(prepare.payload::text, 'UTF8'), prepare.message_key,
-            prepare.routing_key, prepare.headers, clock_timestamp() + prepare.ttl, prepare.producer)
+            prepare.routing_key, prepare.headers, clock_timestamp() + prepare.ttl, prepare.producer,
+            coalesce(prepare.deliver_at, now()))
     RETURNING m.message_id INTO new_id;
     RETURN new_id;
+END
+$$;
+
+-- Committing keeps a deliver_at given to prepare: the row becomes due at the later of the two.
+CREATE OR REPLACE FUNCTION outbox.commit(message_id uuid) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    changed integer;
+BEGIN
+    UPDATE outbox.messages m
+       SET status = 'committed', available_at = greatest(m.available_at, clock_timestamp()), last_error = NULL
+     WHERE m.message_id = commit.message_id
+       AND m.status = 'prepared'
+       AND m.expires_at > clock_timestamp();
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    RETURN changed > 0;
 END
 $$;
 
@@ -63,7 +92,7 @@ CREATE FUNCTION outbox.commit_checked(ids uuid[]) RETURNS SETOF uuid
     LANGUAGE sql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp AS $$
     UPDATE outbox.messages AS m
-       SET status = 'committed', available_at = clock_timestamp(), last_error = NULL
+       SET status = 'committed', available_at = greatest(m.available_at, clock_timestamp()), last_error = NULL
      WHERE m.message_id = ANY (ids)
        AND m.status = 'prepared'
        AND m.expires_at > clock_timestamp()

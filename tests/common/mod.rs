@@ -90,6 +90,10 @@ pub fn unique(prefix: &str) -> String {
 /// the migrations) and nothing else. Shared by all tests; roles are cluster-wide.
 pub const RELAY_LOGIN: &str = "outbox_relay_test";
 
+/// The login role the tests' writes go through: a member of `outbox_writer` and nothing else,
+/// as the README tells applications to set theirs up.
+pub const WRITER_LOGIN: &str = "outbox_writer_test";
+
 /// A database of its own for one test, migrated.
 pub struct TestDb {
     pub name: String,
@@ -98,6 +102,9 @@ pub struct TestDb {
     /// The same database as [`RELAY_LOGIN`]: what the relay under test uses.
     pub relay_url: String,
     pub pool: PgPool,
+    /// As [`WRITER_LOGIN`]: the helpers that write messages (`enqueue`, `prepare`, `commit`,
+    /// `rollback`) use it.
+    pub writer: PgPool,
 }
 
 /// How [`TestDb::create`] makes the database; the default is the tests' way.
@@ -151,15 +158,26 @@ impl TestDb {
         }
         .expect("connect to test database");
         outbox_relay::store::migrate(&pool).await.expect("migrate");
-        create_relay_login(&pool).await;
-        let mut relay_url = url::Url::parse(&url).unwrap();
-        relay_url.set_username(RELAY_LOGIN).unwrap();
-        relay_url.set_password(None).unwrap();
+        create_login(&pool, RELAY_LOGIN, "outbox_relay").await;
+        create_login(&pool, WRITER_LOGIN, "outbox_writer").await;
+        let as_login = |login: &str| {
+            let mut u = url::Url::parse(&url).unwrap();
+            u.set_username(login).unwrap();
+            u.set_password(None).unwrap();
+            u.to_string()
+        };
+        let relay_url = as_login(RELAY_LOGIN);
+        let writer = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&as_login(WRITER_LOGIN))
+            .await
+            .expect("connect as the writer's login role");
         Self {
             name,
             url,
-            relay_url: relay_url.to_string(),
+            relay_url,
             pool,
+            writer,
         }
     }
 
@@ -182,7 +200,7 @@ impl TestDb {
             .bind(destination)
             .bind(payload)
             .bind(key)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .expect("enqueue")
     }
@@ -204,7 +222,7 @@ impl TestDb {
         .bind(from)
         .bind(to)
         .bind(keys)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .expect("enqueue many")
     }
@@ -220,7 +238,7 @@ impl TestDb {
             .bind(destination)
             .bind(payload)
             .bind(key)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .expect("prepare")
     }
@@ -240,7 +258,7 @@ impl TestDb {
         .bind(payload)
         .bind(key)
         .bind(ttl)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .expect("prepare with a ttl")
     }
@@ -249,7 +267,7 @@ impl TestDb {
     pub async fn commit(&self, id: Uuid) -> bool {
         sqlx::query_scalar("SELECT outbox.commit($1)")
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .expect("commit")
     }
@@ -258,7 +276,7 @@ impl TestDb {
     pub async fn rollback(&self, id: Uuid) -> bool {
         sqlx::query_scalar("SELECT outbox.rollback($1)")
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .expect("rollback")
     }
@@ -327,22 +345,22 @@ impl TestDb {
     }
 }
 
-/// Creates [`RELAY_LOGIN`] if it does not exist. Tests create it concurrently: a lost race
-/// shows as duplicate_object or unique_violation. The local cluster trusts loopback
-/// connections, so the role needs no password.
-async fn create_relay_login(pool: &PgPool) {
+/// Creates `login` as a member of `role` if it does not exist. Tests create it concurrently:
+/// a lost race shows as duplicate_object or unique_violation. The local cluster trusts
+/// loopback connections, so the role needs no password.
+async fn create_login(pool: &PgPool, login: &str, role: &str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DO $$
          BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{RELAY_LOGIN}') THEN
-                 CREATE ROLE {RELAY_LOGIN} LOGIN IN ROLE outbox_relay;
+             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{login}') THEN
+                 CREATE ROLE {login} LOGIN IN ROLE {role};
              END IF;
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
          END $$"
     )))
     .execute(pool)
     .await
-    .expect("create the relay's login role");
+    .expect("create a login role");
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.

@@ -7,6 +7,7 @@ mod api;
 mod claims;
 mod fence;
 mod outcomes;
+mod writer;
 
 use common::TestDb;
 use serde_json::json;
