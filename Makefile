@@ -22,8 +22,7 @@ bench:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	@unformatted=$$(gofmt -l clients/go); test -z "$$unformatted" || { echo "gofmt: $$unformatted"; exit 1; }
-	cd clients/go && go vet ./...
+	scripts/clients.sh lint
 
 # Dependency licences, banned/duplicate crates and sources (crates.io only), per deny.toml.
 # Offline checks only: advisories need the RustSec database from GitHub.

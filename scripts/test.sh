@@ -14,11 +14,6 @@ eval "$services_env"
 scripts/services.sh drop-scratch-dbs t
 status=0
 cargo nextest run --no-fail-fast "$@" || status=$?
-# The client libraries, against the same Postgres; each migrates its databases with the relay
-# binary, as users do.
-cargo build --quiet --bin outbox-relay
-(
-  cd clients/go
-  OUTBOX_TEST_RELAY_BIN="$ROOT/target/debug/outbox-relay" go test -count=1 ./...
-) || status=$?
+# The client libraries, against the same Postgres.
+scripts/clients.sh test || status=$?
 exit "$status"

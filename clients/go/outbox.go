@@ -32,19 +32,23 @@ func (s std) QueryRow(ctx context.Context, query string, args ...any) pgx.Row {
 // Std makes a database/sql handle (a *sql.DB, *sql.Tx or *sql.Conn) a [Querier].
 func Std(q StdQuerier) Querier { return std{q} }
 
-// Message is what a writer publishes. Destination and Payload are required.
+// Message is what a writer publishes. The SQL API checks it: a bad one fails with the
+// *pgconn.PgError it raised (SQLSTATE 22023, its message intact), and nothing is written.
 type Message struct {
 	// Destination is the RabbitMQ exchange, Kafka topic, Redis stream or NSQ topic.
 	Destination string
-	// Payload is the message body, a JSON document.
-	Payload json.RawMessage
+	// Payload is the message body, a JSON document; or any bytes when ContentType is set
+	// (Avro, Protobuf, ...).
+	Payload []byte
+	// ContentType marks Payload as bytes of this type; empty means JSON.
+	ContentType string
 	// Key orders messages: those with the same key reach the broker in commit order.
 	Key string
 	// RoutingKey is RabbitMQ's routing key (defaults to Key).
 	RoutingKey string
 	// Headers are sent as broker headers.
 	Headers map[string]string
-	// DeliverAt delays publication until then ([Enqueue] only).
+	// DeliverAt delays publication until then (for a prepared message, once it is committed).
 	DeliverAt time.Time
 }
 
@@ -71,41 +75,46 @@ func headers(m Message) (string, error) {
 	return string(b), err
 }
 
-func check(m Message) error {
-	if m.Destination == "" {
-		return errors.New("outbox: Message.Destination is required")
+func deliverAt(m Message) *time.Time {
+	if m.DeliverAt.IsZero() {
+		return nil
 	}
-	if len(m.Payload) == 0 {
-		return errors.New("outbox: Message.Payload is required")
+	return &m.DeliverAt
+}
+
+// payload is the SQL argument of Payload: text for the jsonb forms (NULL when empty, which the
+// SQL API refuses with its own message), the bytes for the binary forms.
+func payload(m Message) any {
+	if m.ContentType != "" {
+		return m.Payload
 	}
-	if !json.Valid(m.Payload) {
-		return errors.New("outbox: Message.Payload is not valid JSON")
+	if m.Payload == nil {
+		return nil
 	}
-	return nil
+	return string(m.Payload)
 }
 
 //go:embed sql/enqueue.sql
 var enqueueSQL string
 
+//go:embed sql/enqueue_bytes.sql
+var enqueueBytesSQL string
+
 // Enqueue writes a committed message with q, which should be the transaction that changes
 // your business data: the message is published if and only if that transaction commits.
 // Returns the message id, which consumers de-duplicate on.
 func Enqueue(ctx context.Context, q Querier, m Message) (string, error) {
-	if err := check(m); err != nil {
-		return "", err
-	}
 	h, err := headers(m)
 	if err != nil {
 		return "", err
 	}
-	var at *time.Time
-	if !m.DeliverAt.IsZero() {
-		at = &m.DeliverAt
+	query, args := enqueueSQL, []any{m.Destination, payload(m), nullable(m.Key), nullable(m.RoutingKey), h, deliverAt(m)}
+	if m.ContentType != "" {
+		query = enqueueBytesSQL
+		args = append(args[:2], append([]any{m.ContentType}, args[2:]...)...)
 	}
 	var id string
-	err = q.QueryRow(ctx, enqueueSQL, m.Destination, string(m.Payload), nullable(m.Key),
-		nullable(m.RoutingKey), h, at).Scan(&id)
-	if err != nil {
+	if err := q.QueryRow(ctx, query, args...).Scan(&id); err != nil {
 		return "", fmt.Errorf("outbox: enqueue: %w", err)
 	}
 	return id, nil
@@ -114,29 +123,27 @@ func Enqueue(ctx context.Context, q Querier, m Message) (string, error) {
 //go:embed sql/prepare.sql
 var prepareSQL string
 
+//go:embed sql/prepare_bytes.sql
+var prepareBytesSQL string
+
 // Prepare writes a prepared message with outboxDB (not inside your local transaction: the
 // message must exist before the local transaction commits). It is published only once
 // confirmed. producer names your service in the relay's [check_back.producers] so that the
 // relay can ask [CheckHandler] if the writer dies before Confirm; "" turns check-back off and
 // the message then rolls back at its ttl. ttl bounds how long it may stay undecided.
 func Prepare(ctx context.Context, outboxDB Querier, m Message, producer string, ttl time.Duration) (string, error) {
-	if err := check(m); err != nil {
-		return "", err
-	}
-	if !m.DeliverAt.IsZero() {
-		return "", errors.New("outbox: Message.DeliverAt is for Enqueue only")
-	}
-	if ttl <= 0 {
-		return "", errors.New("outbox: ttl must be positive")
-	}
 	h, err := headers(m)
 	if err != nil {
 		return "", err
 	}
+	query, args := prepareSQL, []any{m.Destination, payload(m), nullable(m.Key), nullable(m.RoutingKey), h,
+		ttl.Milliseconds(), nullable(producer), deliverAt(m)}
+	if m.ContentType != "" {
+		query = prepareBytesSQL
+		args = append(args[:2], append([]any{m.ContentType}, args[2:]...)...)
+	}
 	var id string
-	err = outboxDB.QueryRow(ctx, prepareSQL, m.Destination, string(m.Payload), nullable(m.Key),
-		nullable(m.RoutingKey), h, ttl.Milliseconds(), nullable(producer)).Scan(&id)
-	if err != nil {
+	if err := outboxDB.QueryRow(ctx, query, args...).Scan(&id); err != nil {
 		return "", fmt.Errorf("outbox: prepare: %w", err)
 	}
 	return id, nil

@@ -106,29 +106,32 @@ func TestPrepareThenConfirmOrCancelOnce(t *testing.T) {
 	}
 }
 
-func TestBadInputIsRefusedWithAReason(t *testing.T) {
+func TestBadInputFailsWithTheSQLAPIsErrorAndWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	db := outboxDB(t)
 	bad := []struct {
-		m    outbox.Message
-		want string
+		call       func() error
+		code, want string
 	}{
-		{outbox.Message{Payload: json.RawMessage(`{}`)}, "Destination"},
-		{outbox.Message{Destination: "d"}, "Payload"},
-		{outbox.Message{Destination: "d", Payload: json.RawMessage(`{`)}, "JSON"},
+		{func() error { _, err := outbox.Enqueue(ctx, db, outbox.Message{Payload: []byte(`{}`)}); return err }, "22023", "destination"},
+		{func() error { _, err := outbox.Enqueue(ctx, db, outbox.Message{Destination: "d"}); return err }, "22023", "payload"},
+		{func() error {
+			_, err := outbox.Enqueue(ctx, db, outbox.Message{Destination: "d", Payload: []byte(`{`)})
+			return err
+		}, "22P02", "json"},
+		{func() error { _, err := outbox.Prepare(ctx, db, order, "", 0); return err }, "22023", "ttl"},
+		{func() error { _, err := outbox.Prepare(ctx, db, order, "no spaces allowed", time.Minute); return err }, "22023", "producer"},
 	}
-	for _, b := range bad {
-		if _, err := outbox.Enqueue(ctx, db, b.m); err == nil || !strings.Contains(err.Error(), b.want) {
-			t.Errorf("Enqueue(%+v): %v, want an error naming %s", b.m, err, b.want)
+	for i, b := range bad {
+		var pgErr *pgconn.PgError
+		if err := b.call(); !errors.As(err, &pgErr) || pgErr.Code != b.code || !strings.Contains(pgErr.Message, b.want) {
+			t.Errorf("case %d: %v, want SQLSTATE %s naming %s", i, err, b.code, b.want)
 		}
 	}
-	if _, err := outbox.Prepare(ctx, db, order, "", 0); err == nil {
-		t.Error("a zero ttl was accepted")
-	}
-	_, err := outbox.Prepare(ctx, db, order, "no spaces allowed", time.Minute)
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "22023" || !strings.Contains(pgErr.Message, "producer") {
-		t.Errorf("a bad producer name: %v", err)
+	var n int
+	_ = db.QueryRow(ctx, "SELECT count(*) FROM outbox.messages").Scan(&n)
+	if n != 0 {
+		t.Fatalf("bad calls wrote %d rows", n)
 	}
 }
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The client libraries (clients/*), each with its own ecosystem's tools.
+#   scripts/clients.sh lint   formatters, linters and type checks
+#   scripts/clients.sh test   their tests against the Postgres of scripts/services.sh (the
+#                             caller has it up and OUTBOX_TEST_DATABASE_URL set, as test.sh does)
+# Python's tools live in clients/python/.venv, installed from PyPI at the versions
+# clients/python/pyproject.toml pins, again only when that file changes.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+python_env() {
+  local venv=clients/python/.venv stamp
+  stamp=$(sha256sum clients/python/pyproject.toml | cut -d' ' -f1)
+  if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ]; then
+    python3 -m venv "$venv"
+    python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]))' \
+      clients/python/pyproject.toml | xargs "$venv/bin/pip" install --quiet --disable-pip-version-check
+    echo "$stamp" >"$venv/.installed"
+  fi
+}
+
+lint() {
+  local unformatted
+  unformatted=$(gofmt -l clients/go)
+  if [ -n "$unformatted" ]; then
+    echo "gofmt: $unformatted" >&2
+    exit 1
+  fi
+  (cd clients/go && go vet ./...)
+  python_env
+  (cd clients/python && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy)
+}
+
+test_all() {
+  # The libraries migrate their databases with the relay binary, as users do.
+  cargo build --quiet --bin outbox-relay
+  export OUTBOX_TEST_RELAY_BIN="$ROOT/target/debug/outbox-relay"
+  python_env
+  local status=0
+  (cd clients/go && go test -count=1 ./...) || status=$?
+  (cd clients/python && .venv/bin/pytest -q) || status=$?
+  return "$status"
+}
+
+case "${1:-}" in
+  lint) lint ;;
+  test) test_all ;;
+  *)
+    echo "usage: $0 lint|test" >&2
+    exit 2
+    ;;
+esac
