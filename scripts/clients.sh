@@ -4,7 +4,8 @@
 #   scripts/clients.sh test   their tests against the Postgres of scripts/services.sh (the
 #                             caller has it up and OUTBOX_TEST_DATABASE_URL set, as test.sh does)
 # Python's tools live in clients/python/.venv, installed from PyPI at the versions
-# clients/python/pyproject.toml pins, again only when that file changes.
+# clients/python/pyproject.toml pins; TypeScript's in clients/typescript/node_modules, from npm
+# as package-lock.json pins them. Each is installed again only when that file changes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -20,6 +21,15 @@ python_env() {
   fi
 }
 
+node_env() {
+  local dir=clients/typescript stamp
+  stamp=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$dir/node_modules/.installed" 2>/dev/null)" != "$stamp" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$stamp" >"$dir/node_modules/.installed"
+  fi
+}
+
 lint() {
   local unformatted
   unformatted=$(gofmt -l clients/go)
@@ -30,6 +40,8 @@ lint() {
   (cd clients/go && go vet ./...)
   python_env
   (cd clients/python && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy)
+  node_env
+  (cd clients/typescript && npm run --silent lint)
 }
 
 test_all() {
@@ -37,9 +49,11 @@ test_all() {
   cargo build --quiet --bin outbox-relay
   export OUTBOX_TEST_RELAY_BIN="$ROOT/target/debug/outbox-relay"
   python_env
+  node_env
   local status=0
   (cd clients/go && go test -count=1 ./...) || status=$?
   (cd clients/python && .venv/bin/pytest -q) || status=$?
+  (cd clients/typescript && npm test --silent) || status=$?
   return "$status"
 }
 
