@@ -5,7 +5,8 @@
 #                             caller has it up and OUTBOX_TEST_DATABASE_URL set, as test.sh does)
 # Python's tools live in clients/python/.venv, installed from PyPI at the versions
 # clients/python/pyproject.toml pins; TypeScript's in clients/typescript/node_modules, from npm
-# as package-lock.json pins them. Each is installed again only when that file changes.
+# as package-lock.json pins them. Each is installed again only when that file changes. Java's
+# come from Maven Central into ~/.m2, as clients/java/pom.xml pins them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -42,6 +43,8 @@ lint() {
   (cd clients/python && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy)
   node_env
   (cd clients/typescript && npm run --silent lint)
+  # google-java-format, and javac's every lint warning as an error (the tests' too).
+  (cd clients/java && mvn -q -B -Dstyle.color=never spotless:check test-compile)
 }
 
 test_all() {
@@ -54,6 +57,7 @@ test_all() {
   (cd clients/go && go test -count=1 ./...) || status=$?
   (cd clients/python && .venv/bin/pytest -q) || status=$?
   (cd clients/typescript && npm test --silent) || status=$?
+  (cd clients/java && mvn -q -B -Dstyle.color=never test) || status=$?
   return "$status"
 }
 
