@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The client libraries (clients/*), each with its own ecosystem's tools.
 #   scripts/clients.sh lint   formatters, linters and type checks
+#   scripts/clients.sh setup  install each library's tools and build what tests/clients_e2e.rs
+#                             runs (test.sh runs it before the Rust tests)
 #   scripts/clients.sh test   their tests against the Postgres of scripts/services.sh (the
 #                             caller has it up and OUTBOX_TEST_DATABASE_URL set, as test.sh does)
 # Python's tools live in clients/python/.venv, installed from PyPI at the versions
@@ -29,6 +31,14 @@ node_env() {
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
     echo "$stamp" >"$dir/node_modules/.installed"
   fi
+}
+
+setup() {
+  python_env
+  node_env
+  # The Java writer of tests/clients_e2e.rs runs from the compiled test classes.
+  (cd clients/java && mvn -q -B -Dstyle.color=never test-compile dependency:build-classpath \
+    -Dmdep.outputFile=target/classpath.txt -Dmdep.includeScope=test)
 }
 
 lint() {
@@ -62,10 +72,11 @@ test_all() {
 }
 
 case "${1:-}" in
+  setup) setup ;;
   lint) lint ;;
   test) test_all ;;
   *)
-    echo "usage: $0 lint|test" >&2
+    echo "usage: $0 setup|lint|test" >&2
     exit 2
     ;;
 esac

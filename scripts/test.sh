@@ -12,6 +12,8 @@ fi
 services_env=$(scripts/services.sh up)
 eval "$services_env"
 scripts/services.sh drop-scratch-dbs t
+# What tests/clients_e2e.rs runs: the client libraries' tools and example writers.
+scripts/clients.sh setup
 status=0
 cargo nextest run --no-fail-fast "$@" || status=$?
 # The client libraries, against the same Postgres.
