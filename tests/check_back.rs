@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{start_relay, test_config, unique, wait_for, Rabbit, RunningRelay, TestDb};
+use common::{
+    start_relay, test_config, unique, wait_for, Rabbit, RunningRelay, TestDb, WRITER_LOGIN,
+};
 use outbox_relay::config::{ProducerConfig, SecretUrl};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -61,6 +63,13 @@ async fn serve(bin: &PathBuf, local: &TestDb, addr: &str) -> Service {
     Service { _child: child, url }
 }
 
+/// The outbox's URL as the tests' member of `outbox_writer`, as an application writes.
+fn writer_url(db: &TestDb) -> String {
+    let mut u = url::Url::parse(&db.url).unwrap();
+    u.set_username(WRITER_LOGIN).unwrap();
+    u.to_string()
+}
+
 /// One two-phase write, driven step by step.
 struct Write {
     child: Child,
@@ -81,7 +90,7 @@ impl Write {
         ttl: &str,
     ) -> Self {
         let mut child = Command::new(bin)
-            .args(["write", "-outbox", &db.url, "-local", &local.url])
+            .args(["write", "-outbox", &writer_url(db), "-local", &local.url])
             .args(["-producer", PRODUCER, "-destination", exchange, "-key", "k"])
             .args(["-order", &order.to_string(), "-ttl", ttl])
             .stdin(Stdio::piped())

@@ -75,17 +75,37 @@ func freshDB(t *testing.T, prefix string) (*pgxpool.Pool, string) {
 	return pool, u.String()
 }
 
-// outboxDB is a migrated outbox database.
-func outboxDB(t *testing.T) *pgxpool.Pool {
+// outboxDB is a migrated outbox database: a pool as a member of outbox_writer, as applications
+// write, and one as the owner, to read rows back.
+func outboxDB(t *testing.T) (writer, owner *pgxpool.Pool) {
 	t.Helper()
-	pool, dbURL := freshDB(t, "outbox")
+	owner, dbURL := freshDB(t, "outbox")
 	cmd := exec.Command(relayBin(t), "migrate")
 	cmd.Env = append(os.Environ(), "OUTBOX_RELAY__DATABASE__URL="+dbURL, "OUTBOX_RELAY__LOG__FORMAT=text")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("outbox-relay migrate: %v\n%s", err, out)
 	}
-	return pool
+	ctx := context.Background()
+	_, err := owner.Exec(ctx, `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '`+writerLogin+`') THEN
+			CREATE ROLE `+writerLogin+` LOGIN IN ROLE outbox_writer;
+		END IF;
+	EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+	END $$`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(dbURL)
+	u.User = url.User(writerLogin)
+	writer, err = pgxpool.New(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(writer.Close)
+	return writer, owner
 }
+
+const writerLogin = "outbox_writer_test"
 
 // localDB is the writer's own database, with the barrier table.
 func localDB(t *testing.T) *pgxpool.Pool {

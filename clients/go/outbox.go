@@ -195,3 +195,42 @@ func decide(ctx context.Context, q Querier, query, id, what string) error {
 	}
 	return nil
 }
+
+//go:embed sql/extend.sql
+var extendSQL string
+
+// Extend gives prepared message id ttl more time from now, for local work that takes longer
+// than planned. It returns false if the message is not prepared (any more) or has expired.
+func Extend(ctx context.Context, outboxDB Querier, id string, ttl time.Duration) (bool, error) {
+	var extended bool
+	if err := outboxDB.QueryRow(ctx, extendSQL, id, ttl.Milliseconds()).Scan(&extended); err != nil {
+		return false, fmt.Errorf("outbox: extend: %w", err)
+	}
+	return extended, nil
+}
+
+// Status is what became of a message.
+type Status struct {
+	// Status is prepared, committed, rolled_back, published or dead.
+	Status   string
+	Attempts int
+	// LastError is the last failure, if any.
+	LastError *string
+	// PublishedAt is when the broker confirmed it, if it did.
+	PublishedAt *time.Time
+}
+
+//go:embed sql/status.sql
+var statusSQL string
+
+// MessageStatus reports what became of message id; ok is false for an unknown id.
+func MessageStatus(ctx context.Context, q Querier, id string) (s Status, ok bool, err error) {
+	err = q.QueryRow(ctx, statusSQL, id).Scan(&s.Status, &s.Attempts, &s.LastError, &s.PublishedAt)
+	if errors.Is(err, pgx.ErrNoRows) || errors.Is(err, sql.ErrNoRows) {
+		return Status{}, false, nil
+	}
+	if err != nil {
+		return Status{}, false, fmt.Errorf("outbox: status: %w", err)
+	}
+	return s, true, nil
+}

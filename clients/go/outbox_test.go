@@ -29,7 +29,7 @@ var order = outbox.Message{
 
 func TestEnqueueCommitsWithTheCallersTransaction(t *testing.T) {
 	ctx := context.Background()
-	db := outboxDB(t)
+	db, owner := outboxDB(t)
 	for _, commit := range []bool{true, false} {
 		tx, err := db.Begin(ctx)
 		if err != nil {
@@ -43,14 +43,14 @@ func TestEnqueueCommitsWithTheCallersTransaction(t *testing.T) {
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
-			r := readRow(t, db, id)
+			r := readRow(t, owner, id)
 			if r.status != "committed" || r.destination != "orders" || *r.key != "order-42" || r.producer != nil {
 				t.Fatalf("committed row: %+v", r)
 			}
 		} else {
 			_ = tx.Rollback(ctx)
 			var n int
-			_ = db.QueryRow(ctx, "SELECT count(*) FROM outbox.messages WHERE message_id = $1", id).Scan(&n)
+			_ = owner.QueryRow(ctx, "SELECT count(*) FROM outbox.messages WHERE message_id = $1", id).Scan(&n)
 			if n != 0 {
 				t.Fatalf("a rolled-back transaction left its message")
 			}
@@ -60,7 +60,7 @@ func TestEnqueueCommitsWithTheCallersTransaction(t *testing.T) {
 
 func TestDatabaseSQLHandlesWork(t *testing.T) {
 	ctx := context.Background()
-	db := outboxDB(t)
+	db, owner := outboxDB(t)
 	std := stdlib.OpenDBFromPool(db)
 	defer std.Close()
 	tx, err := std.BeginTx(ctx, nil)
@@ -74,7 +74,7 @@ func TestDatabaseSQLHandlesWork(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if r := readRow(t, db, id); r.status != "committed" {
+	if r := readRow(t, owner, id); r.status != "committed" {
 		t.Fatalf("%+v", r)
 	}
 	var _ outbox.StdQuerier = (*sql.Conn)(nil)
@@ -82,7 +82,7 @@ func TestDatabaseSQLHandlesWork(t *testing.T) {
 
 func TestPrepareThenConfirmOrCancelOnce(t *testing.T) {
 	ctx := context.Background()
-	db := outboxDB(t)
+	db, owner := outboxDB(t)
 	for _, tc := range []struct {
 		decide func(context.Context, outbox.Querier, string) error
 		status string
@@ -91,24 +91,36 @@ func TestPrepareThenConfirmOrCancelOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r := readRow(t, db, id); r.status != "prepared" || *r.producer != "orders-service" {
+		if r := readRow(t, owner, id); r.status != "prepared" || *r.producer != "orders-service" {
 			t.Fatalf("prepared row: %+v", r)
+		}
+		if s, ok, err := outbox.MessageStatus(ctx, db, id); err != nil || !ok || s.Status != "prepared" || s.Attempts != 0 || s.LastError != nil || s.PublishedAt != nil {
+			t.Fatalf("status of a prepared message: %+v %v %v", s, ok, err)
+		}
+		if extended, err := outbox.Extend(ctx, db, id, 2*time.Hour); err != nil || !extended {
+			t.Fatalf("extend a prepared message: %v %v", extended, err)
 		}
 		if err := tc.decide(ctx, db, id); err != nil {
 			t.Fatal(err)
 		}
-		if r := readRow(t, db, id); r.status != tc.status {
+		if r := readRow(t, owner, id); r.status != tc.status {
 			t.Fatalf("want %s, got %+v", tc.status, r)
 		}
 		if err := outbox.Confirm(ctx, db, id); !errors.Is(err, outbox.ErrNotPrepared) {
 			t.Fatalf("a decided message confirmed again: %v", err)
 		}
+		if extended, err := outbox.Extend(ctx, db, id, time.Hour); err != nil || extended {
+			t.Fatalf("a decided message was extended: %v %v", extended, err)
+		}
+	}
+	if _, ok, err := outbox.MessageStatus(ctx, db, "0190a0a0-0000-7000-8000-0000000000ff"); err != nil || ok {
+		t.Fatalf("an unknown id has a status: %v %v", ok, err)
 	}
 }
 
 func TestBadInputFailsWithTheSQLAPIsErrorAndWritesNothing(t *testing.T) {
 	ctx := context.Background()
-	db := outboxDB(t)
+	db, owner := outboxDB(t)
 	bad := []struct {
 		call       func() error
 		code, want string
@@ -129,7 +141,7 @@ func TestBadInputFailsWithTheSQLAPIsErrorAndWritesNothing(t *testing.T) {
 		}
 	}
 	var n int
-	_ = db.QueryRow(ctx, "SELECT count(*) FROM outbox.messages").Scan(&n)
+	_ = owner.QueryRow(ctx, "SELECT count(*) FROM outbox.messages").Scan(&n)
 	if n != 0 {
 		t.Fatalf("bad calls wrote %d rows", n)
 	}

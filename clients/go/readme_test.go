@@ -11,12 +11,13 @@ import (
 
 func TestPlaceOrder(t *testing.T) {
 	ctx := context.Background()
-	outboxDB, local := outboxDB(t), localDB(t)
+	outboxDB, owner := outboxDB(t)
+	local := localDB(t)
 	if err := placeOrder(ctx, outboxDB, local, order); err != nil {
 		t.Fatal(err)
 	}
 	var id, status string
-	err := outboxDB.QueryRow(ctx, "SELECT message_id::text, status::text FROM outbox.messages WHERE producer = 'orders'").
+	err := owner.QueryRow(ctx, "SELECT message_id::text, status::text FROM outbox.messages WHERE producer = 'orders'").
 		Scan(&id, &status)
 	if err != nil || status != "committed" {
 		t.Fatalf("status %q, %v", status, err)

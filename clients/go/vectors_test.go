@@ -51,7 +51,7 @@ func TestVectors(t *testing.T) {
 	if err := json.Unmarshal(raw, &file); err != nil {
 		t.Fatal(err)
 	}
-	db := outboxDB(t)
+	db, owner := outboxDB(t)
 	ctx := context.Background()
 	for _, v := range file.Cases {
 		t.Run(v.Name, func(t *testing.T) {
@@ -89,7 +89,7 @@ func TestVectors(t *testing.T) {
 			var key, routingKey, producer *string
 			var headers map[string]any
 			var payload []byte
-			err := db.QueryRow(ctx, `SELECT status::text, destination, message_key, routing_key, headers,
+			err := owner.QueryRow(ctx, `SELECT status::text, destination, message_key, routing_key, headers,
 				content_type, payload, producer FROM outbox.messages WHERE message_id = $1`, id).
 				Scan(&status, &destination, &key, &routingKey, &headers, &contentType, &payload, &producer)
 			if err != nil {

@@ -1,0 +1,1 @@
+SELECT outbox.extend($1::uuid, $2::bigint * interval '1 millisecond')
