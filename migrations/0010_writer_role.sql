@@ -126,16 +126,19 @@ $$;
 
 -- commit and rollback decide one message by id: writers may run them without any right on the
 -- table (no SELECT of others' payloads, no UPDATE of other columns or rows in other states).
+-- Running with the owner's rights, they (and extend and status) are not for every role that can
+-- see the schema: only for outbox_writer (and the owner). A role that called commit or rollback
+-- with its own table rights before this migration needs `GRANT outbox_writer TO that_role`.
 ALTER FUNCTION outbox.commit(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION outbox.rollback(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION outbox.commit(uuid), outbox.rollback(uuid), outbox.extend(uuid, interval),
+    outbox.status(uuid) FROM PUBLIC;
 
--- The commit trigger draws commit_seq with the owner's rights, so that no writer needs (or
--- has) a right on the sequence: drawing values outside a commit would not break the order, but
--- nothing should be able to.
-ALTER FUNCTION outbox.on_commit_assign() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-
--- What writers need: the functions and the plain INSERT of the classic outbox, nothing else.
+-- What writers need: the functions, the plain INSERT of the classic outbox, and the sequence,
+-- which the commit trigger draws from with the inserting role's rights (a value drawn outside
+-- a commit is a gap in commit_seq, nothing more: order is by the values rows hold).
 GRANT USAGE ON SCHEMA outbox TO outbox_writer;
+GRANT USAGE ON SEQUENCE outbox.commit_seq TO outbox_writer;
 GRANT INSERT ON outbox.messages TO outbox_writer;
 -- INSERT ... RETURNING message_id (enqueue, prepare) reads the id back: that column only.
 GRANT SELECT (message_id) ON outbox.messages TO outbox_writer;

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -130,4 +131,35 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]Outcome{"status": outcome})
+}
+
+// Decide confirms or cancels prepared message id by what its local transaction did, as the
+// barrier in localDB records it, and returns that. Call it once the local transaction is over,
+// whatever it returned: a COMMIT that failed on a lost connection may still have committed,
+// and only the barrier knows. A message check-back has decided already is left as it is; one
+// that ended otherwise than its local transaction (it expired first) is an error wrapping
+// [ErrNotPrepared]. If the barrier cannot be read, nothing is decided: check-back will ask.
+func Decide(ctx context.Context, outboxDB, localDB Querier, id string) (Outcome, error) {
+	outcome, err := Check(ctx, localDB, id)
+	if err != nil {
+		return Unknown, err
+	}
+	if outcome == Committed {
+		err = Confirm(ctx, outboxDB, id)
+	} else {
+		err = Cancel(ctx, outboxDB, id)
+	}
+	if !errors.Is(err, ErrNotPrepared) {
+		return outcome, err
+	}
+	s, ok, serr := MessageStatus(ctx, outboxDB, id)
+	if serr != nil {
+		return outcome, serr
+	}
+	same := ok && (s.Status == string(outcome) || (outcome == Committed && s.Status == "published"))
+	if same {
+		return outcome, nil
+	}
+	return outcome, fmt.Errorf("outbox: message %s is %s though its local transaction %s: %w",
+		id, s.Status, outcome, ErrNotPrepared)
 }

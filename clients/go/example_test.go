@@ -25,11 +25,12 @@ func placeOrder(ctx context.Context, outboxDB, localDB *pgxpool.Pool, msg outbox
 		}
 		return outbox.InLocalTx(ctx, tx, id) // the barrier row
 	})
-	if err != nil {
-		_ = outbox.Cancel(ctx, outboxDB, id)
-		return err
+	// Even a failed COMMIT may have committed: the barrier knows. A crash before this is what
+	// check-back covers.
+	if _, derr := outbox.Decide(ctx, outboxDB, localDB, id); derr != nil {
+		return derr
 	}
-	return outbox.Confirm(ctx, outboxDB, id) // a crash before this is what check-back covers
+	return err
 }
 
 func Example() {

@@ -287,3 +287,41 @@ func TestPurgeBarrierKeepsRecentRows(t *testing.T) {
 		t.Fatalf("purged %d, %v", n, err)
 	}
 }
+
+func TestDecideFollowsTheLocalTransactionWhateverItReturned(t *testing.T) {
+	ctx := context.Background()
+	db, owner := outboxDB(t)
+	local := localDB(t)
+	for _, commit := range []bool{true, false} {
+		id, err := outbox.Prepare(ctx, db, order, "orders", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx, err := local.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := outbox.InLocalTx(ctx, tx, id); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]outbox.Outcome{true: outbox.Committed, false: outbox.RolledBack}[commit]
+		if got, err := outbox.Decide(ctx, db, local, id); err != nil || got != want {
+			t.Fatalf("decide after commit=%v: %v %v", commit, got, err)
+		}
+		if r := readRow(t, owner, id); r.status != string(want) {
+			t.Fatalf("row %+v, want %s", r, want)
+		}
+		// Deciding again (as after check-back decided) changes nothing and is no error.
+		if got, err := outbox.Decide(ctx, db, local, id); err != nil || got != want {
+			t.Fatalf("decide again: %v %v", got, err)
+		}
+	}
+}

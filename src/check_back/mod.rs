@@ -109,6 +109,9 @@ impl CheckBack {
             ),
         )
         .await?;
+        // Each bounded step beats: a statement (database.call_timeout) or a check (the
+        // producer's timeout, which the configuration keeps below the stall bound).
+        beat.beat();
         let asked = due.len();
         let answers = futures::stream::iter(due)
             .map(|row| async move {
@@ -124,7 +127,7 @@ impl CheckBack {
             a = answers => a,
             _ = shutdown.cancelled() => return Ok(0),
         };
-        self.apply(answers).await?;
+        self.apply(answers, beat).await?;
         Ok(asked)
     }
 
@@ -163,6 +166,7 @@ impl CheckBack {
     async fn apply(
         &self,
         answers: Vec<(CheckCandidate, Option<Answer>)>,
+        beat: &Heartbeat,
     ) -> Result<(), StoreError> {
         let backoff = Backoff {
             initial: self.config.initial_backoff,
@@ -196,6 +200,7 @@ impl CheckBack {
         if !commit.is_empty() {
             let done = within(self.db_timeout, sql::commit_checked(&self.pool, &commit)).await?;
             log_decided(&done, "committed");
+            beat.beat();
         }
         if !roll_back.is_empty() {
             let done = within(
@@ -204,6 +209,7 @@ impl CheckBack {
             )
             .await?;
             log_decided(&done, "rolled_back");
+            beat.beat();
         }
         if !later.is_empty() {
             within(self.db_timeout, sql::check_later(&self.pool, &later)).await?;

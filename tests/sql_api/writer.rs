@@ -42,13 +42,27 @@ async fn the_writer_role_has_the_api_and_the_insert_and_nothing_else() {
         "SELECT outbox.requeue_dead(NULL)".into(),
         format!("SELECT * FROM outbox.commit_checked(ARRAY['{prepared}'::uuid])"),
         "SELECT * FROM outbox.relay_leases".into(),
-        "SELECT nextval('outbox.commit_seq')".into(),
     ];
     for sql in &refused {
         assert_eq!(
             code_of(w, sql).await.as_deref(),
             Some("42501"),
             "the writer must not run: {sql}"
+        );
+    }
+    // Deciding and extending run with the owner's rights: for writers only, not for every role
+    // that can see the schema, such as the relay's.
+    let relay = db.relay_pool().await;
+    for sql in [
+        format!("SELECT outbox.commit('{prepared}')"),
+        format!("SELECT outbox.rollback('{prepared}')"),
+        format!("SELECT outbox.extend('{prepared}', '1 hour')"),
+        format!("SELECT * FROM outbox.status('{prepared}')"),
+    ] {
+        assert_eq!(
+            code_of(&relay, &sql).await.as_deref(),
+            Some("42501"),
+            "the relay's role must not run: {sql}"
         );
     }
 }

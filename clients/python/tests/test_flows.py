@@ -170,3 +170,34 @@ async def test_the_asgi_app_and_the_async_api(outbox_db: str, local_db: str) -> 
         with pytest.raises(NotPrepared):
             await aio.cancel(conn, mid)
     await asyncio.sleep(0)
+
+
+def test_decide_follows_the_local_transaction_whatever_it_returned(
+    outbox_db: str, local_db: str
+) -> None:
+    with (
+        psycopg.connect(outbox_db, autocommit=True) as out,
+        psycopg.connect(local_db, autocommit=True) as local,
+    ):
+        for commit in (True, False):
+            mid = outbox.prepare(out, ORDER, producer="orders")
+            with local.transaction(force_rollback=not commit):
+                outbox.in_local_tx(local, mid)
+            want = Outcome.COMMITTED if commit else Outcome.ROLLED_BACK
+            assert outbox.decide(out, local, mid) == want
+            s = outbox.status(out, mid)
+            assert s is not None and s.status == want.value
+            assert outbox.decide(out, local, mid) == want, "deciding again changes nothing"
+
+
+def test_a_check_waits_at_most_lock_timeout_then_answers_unknown(local_db: str) -> None:
+    mid = uuid.uuid4()
+    app = wsgi_check_app(
+        lambda: psycopg.connect(local_db, autocommit=True), lock_timeout=timedelta(milliseconds=100)
+    )
+    with psycopg.connect(local_db) as local_tx:
+        outbox.in_local_tx(local_tx, mid)
+        body = json.dumps({"message_id": str(mid)}).encode()
+        assert call_wsgi(app, body) == ("200 OK", {"status": "unknown"})
+        local_tx.commit()
+    assert call_wsgi(app, body) == ("200 OK", {"status": "committed"})

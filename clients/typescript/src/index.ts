@@ -216,6 +216,33 @@ export async function check(localDb: Queryable, id: string): Promise<Outcome> {
   return one(localDb, "SELECT outcome AS v FROM outbox_barrier WHERE message_id = $1::uuid", [id]);
 }
 
+/**
+ * Confirms or cancels prepared message `id` by what its local transaction did, as the barrier
+ * in `localDb` records it, and returns that. Call it once the local transaction is over,
+ * whatever happened: a COMMIT that failed on a lost connection may still have committed, and
+ * only the barrier knows. A message check-back decided already is left as it is; one that ended
+ * otherwise (it expired first) throws {@link NotPreparedError}.
+ */
+export async function decide(
+  outboxDb: Queryable,
+  localDb: Queryable,
+  id: string,
+): Promise<Outcome> {
+  const outcome = await check(localDb, id);
+  try {
+    await (outcome === "committed" ? confirm : cancel)(outboxDb, id);
+  } catch (e) {
+    if (!(e instanceof NotPreparedError)) throw e;
+    const s = await status(outboxDb, id);
+    const same =
+      outcome === "committed"
+        ? s?.status === "committed" || s?.status === "published"
+        : s?.status === "rolled_back";
+    if (!same) throw e;
+  }
+  return outcome;
+}
+
 /** Deletes barrier rows older than `olderThanMs` (more than your longest ttl); returns how many. */
 export async function purgeBarrier(localDb: Queryable, olderThanMs: number): Promise<number> {
   const r = await localDb.query(
@@ -228,14 +255,35 @@ export async function purgeBarrier(localDb: Queryable, olderThanMs: number): Pro
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const MAX_BODY = 64 * 1024;
 
+/** Hands out connections: a `pg` Pool. */
+export interface Connections {
+  connect(): Promise<Queryable & { release(): void }>;
+}
+
 /**
  * A Node `http` request handler answering the relay's check-back POST from the barrier in
- * `localDb` (a Pool). Mount it at the url of your `[check_back.producers.<name>]`.
+ * `localDb` (a Pool). Mount it at the url of your `[check_back.producers.<name>]`. A check waits
+ * for a local transaction still open at most `lockTimeoutMs` (keep it below the relay's
+ * `timeout` for this producer), then answers `unknown` and the relay asks again later.
  */
 export function checkHandler(
-  localDb: Queryable,
-  options: { token?: string; onError?: (e: unknown) => void } = {},
+  localDb: Connections,
+  options: { token?: string; lockTimeoutMs?: number; onError?: (e: unknown) => void } = {},
 ): (req: IncomingMessage, res: ServerResponse) => void {
+  const lockTimeout = Math.max(1, Math.floor(options.lockTimeoutMs ?? 4000));
+  const bounded = async (id: string): Promise<Outcome> => {
+    const c = await localDb.connect();
+    try {
+      await c.query(`SET lock_timeout = ${String(lockTimeout)}`);
+      try {
+        return await check(c, id);
+      } finally {
+        await c.query("RESET lock_timeout");
+      }
+    } finally {
+      c.release();
+    }
+  };
   const reply = (res: ServerResponse, code: number, body: object) => {
     res.writeHead(code, { "content-type": "application/json" }).end(JSON.stringify(body));
   };
@@ -272,7 +320,7 @@ export function checkHandler(
         reply(res, 400, { error: "message_id is not a uuid" });
         return;
       }
-      check(localDb, id).then(
+      bounded(id).then(
         (outcome) => {
           reply(res, 200, { status: outcome });
         },

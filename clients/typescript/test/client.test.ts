@@ -11,6 +11,7 @@ import {
   checkHandler,
   CheckedFirstError,
   confirm,
+  decide,
   enqueue,
   extend,
   inLocalTx,
@@ -119,6 +120,49 @@ void test("the check handler answers JSON and checks its token", async () => {
     assert.equal((await post('{"message_id": "x"}', "t0ken"))[0], 400);
     assert.deepEqual(await post(body, "t0ken"), [200, '{"status":"committed"}']);
   } finally {
+    server.close();
+  }
+});
+
+void test("decide follows the local transaction whatever it returned", async () => {
+  for (const commit of [true, false]) {
+    const id = await prepare(dbs.writer, order, { producer: "orders" });
+    const tx = await dbs.local.connect();
+    try {
+      await tx.query("BEGIN");
+      await inLocalTx(tx, id);
+      await tx.query(commit ? "COMMIT" : "ROLLBACK");
+    } finally {
+      tx.release();
+    }
+    const want = commit ? "committed" : "rolled_back";
+    assert.equal(await decide(dbs.writer, dbs.local, id), want);
+    assert.equal((await status(dbs.writer, id))?.status, want);
+    assert.equal(await decide(dbs.writer, dbs.local, id), want, "deciding again changes nothing");
+  }
+});
+
+void test("a check waits at most lockTimeoutMs, then answers unknown", async () => {
+  const id = randomUUID();
+  const tx = await dbs.local.connect();
+  const server = createServer(checkHandler(dbs.local, { lockTimeoutMs: 100 }));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address() as AddressInfo;
+  const ask = async () => {
+    const res = await fetch(`http://127.0.0.1:${String(port)}/`, {
+      method: "POST",
+      body: JSON.stringify({ message_id: id }),
+    });
+    return res.text();
+  };
+  try {
+    await tx.query("BEGIN");
+    await inLocalTx(tx, id);
+    assert.equal(await ask(), '{"status":"unknown"}');
+    await tx.query("COMMIT");
+    assert.equal(await ask(), '{"status":"committed"}');
+  } finally {
+    tx.release();
     server.close();
   }
 });

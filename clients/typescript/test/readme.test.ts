@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 import type pg from "pg";
 
-import { cancel, confirm, inLocalTx, prepare, type Message } from "../src/index.ts";
+import { decide, inLocalTx, prepare, type Message } from "../src/index.ts";
 import { databases, type Dbs } from "./helpers.ts";
 
 async function placeOrder(outboxDb: pg.Pool, localDb: pg.Pool, msg: Message): Promise<void> {
@@ -17,12 +17,12 @@ async function placeOrder(outboxDb: pg.Pool, localDb: pg.Pool, msg: Message): Pr
     await local.query("COMMIT");
   } catch (e) {
     await local.query("ROLLBACK");
-    await cancel(outboxDb, id);
     throw e;
   } finally {
     local.release();
+    // Even a failed COMMIT may have committed: the barrier knows.
+    await decide(outboxDb, localDb, id); // a crash before this is what check-back covers
   }
-  await confirm(outboxDb, id); // a crash before this is what check-back covers
 }
 
 let dbs: Dbs;

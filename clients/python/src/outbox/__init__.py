@@ -37,6 +37,7 @@ from ._common import (
     enqueue_query,
     message_id,
     prepare_query,
+    same,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "cancel",
     "check",
     "confirm",
+    "decide",
     "enqueue",
     "extend",
     "in_local_tx",
@@ -125,6 +127,22 @@ def check(local_db: Conn, message: UUID | str) -> Outcome:
     mid = message_id(message)
     _one(local_db, BARRIER_CHECK, [mid])
     return Outcome(str(_one(local_db, BARRIER_READ, [mid])))
+
+
+def decide(conn: Conn, local_db: Conn, message: UUID | str) -> Outcome:
+    """Confirms or cancels prepared ``message`` by what its local transaction did, as the barrier
+    in ``local_db`` (autocommit) records it, and returns that. Call it once the local transaction
+    is over, whatever happened: a COMMIT that failed on a lost connection may still have
+    committed, and only the barrier knows. A message check-back decided already is left as it
+    is; one that ended otherwise (it expired first) raises :class:`NotPrepared`."""
+    outcome = check(local_db, message)
+    try:
+        (confirm if outcome is Outcome.COMMITTED else cancel)(conn, message)
+    except NotPrepared:
+        s = status(conn, message)
+        if s is None or not same(outcome, s.status):
+            raise
+    return outcome
 
 
 def purge_barrier(local_db: Conn, older_than: timedelta) -> int:

@@ -157,3 +157,10 @@ BARRIER_PURGE = "DELETE FROM outbox_barrier WHERE created_at < now() - %s"
 
 def message_id(value: UUID | str) -> UUID:
     return value if isinstance(value, UUID) else UUID(value)
+
+
+def same(outcome: Outcome, status: str) -> bool:
+    """Whether a message's status is what its local transaction's outcome makes it."""
+    if outcome is Outcome.COMMITTED:
+        return status in ("committed", "published")
+    return status == "rolled_back"

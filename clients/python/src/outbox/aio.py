@@ -24,12 +24,14 @@ from ._common import (
     enqueue_query,
     message_id,
     prepare_query,
+    same,
 )
 
 __all__ = [
     "cancel",
     "check",
     "confirm",
+    "decide",
     "enqueue",
     "extend",
     "in_local_tx",
@@ -102,6 +104,18 @@ async def check(local_db: Conn, message: UUID | str) -> Outcome:
     mid = message_id(message)
     await _one(local_db, BARRIER_CHECK, [mid])
     return Outcome(str(await _one(local_db, BARRIER_READ, [mid])))
+
+
+async def decide(conn: Conn, local_db: Conn, message: UUID | str) -> Outcome:
+    """See :func:`outbox.decide`."""
+    outcome = await check(local_db, message)
+    try:
+        await (confirm if outcome is Outcome.COMMITTED else cancel)(conn, message)
+    except NotPrepared:
+        s = await status(conn, message)
+        if s is None or not same(outcome, s.status):
+            raise
+    return outcome
 
 
 async def purge_barrier(local_db: Conn, older_than: timedelta) -> int:

@@ -4,7 +4,9 @@ barrier (docs/check-back.md). Mount one at the url of your ``[check_back.produce
 Each takes ``connect``, a callable that opens an autocommit connection to the service's own
 database: ``lambda: psycopg.connect(url, autocommit=True)`` for WSGI,
 ``lambda: psycopg.AsyncConnection.connect(url, autocommit=True)`` for ASGI. The connection is
-closed after each check.
+closed after each check. A check waits for a local transaction still open at most
+``lock_timeout`` (keep it below the relay's ``timeout`` for this producer), then answers
+``unknown`` and the relay asks again later.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -44,9 +47,14 @@ def _answer(outcome: Outcome) -> bytes:
     return json.dumps({"status": outcome.value}).encode()
 
 
+def _lock_timeout(t: timedelta) -> str:
+    return f"SET lock_timeout = {int(t.total_seconds() * 1000)}"
+
+
 def wsgi_check_app(
     connect: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
     token: str | None = None,
+    lock_timeout: timedelta = timedelta(seconds=4),
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """A WSGI application answering check-back. ``token``: the bearer token the relay sends."""
 
@@ -59,12 +67,16 @@ def wsgi_check_app(
             return reply("405 Method Not Allowed", b'{"error": "POST only"}')
         if not _authorized(environ.get("HTTP_AUTHORIZATION"), token):
             return reply("401 Unauthorized", b'{"error": "unauthorized"}')
-        length = min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_BODY)
+        try:
+            length = max(0, min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_BODY))
+        except ValueError:
+            length = 0
         mid = _parse(environ["wsgi.input"].read(length))
         if mid is None:
             return reply("400 Bad Request", b'{"error": "message_id is not a uuid"}')
         try:
             with connect() as conn:
+                conn.execute(_lock_timeout(lock_timeout))
                 outcome = check(conn, mid)
         except psycopg.Error:
             outcome = Outcome.UNKNOWN
@@ -86,6 +98,7 @@ ASGIApp = Callable[
 def asgi_check_app(
     connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
     token: str | None = None,
+    lock_timeout: timedelta = timedelta(seconds=4),
 ) -> ASGIApp:
     """An ASGI application answering check-back. ``token``: the bearer token the relay sends."""
 
@@ -122,6 +135,7 @@ def asgi_check_app(
             return await reply(400, b'{"error": "message_id is not a uuid"}')
         try:
             async with await connect() as conn:
+                await conn.execute(_lock_timeout(lock_timeout))
                 outcome = await aio.check(conn, mid)
         except psycopg.Error:
             outcome = Outcome.UNKNOWN

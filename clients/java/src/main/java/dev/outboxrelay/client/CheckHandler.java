@@ -8,6 +8,8 @@ import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.sql.Connection;
 import java.sql.SQLException;
+import java.sql.Statement;
+import java.time.Duration;
 import java.util.UUID;
 import java.util.function.Consumer;
 import java.util.regex.Matcher;
@@ -19,7 +21,12 @@ import javax.sql.DataSource;
  * {@code HttpServer} handler: {@code server.createContext("/outbox/check", new
  * CheckHandler(localDataSource, token))}. Mount it at the url of your {@code
  * [check_back.producers.<name>]}. Each check takes a connection from {@code localDb} and returns
- * it; a database error is answered {@code unknown}, so the relay asks again later.
+ * it; a database error is answered {@code unknown}, so the relay asks again later. A check waits
+ * for a local transaction still open at most the lock timeout (4 s unless given; keep it below the
+ * relay's {@code timeout} for this producer), then answers {@code unknown}. {@code HttpServer} runs
+ * handlers on one thread unless given an executor: give it one ({@code
+ * server.setExecutor(Executors.newFixedThreadPool(8))}), so that one waiting check does not hold up
+ * the others.
  */
 public final class CheckHandler implements HttpHandler {
   private static final Pattern MESSAGE_ID =
@@ -29,19 +36,25 @@ public final class CheckHandler implements HttpHandler {
   private final DataSource localDb;
   private final String token;
   private final Consumer<SQLException> onError;
+  private final Duration lockTimeout;
 
   /**
    * @param localDb the service's own database, where the barrier table is
    * @param token the bearer token the relay sends (its {@code token_file}), or null for none
    */
   public CheckHandler(DataSource localDb, String token) {
-    this(localDb, token, e -> {});
+    this(localDb, token, Duration.ofSeconds(4), e -> {});
   }
 
-  /** As above; {@code onError} receives the errors answered {@code unknown}. */
-  public CheckHandler(DataSource localDb, String token, Consumer<SQLException> onError) {
+  /**
+   * As above, waiting at most {@code lockTimeout} for a local transaction still open; {@code
+   * onError} receives the errors answered {@code unknown}.
+   */
+  public CheckHandler(
+      DataSource localDb, String token, Duration lockTimeout, Consumer<SQLException> onError) {
     this.localDb = localDb;
     this.token = token;
+    this.lockTimeout = lockTimeout;
     this.onError = onError;
   }
 
@@ -68,9 +81,15 @@ public final class CheckHandler implements HttpHandler {
         return;
       }
       Outcome outcome;
-      try (Connection c = localDb.getConnection()) {
+      try (Connection c = localDb.getConnection();
+          Statement s = c.createStatement()) {
         c.setAutoCommit(true);
-        outcome = Outbox.check(c, id);
+        s.execute("SET lock_timeout = " + Math.max(1, lockTimeout.toMillis()));
+        try {
+          outcome = Outbox.check(c, id);
+        } finally {
+          s.execute("RESET lock_timeout");
+        }
       } catch (SQLException e) {
         onError.accept(e);
         outcome = Outcome.UNKNOWN;

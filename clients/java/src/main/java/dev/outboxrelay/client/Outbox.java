@@ -162,6 +162,37 @@ public final class Outbox {
     }
   }
 
+  /**
+   * Confirms or cancels prepared message {@code id} by what its local transaction did, as the
+   * barrier in {@code localDb} (in autocommit mode) records it, and returns that. Call it once the
+   * local transaction is over, whatever happened: a COMMIT that failed on a lost connection may
+   * still have committed, and only the barrier knows. A message check-back decided already is left
+   * as it is.
+   *
+   * @throws NotPreparedException if the message ended otherwise (it expired first)
+   */
+  public static Outcome decide(Connection outboxDb, Connection localDb, UUID id)
+      throws SQLException, NotPreparedException {
+    Outcome outcome = check(localDb, id);
+    try {
+      if (outcome == Outcome.COMMITTED) {
+        confirm(outboxDb, id);
+      } else {
+        cancel(outboxDb, id);
+      }
+    } catch (NotPreparedException e) {
+      String now = status(outboxDb, id).map(Status::status).orElse("unknown");
+      boolean same =
+          outcome == Outcome.COMMITTED
+              ? now.equals("committed") || now.equals("published")
+              : now.equals("rolled_back");
+      if (!same) {
+        throw e;
+      }
+    }
+    return outcome;
+  }
+
   /** Deletes barrier rows older than {@code olderThan} (more than your longest ttl). */
   public static int purgeBarrier(Connection localDb, Duration olderThan) throws SQLException {
     try (PreparedStatement s =

@@ -177,4 +177,54 @@ class OutboxTest {
       server.stop(0);
     }
   }
+
+  @Test
+  void decideFollowsTheLocalTransactionWhateverItReturned() throws Exception {
+    try (Connection out = dbs.writer();
+        Connection local = dbs.local()) {
+      for (boolean commit : new boolean[] {true, false}) {
+        UUID id = Outbox.prepare(out, ORDER, "orders", Duration.ofMinutes(1));
+        local.setAutoCommit(false);
+        Outbox.inLocalTx(local, id);
+        if (commit) {
+          local.commit();
+        } else {
+          local.rollback();
+        }
+        local.setAutoCommit(true);
+        Outcome want = commit ? Outcome.COMMITTED : Outcome.ROLLED_BACK;
+        assertEquals(want, Outbox.decide(out, local, id));
+        assertEquals(want.wire(), Outbox.status(out, id).get().status());
+        assertEquals(want, Outbox.decide(out, local, id), "deciding again changes nothing");
+      }
+    }
+  }
+
+  @Test
+  void aCheckWaitsAtMostTheLockTimeoutThenAnswersUnknown() throws Exception {
+    UUID id = UUID.randomUUID();
+    HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", 0), 0);
+    server.createContext(
+        "/check", new CheckHandler(dbs.localDataSource(), null, Duration.ofMillis(100), e -> {}));
+    server.start();
+    HttpClient client = HttpClient.newHttpClient();
+    HttpRequest ask =
+        HttpRequest.newBuilder(
+                URI.create("http://127.0.0.1:" + server.getAddress().getPort() + "/check"))
+            .POST(HttpRequest.BodyPublishers.ofString("{\"message_id\": \"" + id + "\"}"))
+            .build();
+    try (Connection tx = dbs.local()) {
+      tx.setAutoCommit(false);
+      Outbox.inLocalTx(tx, id);
+      assertEquals(
+          "{\"status\":\"unknown\"}",
+          client.send(ask, HttpResponse.BodyHandlers.ofString()).body());
+      tx.commit();
+      assertEquals(
+          "{\"status\":\"committed\"}",
+          client.send(ask, HttpResponse.BodyHandlers.ofString()).body());
+    } finally {
+      server.stop(0);
+    }
+  }
 }

@@ -28,10 +28,12 @@ class ReadmeTest {
       localDb.commit();
     } catch (Exception e) {
       localDb.rollback();
-      Outbox.cancel(outboxDb, id);
       throw e;
+    } finally {
+      localDb.setAutoCommit(true);
+      // Even a failed COMMIT may have committed: the barrier knows.
+      Outbox.decide(outboxDb, localDb, id); // a crash before this is what check-back covers
     }
-    Outbox.confirm(outboxDb, id); // a crash before this is what check-back covers
   }
 
   @Test
