@@ -139,7 +139,8 @@ impl TlsKafka {
     }
 }
 
-fn acceptor(cert: &str) -> TlsAcceptor {
+/// A TLS acceptor presenting `cert` (`server` or `wrong-host`) of the local CA.
+pub fn acceptor(cert: &str) -> TlsAcceptor {
     let certs = CertificateDer::pem_file_iter(tls_file(&format!("{cert}.pem")))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
