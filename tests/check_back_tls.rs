@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::tls::{acceptor, ca, other_ca, require_tls_services};
-use common::{start_relay, test_config, wait_for, TestDb};
+use common::{start_relay, test_config, wait_for, RunningRelay, TestDb};
 use outbox_relay::config::{ProducerConfig, Secret, SecretUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -82,6 +82,24 @@ async fn producer() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, seen)
 }
 
+/// A relay asking `url` 100 ms after a row is prepared, trusting the CA file `ca`, sending
+/// the token.
+fn relay_trusting(db: &TestDb, url: String, ca: &str) -> RunningRelay {
+    let mut config = test_config(db);
+    config.check_back.check_after = Duration::from_millis(100);
+    config.check_back.interval = Duration::from_millis(50);
+    config.check_back.producers.insert(
+        "orders".into(),
+        ProducerConfig {
+            url: SecretUrl::new(url),
+            token: Some(Secret::new(TOKEN)),
+            tls_ca_pem: Some(std::fs::read_to_string(ca).unwrap()),
+            ..ProducerConfig::default()
+        },
+    );
+    start_relay(config)
+}
+
 async fn prepared(db: &TestDb) -> Uuid {
     sqlx::query_scalar("SELECT outbox.prepare('d', '{}', producer => 'orders', ttl => '1 hour')")
         .fetch_one(&db.writer)
@@ -94,23 +112,8 @@ async fn the_relay_verifies_the_producer_and_sends_its_token() {
     let db = TestDb::new().await;
     require_tls_services(&db).await;
     let (url, seen) = producer().await;
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), format!("{TOKEN}\n")).unwrap();
 
-    let mut config = test_config(&db);
-    config.check_back.check_after = Duration::from_millis(100);
-    config.check_back.interval = Duration::from_millis(50);
-    config.check_back.producers.insert(
-        "orders".into(),
-        ProducerConfig {
-            url: SecretUrl::new(url),
-            token: Some(Secret::new(TOKEN)),
-            token_file: token.path().display().to_string(),
-            tls_ca_pem: Some(std::fs::read_to_string(ca()).unwrap()),
-            ..ProducerConfig::default()
-        },
-    );
-    let relay = start_relay(config);
+    let relay = relay_trusting(&db, url, &ca());
     let id = prepared(&db).await;
     db.wait_status(id, "committed").await;
     assert_eq!(seen.lock().unwrap()[0], format!("Bearer {TOKEN}"));
@@ -122,19 +125,7 @@ async fn a_producer_certified_by_another_ca_is_not_believed() {
     let db = TestDb::new().await;
     require_tls_services(&db).await;
     let (url, seen) = producer().await;
-    let mut config = test_config(&db);
-    config.check_back.check_after = Duration::from_millis(100);
-    config.check_back.interval = Duration::from_millis(50);
-    config.check_back.producers.insert(
-        "orders".into(),
-        ProducerConfig {
-            url: SecretUrl::new(url),
-            token: Some(Secret::new(TOKEN)),
-            tls_ca_pem: Some(std::fs::read_to_string(other_ca()).unwrap()),
-            ..ProducerConfig::default()
-        },
-    );
-    let relay = start_relay(config);
+    let relay = relay_trusting(&db, url, &other_ca());
     let id = prepared(&db).await;
     // The positive signal: the check was made and failed on the certificate.
     let reason = wait_for(
