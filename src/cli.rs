@@ -9,7 +9,7 @@ use uuid::Uuid;
 #[command(
     name = "outbox-relay",
     version,
-    about = "Relays a Postgres outbox to RabbitMQ or Kafka"
+    about = "Relays a Postgres outbox to RabbitMQ, Kafka, Redis Streams or NSQ"
 )]
 pub struct Cli {
     /// TOML configuration file; environment variables OUTBOX_RELAY__SECTION__KEY override it.
