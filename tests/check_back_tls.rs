@@ -115,7 +115,22 @@ async fn the_relay_verifies_the_producer_and_sends_its_token() {
 
     let relay = relay_trusting(&db, url, &ca());
     let id = prepared(&db).await;
-    db.wait_status(id, "committed").await;
+    // Committed by check-back: committed_at is set then, whatever publishing it does after.
+    wait_for(
+        "check-back to commit the row",
+        Duration::from_secs(30),
+        || async {
+            let committed_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                "SELECT committed_at FROM outbox.messages WHERE message_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            committed_at
+        },
+    )
+    .await;
     assert_eq!(seen.lock().unwrap()[0], format!("Bearer {TOKEN}"));
     relay.stop().await;
 }
