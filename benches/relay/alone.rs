@@ -1,7 +1,7 @@
 //! Kafka alone at a fixed rate: the broker's own share of commit-to-receive latency, with no
 //! relay and no database, measured in the same run as the relay's latency parts.
 
-use outbox_relay::publish::kafka::serve_reports;
+use outbox_relay::publish::kafka::ReportPoller;
 use rdkafka::producer::Producer;
 
 use super::*;
@@ -165,18 +165,11 @@ async fn in_transactions(topic: &str, rate: u32, total: u64) -> Receipts {
             i += 1;
         }
         // The relay waits for every delivery report before it adds its progress record and
-        // commits, polling the producer every millisecond meanwhile (its `ReportPoller`: the
-        // FutureProducer's own thread may serve reports only at its next 100 ms wake-up).
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, p) = (stop.clone(), producer.clone());
-        let poller = tokio::task::spawn_blocking(move || {
-            while !flag.load(Ordering::Relaxed) {
-                serve_reports(&p);
-            }
-        });
+        // commits, with its `ReportPoller` serving them meanwhile (the FutureProducer's own thread
+        // may serve reports only at its next 100 ms wake-up).
+        let poller = ReportPoller::start(&producer);
         while reports.next().await.is_some() {}
-        stop.store(true, Ordering::Relaxed);
-        poller.await.unwrap();
+        poller.stop().await;
         blocking(|p| p.commit_transaction(TIMEOUT)).await;
     }
     sent_at

@@ -94,6 +94,12 @@ func payload(m Message) any {
 	return string(m.Payload)
 }
 
+// withContentType puts the content type third, where the binary forms of the SQL API take it
+// (after destination and payload).
+func withContentType(m Message, args []any) []any {
+	return append([]any{args[0], args[1], m.ContentType}, args[2:]...)
+}
+
 //go:embed sql/enqueue.sql
 var enqueueSQL string
 
@@ -110,8 +116,7 @@ func Enqueue(ctx context.Context, q Querier, m Message) (string, error) {
 	}
 	query, args := enqueueSQL, []any{m.Destination, payload(m), nullable(m.Key), nullable(m.RoutingKey), h, deliverAt(m)}
 	if m.ContentType != "" {
-		query = enqueueBytesSQL
-		args = append(args[:2], append([]any{m.ContentType}, args[2:]...)...)
+		query, args = enqueueBytesSQL, withContentType(m, args)
 	}
 	var id string
 	if err := q.QueryRow(ctx, query, args...).Scan(&id); err != nil {
@@ -139,8 +144,7 @@ func Prepare(ctx context.Context, outboxDB Querier, m Message, producer string, 
 	query, args := prepareSQL, []any{m.Destination, payload(m), nullable(m.Key), nullable(m.RoutingKey), h,
 		ttl.Milliseconds(), nullable(producer), deliverAt(m)}
 	if m.ContentType != "" {
-		query = prepareBytesSQL
-		args = append(args[:2], append([]any{m.ContentType}, args[2:]...)...)
+		query, args = prepareBytesSQL, withContentType(m, args)
 	}
 	var id string
 	if err := outboxDB.QueryRow(ctx, query, args...).Scan(&id); err != nil {

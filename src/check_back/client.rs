@@ -167,14 +167,7 @@ impl ProducerClient {
             return Undecided::Timeout(self.timeout);
         }
         // The URL may hold credentials; the error's own text would repeat it.
-        let e = e.without_url();
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text = format!("{text}: {s}");
-            source = s.source();
-        }
-        Undecided::Unreachable(text)
+        Undecided::Unreachable(crate::publish::chain(&e.without_url()))
     }
 }
 

@@ -73,14 +73,19 @@ impl PublishError {
     /// The message and every source below it, `: `-separated: what the row's `last_error` and
     /// the log show.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(e) = source {
-            let _ = write!(text, ": {e}");
-            source = e.source();
-        }
-        text
+        chain(self)
     }
+}
+
+/// An error and every source below it, `: `-separated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let _ = write!(text, ": {e}");
+        source = e.source();
+    }
+    text
 }
 
 /// Why a publish failed, as a small fixed set (the `reason` label of

@@ -8,7 +8,7 @@ pub mod nsq;
 pub mod redis;
 mod slot;
 
-pub use error::{Failure, FailureReason, PublishError, Source};
+pub use error::{chain, Failure, FailureReason, PublishError, Source};
 
 use std::future::Future;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import threading
@@ -169,7 +168,6 @@ async def test_the_asgi_app_and_the_async_api(outbox_db: str, local_db: str) -> 
         assert s is not None and s.status == "committed"
         with pytest.raises(NotPrepared):
             await aio.cancel(conn, mid)
-    await asyncio.sleep(0)
 
 
 def test_decide_follows_the_local_transaction_whatever_it_returned(

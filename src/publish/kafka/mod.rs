@@ -9,7 +9,7 @@ mod config;
 mod transactions;
 
 pub use config::{transactional_id, Delivery, KafkaConfig, KafkaProperties};
-pub use transactions::{serve_reports, Delivered, Progress, TransactionError, Transactions};
+pub use transactions::{Delivered, Progress, ReportPoller, TransactionError, Transactions};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};

@@ -388,13 +388,13 @@ fn read_last(
 /// Serves the producer's delivery reports from a thread of its own while a transaction waits
 /// for them, polling every millisecond: the polling thread of rdkafka's `FutureProducer`
 /// sometimes serves them only at its next 100 ms wake-up, which each transaction would wait.
-struct ReportPoller {
+pub struct ReportPoller {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: tokio::task::JoinHandle<()>,
 }
 
 impl ReportPoller {
-    fn start(producer: &FutureProducer) -> Self {
+    pub fn start(producer: &FutureProducer) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (flag, producer) = (stop.clone(), producer.clone());
         let thread = tokio::task::spawn_blocking(move || {
@@ -405,7 +405,7 @@ impl ReportPoller {
         Self { stop, thread }
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = (&mut self.thread).await;
     }
@@ -415,7 +415,7 @@ impl ReportPoller {
 /// Not `poll(1 ms)`: rdkafka's `poll` repeats until its deadline with the time left rounded
 /// down to whole milliseconds, so its last millisecond is a busy loop, and a 1 ms poll is
 /// nothing else (half a core for the relay at 1,000 msg/s, docs/performance.md).
-pub fn serve_reports(producer: &FutureProducer) {
+fn serve_reports(producer: &FutureProducer) {
     // Each call serves one event (a delivery-report event carries a batch of reports).
     for _ in 0..8 {
         producer.poll(Duration::ZERO);
