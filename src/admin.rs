@@ -15,6 +15,31 @@ pub struct Status {
     pub oldest_pending_age_seconds: f64,
     pub dead_by_destination: Vec<store::DeadSummary>,
     pub leases: Vec<store::LeaseInfo>,
+    /// The key partitions' leases (`relay.partitions > 1`), read from `leases`.
+    pub partitions: Vec<PartitionOwner>,
+}
+
+/// Who holds one key partition of a partitioned group.
+#[derive(Debug, Serialize)]
+pub struct PartitionOwner {
+    /// The group's `ha.lease_name`.
+    pub group: String,
+    pub partition: u32,
+    pub holder: String,
+    pub held: bool,
+}
+
+impl PartitionOwner {
+    /// A partition's lease is named `<group>/p<index>` (src/partitions).
+    fn of(lease: &store::LeaseInfo) -> Option<Self> {
+        let (group, index) = lease.name.rsplit_once("/p")?;
+        Some(Self {
+            group: group.to_string(),
+            partition: index.parse().ok()?,
+            holder: lease.holder.clone(),
+            held: lease.held,
+        })
+    }
 }
 
 pub async fn status(pool: &PgPool) -> Result<Status, StoreError> {
@@ -24,12 +49,17 @@ pub async fn status(pool: &PgPool) -> Result<Status, StoreError> {
         .map(|(s, n)| (s.to_string(), n))
         .collect();
     let backlog = store::backlog(pool).await?;
+    let leases = store::leases(pool).await?;
+    let mut partitions: Vec<PartitionOwner> =
+        leases.iter().filter_map(PartitionOwner::of).collect();
+    partitions.sort_by(|a, b| (&a.group, a.partition).cmp(&(&b.group, b.partition)));
     Ok(Status {
         counts,
         pending: backlog.pending,
         oldest_pending_age_seconds: backlog.oldest_age_secs,
         dead_by_destination: store::dead_by_destination(pool).await?,
-        leases: store::leases(pool).await?,
+        leases,
+        partitions,
     })
 }
 
@@ -78,7 +108,36 @@ pub fn render_status(s: &Status) -> String {
             l.name, l.holder, l.token, l.expires_at
         );
     }
+    render_partitions(&mut out, &s.partitions);
     out
+}
+
+/// One line per partitioned group: each replica with the partitions it holds, and those no
+/// replica holds now.
+fn render_partitions(out: &mut String, partitions: &[PartitionOwner]) {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&PartitionOwner>> = Default::default();
+    for p in partitions {
+        groups.entry(&p.group).or_default().push(p);
+    }
+    for (group, parts) in groups {
+        let mut by_holder: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        let mut unowned = Vec::new();
+        for p in parts {
+            let name = format!("p{}", p.partition);
+            if p.held {
+                by_holder.entry(&p.holder).or_default().push(name);
+            } else {
+                unowned.push(name);
+            }
+        }
+        let _ = writeln!(out, "\npartitions of {group}:");
+        for (holder, names) in by_holder {
+            let _ = writeln!(out, "  {holder}: {}", names.join(" "));
+        }
+        if !unowned.is_empty() {
+            let _ = writeln!(out, "  no holder: {}", unowned.join(" "));
+        }
+    }
 }
 
 /// What to do with dead messages; the command line's `dead` subcommands map onto it.

@@ -13,16 +13,19 @@ use crate::config::{BrokerKind, Config};
 use crate::health::{Health, Heartbeat};
 use crate::http;
 use crate::lease::Lease;
+use crate::partitions::{Coordinator, LoopRun, Loops};
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{self, Delivery, KafkaPublisher, KafkaSetupError, Transactions};
 use crate::publish::nsq::{NsqPublisher, NsqSetupError};
 use crate::publish::redis::{RedisPublisher, RedisSetupError};
-use crate::publish::Publisher;
-use crate::relay::{ExactlyOnce, Parts, PassedFloor, Relay};
+use crate::publish::{PublishError, Publisher};
+use crate::relay::{ExactlyOnce, Partition, Parts, PassedFloor, PassedFloors, Relay};
+use crate::store::OutboxMessage;
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
 use crate::telemetry::gauges::Gauges;
 use crate::telemetry::instruments;
+use futures::future::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -178,6 +181,9 @@ pub async fn run_with<P: Publisher>(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    if config.relay.partitions.get() > 1 {
+        return run_partitioned(pool, publisher, config, health, shutdown).await;
+    }
     run_loop(pool, AtLeastOnce(publisher), config, health, shutdown).await
 }
 
@@ -231,14 +237,7 @@ async fn run_loop(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let tracker = TaskTracker::new();
-    let failure: Arc<std::sync::Mutex<Option<AppError>>> = Arc::default();
-    let tasks = Tasks {
-        tracker: &tracker,
-        shutdown: &shutdown,
-        failure: &failure,
-        health: &health,
-    };
+    let tasks = Tasks::new(&shutdown, &health);
 
     let db_timeout = config.database.call_timeout();
     let lease = Arc::new(Lease::new(
@@ -254,22 +253,13 @@ async fn run_loop(
         retry: config.retry.clone(),
         on_published: config.sweeper.on_published(),
         lease: lease.clone(),
+        partition: Partition::whole(),
         health: health.clone(),
         db_timeout,
     };
     let RelayLoop { passed, run } = relay.build(parts, &config);
-    let sweeper = Arc::new(Sweeper::new(
-        pool.clone(),
-        config.sweeper.clone(),
-        Some(lease.clone()),
-        db_timeout,
-    ));
-    let check_back = CheckBack::new(
-        pool.clone(),
-        config.check_back.clone(),
-        lease.clone(),
-        db_timeout,
-    )?;
+    let floors = Arc::new(PassedFloors::default());
+    floors.add(passed);
 
     // The lease is renewed until the relay has drained, not just until shutdown begins:
     // otherwise a standby could take over while confirms are still being recorded.
@@ -285,49 +275,87 @@ async fn run_loop(
         // Only after the last outcome is recorded may a standby take over.
         l.release().await;
     });
-    let gauges = Gauges::new(
-        pool.clone(),
-        health.clone(),
-        passed,
-        config.metrics.backlog_interval,
-        db_timeout,
-    );
-    let token = shutdown.clone();
-    tasks.spawn("backlog", |beat| gauges.run(beat, token));
-    let (s, token) = (sweeper.clone(), shutdown.clone());
-    tasks.spawn("sweeper-expire", |beat| async move {
-        s.run_expiry(token, &beat).await
-    });
-    let token = shutdown.clone();
-    tasks.spawn("sweeper-purge", |beat| async move {
-        sweeper.run_purge(token, &beat).await
-    });
-    let token = shutdown.clone();
-    tasks.spawn("check-back", |beat| async move {
-        check_back.run(token, &beat).await
-    });
+    tasks.spawn_once_per_outbox(&pool, &config, lease, floors)?;
 
-    tracker.close();
-    tracker.wait().await;
+    let result = tasks.wait().await;
     pool.close().await;
-    let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    result
 }
 
 /// Spawns the long-running tasks: each is watched by `/livez` through its heartbeat from its
 /// start until it returns, and a task that panics shuts everything down with the failure
 /// reported, instead of the process limping on without it.
-struct Tasks<'a> {
-    tracker: &'a TaskTracker,
-    shutdown: &'a CancellationToken,
-    failure: &'a Arc<std::sync::Mutex<Option<AppError>>>,
-    health: &'a Arc<Health>,
+struct Tasks {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    failure: Arc<std::sync::Mutex<Option<AppError>>>,
+    health: Arc<Health>,
 }
 
-impl Tasks<'_> {
+impl Tasks {
+    fn new(shutdown: &CancellationToken, health: &Arc<Health>) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+            failure: Arc::default(),
+            health: health.clone(),
+        }
+    }
+
+    /// Waits for every task to end; the first failure, if one died.
+    async fn wait(self) -> Result<(), AppError> {
+        self.tracker.close();
+        self.tracker.wait().await;
+        let failed = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// The backlog gauges (every replica), and the sweeper and check-back, which act only
+    /// while `leader` is held: once per outbox, not once per replica.
+    fn spawn_once_per_outbox(
+        &self,
+        pool: &PgPool,
+        config: &Config,
+        leader: Arc<Lease>,
+        floors: Arc<PassedFloors>,
+    ) -> Result<(), AppError> {
+        let db_timeout = config.database.call_timeout();
+        let sweeper = Arc::new(Sweeper::new(
+            pool.clone(),
+            config.sweeper.clone(),
+            Some(leader.clone()),
+            db_timeout,
+        ));
+        let check_back =
+            CheckBack::new(pool.clone(), config.check_back.clone(), leader, db_timeout)?;
+        let gauges = Gauges::new(
+            pool.clone(),
+            self.health.clone(),
+            floors,
+            config.metrics.backlog_interval,
+            db_timeout,
+        );
+        let token = self.shutdown.clone();
+        self.spawn("backlog", |beat| gauges.run(beat, token));
+        let (s, token) = (sweeper.clone(), self.shutdown.clone());
+        self.spawn("sweeper-expire", |beat| async move {
+            s.run_expiry(token, &beat).await
+        });
+        let token = self.shutdown.clone();
+        self.spawn("sweeper-purge", |beat| async move {
+            sweeper.run_purge(token, &beat).await
+        });
+        let token = self.shutdown.clone();
+        self.spawn("check-back", |beat| async move {
+            check_back.run(token, &beat).await
+        });
+        Ok(())
+    }
+
     fn spawn<F, Fut>(&self, name: &'static str, task: F)
     where
         F: FnOnce(Arc<Heartbeat>) -> Fut,
@@ -350,5 +378,104 @@ impl Tasks<'_> {
                 }
             }
         });
+    }
+}
+
+/// Active-active (`relay.partitions > 1`): the partition coordinator starts and stops one relay
+/// loop per partition this replica holds, all over one publisher.
+async fn run_partitioned<P: Publisher>(
+    pool: PgPool,
+    publisher: Arc<P>,
+    config: Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let tasks = Tasks::new(&shutdown, &health);
+    let db_timeout = config.database.call_timeout();
+    let floors = Arc::new(PassedFloors::default());
+    let loops = PartitionLoops {
+        pool: pool.clone(),
+        publisher: publisher.clone(),
+        config: config.clone(),
+        health: health.clone(),
+    };
+    let coordinator = Coordinator::new(
+        pool.clone(),
+        loops,
+        &config.ha,
+        config.relay.partitions.get(),
+        health.clone(),
+        floors.clone(),
+        db_timeout,
+    );
+    let first = coordinator.first_lease();
+    let token = shutdown.clone();
+    tasks.spawn("partitions", |beat| async move {
+        coordinator.run(token, &beat).await
+    });
+    tasks.spawn_once_per_outbox(&pool, &config, first, floors)?;
+    let result = tasks.wait().await;
+    // Every partition's loop has drained: the publisher they shared may close.
+    publisher.close().await;
+    pool.close().await;
+    result
+}
+
+/// Builds the partitions' loops, all over one publisher.
+struct PartitionLoops<P> {
+    pool: PgPool,
+    publisher: Arc<P>,
+    config: Config,
+    health: Arc<Health>,
+}
+
+impl<P: Publisher> Loops for PartitionLoops<P> {
+    fn build(&self, lease: Arc<Lease>, partition: Partition) -> (Arc<PassedFloor>, LoopRun) {
+        let parts = Parts {
+            pool: self.pool.clone(),
+            config: self.config.relay.clone(),
+            retry: self.config.retry.clone(),
+            on_published: self.config.sweeper.on_published(),
+            lease,
+            partition,
+            health: self.health.clone(),
+            db_timeout: self.config.database.call_timeout(),
+        };
+        let relay = Relay::new(parts, Arc::new(KeepOpen(self.publisher.clone())));
+        let floor = relay.passed_floor();
+        let run: LoopRun =
+            Box::new(move |token, beat| Box::pin(async move { relay.run(token, &beat).await }));
+        (floor, run)
+    }
+
+    fn broker_ready(&self) -> BoxFuture<'_, bool> {
+        let limit = self.config.relay.publish_timeout;
+        Box::pin(async move {
+            matches!(
+                tokio::time::timeout(limit, self.publisher.ready()).await,
+                Ok(Ok(()))
+            )
+        })
+    }
+}
+
+/// The shared publisher as one partition's loop sees it: a loop that stops after a hand-off
+/// must not close the connection the other partitions publish on.
+struct KeepOpen<P>(Arc<P>);
+
+impl<P: Publisher> Publisher for KeepOpen<P> {
+    fn ready(&self) -> impl std::future::Future<Output = Result<(), PublishError>> + Send {
+        self.0.ready()
+    }
+
+    fn publish(
+        &self,
+        message: &OutboxMessage,
+    ) -> impl std::future::Future<Output = Result<(), PublishError>> + Send {
+        self.0.publish(message)
+    }
+
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::ready(())
     }
 }

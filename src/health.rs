@@ -95,6 +95,19 @@ impl Health {
         beat
     }
 
+    /// Stops watching a task that ended (a partition's loop after a hand-off), so that tasks
+    /// started and ended over the process's life do not pile up.
+    pub fn forget(&self, beat: &Arc<Heartbeat>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, b)| !Arc::ptr_eq(b, beat));
+    }
+
+    pub fn is_broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
     pub fn set_database_up(&self, v: bool) {
         self.database_up.store(v, Ordering::Relaxed);
         metrics::gauge!(crate::telemetry::instruments::UP, "dependency" => "database")

@@ -8,6 +8,7 @@
 //! expire in the database and a standby can take it. The claim query also checks the lease
 //! inside the database, so a replica that has not yet noticed the loss claims nothing.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Checks, DAY};
 use crate::health::{Health, Heartbeat};
 use crate::store::{self, LeaseRef};
+use crate::telemetry::instruments;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
@@ -30,24 +32,61 @@ pub struct Held {
 
 pub struct Lease {
     pool: PgPool,
-    config: HaConfig,
+    name: String,
+    ttl: Duration,
     holder: String,
     state: Mutex<Option<Held>>,
-    health: Arc<Health>,
+    /// The token of the last acquisition, kept after the lease is lost: the outcomes of rows
+    /// claimed under it are written under it, and are refused once another replica took over.
+    last_token: AtomicI64,
+    /// Set for the outbox's single lease, whose holder is "the leader"; not for partitions.
+    health: Option<Arc<Health>>,
     /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
     db_timeout: Duration,
 }
 
 impl Lease {
+    /// The outbox's one lease (`relay.partitions = 1`); its holder is the leader.
     pub fn new(pool: PgPool, config: HaConfig, health: Arc<Health>, db_timeout: Duration) -> Self {
         let holder = config.effective_replica_id();
+        let mut lease = Self::named(
+            pool,
+            config.lease_name,
+            holder,
+            config.lease_ttl,
+            db_timeout,
+        );
+        lease.health = Some(health);
+        lease
+    }
+
+    /// A lease of its own name (a partition's), held as `holder`.
+    pub fn named(
+        pool: PgPool,
+        name: String,
+        holder: String,
+        ttl: Duration,
+        db_timeout: Duration,
+    ) -> Self {
         Self {
             pool,
-            config,
+            name,
+            ttl,
             holder,
             state: Mutex::new(None),
-            health,
+            last_token: AtomicI64::new(0),
+            health: None,
             db_timeout,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_leader(&self, v: bool) {
+        if let Some(h) = &self.health {
+            h.set_leader(v);
         }
     }
 
@@ -63,9 +102,19 @@ impl Lease {
 
     pub fn lease_ref(&self, held: Held) -> LeaseRef<'_> {
         LeaseRef {
-            name: &self.config.lease_name,
+            name: &self.name,
             holder: &self.holder,
             token: held.token,
+        }
+    }
+
+    /// The lease as last acquired, valid or not: outcomes are written under it, and the
+    /// database refuses them once another replica holds it.
+    pub fn last_ref(&self) -> LeaseRef<'_> {
+        LeaseRef {
+            name: &self.name,
+            holder: &self.holder,
+            token: self.last_token.load(Ordering::Acquire),
         }
     }
 
@@ -73,48 +122,55 @@ impl Lease {
     /// replica publishes: the next renewal finds out from the database who holds it.
     pub fn forfeit(&self) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.health.set_leader(false);
+        self.set_leader(false);
     }
 
-    /// Acquires or renews once; updates the local state and the leader gauge.
-    pub async fn tick(&self) {
-        let ttl = self.config.lease_ttl;
+    /// Acquires or renews once; updates the local state and the leader gauge. Returns whether
+    /// the lease is held now.
+    pub async fn tick(&self) -> bool {
+        let ttl = self.ttl;
         let sent = Instant::now();
         let result = store::within(
             self.db_timeout,
-            store::acquire_lease(&self.pool, &self.config.lease_name, &self.holder, ttl),
+            store::acquire_lease(&self.pool, &self.name, &self.holder, ttl),
         )
         .await;
         let was_leader = self.current().is_some();
         let now_leader = match result {
-            Ok(Some(token)) => {
+            Ok(Some(acquired)) => {
+                let token = acquired.token;
                 let valid_until = sent + ttl - ttl / 5;
                 *self.state.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(Held { token, valid_until });
+                self.last_token.store(token, Ordering::Release);
+                if let Some(gap) = acquired.unowned() {
+                    metrics::histogram!(instruments::LEASE_UNOWNED).record(gap.as_secs_f64());
+                }
                 if !was_leader {
-                    tracing::info!(holder = %self.holder, token, "acquired the lease: publishing");
+                    tracing::info!(holder = %self.holder, lease = %self.name, token, "acquired the lease: publishing");
                 }
                 true
             }
             Ok(None) => {
                 *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if was_leader {
-                    tracing::warn!(holder = %self.holder, "lost the lease to another replica: standing by");
+                    tracing::warn!(holder = %self.holder, lease = %self.name, "lost the lease to another replica: standing by");
                 }
                 false
             }
             Err(e) => {
                 // Keep what we had: it runs out by itself at valid_until.
-                tracing::warn!(error = %e, "cannot renew the lease");
+                tracing::warn!(lease = %self.name, error = %e, "cannot renew the lease");
                 self.current().is_some()
             }
         };
-        self.health.set_leader(now_leader);
+        self.set_leader(now_leader);
+        now_leader
     }
 
     /// Renews or tries to acquire every third of the lease ttl until shutdown.
     pub async fn run(&self, shutdown: CancellationToken, beat: &Heartbeat) {
-        let period = self.config.lease_ttl / 3;
+        let period = self.ttl / 3;
         loop {
             self.tick().await;
             beat.beat_within(period);
@@ -128,19 +184,19 @@ impl Lease {
     /// Gives the lease up after the relay has drained, so a standby takes over at once.
     pub async fn release(&self) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.health.set_leader(false);
+        self.set_leader(false);
         if let Err(e) = store::within(
             self.db_timeout,
-            store::release_lease(&self.pool, &self.config.lease_name, &self.holder),
+            store::release_lease(&self.pool, &self.name, &self.holder),
         )
         .await
         {
-            tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
+            tracing::warn!(lease = %self.name, error = %e, "cannot release the lease; it expires by itself");
         }
     }
 
     pub fn ttl(&self) -> Duration {
-        self.config.lease_ttl
+        self.ttl
     }
 }
 

@@ -28,6 +28,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod http;
 pub mod lease;
+pub mod partitions;
 pub mod publish;
 pub mod relay;
 pub mod store;

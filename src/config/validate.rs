@@ -136,6 +136,18 @@ pub(super) fn relations(c: &Config, checks: &mut Checks) {
             "\"exactly_once\" needs broker.kind = \"kafka\"",
         );
     }
+    if c.relay.partitions.get() > 1
+        && c.broker.kind == crate::publish::BrokerKind::Kafka
+        && c.broker.kafka.delivery == crate::publish::kafka::Delivery::ExactlyOnce
+    {
+        // One transactional producer fences the whole group; partitions would need one
+        // transactional id, progress record and recovery each, which this version lacks.
+        // Publishing at least once instead would betray the setting.
+        checks.issue(
+            "relay.partitions",
+            "must be 1 with broker.kafka.delivery = \"exactly_once\": exactly-once runs one transactional producer per outbox, so replicas fail over instead of sharing partitions (docs/ARCHITECTURE.md)",
+        );
+    }
     if c.broker.kind == crate::publish::BrokerKind::Redis
         && c.broker.redis.wait_replicas > 0
         && c.broker.redis.wait_timeout >= c.relay.publish_timeout

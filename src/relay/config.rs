@@ -18,7 +18,13 @@ pub struct RelayConfig {
     pub publish_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Key partitions the replicas share (active-active); 1 means one replica publishes.
+    pub partitions: NonZeroU32,
 }
+
+/// More partitions than this would cost a lease row, a claim loop and a renewal per partition
+/// for no gain: a replica needs only a few to keep its share even.
+pub const MAX_PARTITIONS: u32 = 256;
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -28,6 +34,7 @@ impl Default for RelayConfig {
             max_in_flight: NonZeroU32::new(256).expect("non-zero"),
             publish_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            partitions: NonZeroU32::MIN,
         }
     }
 }
@@ -38,6 +45,12 @@ impl RelayConfig {
         c.duration("relay.publish_timeout", self.publish_timeout, DAY);
         // Zero is allowed: stop at once, leaving in-flight rows to be sent again.
         c.at_most("relay.shutdown_grace", self.shutdown_grace, DAY);
+        if self.partitions.get() > MAX_PARTITIONS {
+            c.issue(
+                "relay.partitions",
+                format!("must be at most {MAX_PARTITIONS}"),
+            );
+        }
     }
 }
 

@@ -76,6 +76,7 @@ impl Holding {
 /// What writing outcomes needs, owned so that a mark's task can take it.
 struct Recorder {
     pool: sqlx::PgPool,
+    lease: Arc<crate::lease::Lease>,
     limit: Duration,
     max_attempts: u32,
     on_published: store::OnPublished,
@@ -88,8 +89,13 @@ impl Recorder {
         outcomes: &[(RowId, Outcome)],
         logged: &HashMap<RowId, Logged>,
     ) -> Result<(), StoreError> {
-        let recorded =
-            store::record_outcomes(&self.pool, outcomes, self.max_attempts, self.on_published);
+        let recorded = store::record_outcomes(
+            &self.pool,
+            self.lease.last_ref(),
+            outcomes,
+            self.max_attempts,
+            self.on_published,
+        );
         for r in store::within(self.limit, recorded).await? {
             if let Some(l) = logged.get(&r.id) {
                 l.observe(r.status);
@@ -337,6 +343,7 @@ impl ExactlyOnce {
                     exclude: &exclude,
                     held_back: &[],
                     floor,
+                    partition: self.parts.partition.as_ref(),
                 };
                 store::claim(&self.parts.pool, &args).await
             };
@@ -373,6 +380,7 @@ impl ExactlyOnce {
     fn recorder(&self) -> Recorder {
         Recorder {
             pool: self.parts.pool.clone(),
+            lease: self.parts.lease.clone(),
             limit: self.parts.db_timeout,
             max_attempts: self.parts.retry.max_attempts.get(),
             on_published: self.parts.on_published,

@@ -43,7 +43,7 @@ use pipeline::Pipeline;
 use slow::SlowDestinations;
 use state::*;
 use window::FenceTracker;
-pub use window::PassedFloor;
+pub use window::{PassedFloor, PassedFloors};
 
 /// Messages of one key per batch while other keys' rows may be waiting behind them.
 const KEY_SHARE: usize = 32;
@@ -62,6 +62,7 @@ pub struct Relay<P> {
     retry: RetryConfig,
     on_published: store::OnPublished,
     lease: Arc<Lease>,
+    partition: Partition,
     health: Arc<Health>,
     slow: SlowDestinations,
     passed: Arc<PassedFloor>,
@@ -81,9 +82,39 @@ pub struct Parts {
     pub retry: RetryConfig,
     pub on_published: store::OnPublished,
     pub lease: Arc<Lease>,
+    /// The rows `lease` covers: the whole outbox, or one key partition.
+    pub partition: Partition,
     pub health: Arc<Health>,
     /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
     pub db_timeout: Duration,
+}
+
+/// The rows a relay loop publishes: the whole outbox under its one lease, or one of
+/// `relay.partitions` under that partition's lease while the group lease is held.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub count: u32,
+    pub index: u32,
+    /// The group lease's name and the holder the partitioned replicas share.
+    pub group: Option<(String, String)>,
+}
+
+impl Partition {
+    pub fn whole() -> Self {
+        Self {
+            count: 1,
+            index: 0,
+            group: None,
+        }
+    }
+
+    pub fn as_ref(&self) -> store::PartitionRef<'_> {
+        store::PartitionRef {
+            count: self.count,
+            index: self.index,
+            group: self.group.as_ref().map(|(n, h)| (n.as_str(), h.as_str())),
+        }
+    }
 }
 
 impl<P: Publisher> Relay<P> {
@@ -94,6 +125,7 @@ impl<P: Publisher> Relay<P> {
             retry,
             on_published,
             lease,
+            partition,
             health,
             db_timeout,
         } = parts;
@@ -104,6 +136,7 @@ impl<P: Publisher> Relay<P> {
             retry,
             on_published,
             lease,
+            partition,
             health,
             slow: SlowDestinations::default(),
             passed: Arc::default(),
@@ -322,6 +355,7 @@ impl<P: Publisher> Relay<P> {
             exclude,
             held_back: &held_back,
             floor,
+            partition: self.partition.as_ref(),
         };
         let batch = store::claim(&self.pool, &args).await?;
         if batch.is_empty() {
@@ -471,6 +505,7 @@ impl<P: Publisher> Relay<P> {
         loop {
             let attempt = store::record_outcomes(
                 &self.pool,
+                self.lease.last_ref(),
                 &rows,
                 self.retry.max_attempts.get(),
                 self.on_published,

@@ -99,6 +99,42 @@ impl PassedFloor {
     }
 }
 
+/// The floors of every relay loop this replica runs (one, or one per partition held), for the
+/// backlog check. Every loop's floor is a bound for the whole outbox (the fence and the floor
+/// do not depend on the partition), so a pending row below any of them was passed.
+#[derive(Debug, Default)]
+pub struct PassedFloors(std::sync::Mutex<Vec<Arc<PassedFloor>>>);
+
+impl PassedFloors {
+    pub fn add(&self, floor: Arc<PassedFloor>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(floor);
+    }
+
+    pub fn remove(&self, floor: &Arc<PassedFloor>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| !Arc::ptr_eq(f, floor));
+    }
+
+    /// Each floor with its value now; read before the backlog query starts.
+    pub fn current(&self) -> Vec<(Arc<PassedFloor>, i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|f| (f.clone(), f.current()))
+            .collect()
+    }
+
+    /// As [`PassedFloor::check`], for every floor read before the query.
+    pub fn check(before: &[(Arc<PassedFloor>, i64)], lowest_pending: Option<i64>) {
+        for (floor, value) in before {
+            floor.check(*value, lowest_pending);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,12 +7,14 @@ mod admin;
 pub mod check_back;
 mod config;
 mod error;
+mod leases;
 mod model;
 pub mod stats;
 
 pub use admin::*;
 pub use config::{DatabaseConfig, SCHEMES};
 pub use error::{within, StoreError};
+pub use leases::*;
 pub use model::*;
 
 use std::time::Duration;
@@ -138,16 +140,8 @@ pub async fn claim_window(pool: &PgPool, before: &ClaimWindow) -> Result<ClaimWi
     })
 }
 
-/// The lease a claim runs under.
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseRef<'a> {
-    pub name: &'a str,
-    pub holder: &'a str,
-    pub token: i64,
-}
-
 /// What a claim leaves out and is bounded by; shared by [`claim`] and [`claim_other_keys`],
-/// whose first seven parameters are the same.
+/// whose first twelve parameters are the same.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimArgs<'a> {
     /// The commit fence: nothing above it may be claimed yet.
@@ -160,6 +154,27 @@ pub struct ClaimArgs<'a> {
     pub held_back: &'a [String],
     /// No pending row has a lower `commit_seq` (see [`pending_floor`]); 0 is always safe.
     pub floor: i64,
+    /// Which rows of the outbox this claim may take.
+    pub partition: PartitionRef<'a>,
+}
+
+/// One partition of `relay.partitions` (rows with `outbox.key_partition(key, id, count) =
+/// index`), claimed while the group lease is held by the partitioned replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionRef<'a> {
+    pub count: u32,
+    pub index: u32,
+    /// The group lease's name and holder; `None` when the outbox is not partitioned.
+    pub group: Option<(&'a str, &'a str)>,
+}
+
+impl PartitionRef<'_> {
+    /// The whole outbox, under one lease.
+    pub const WHOLE: PartitionRef<'static> = PartitionRef {
+        count: 1,
+        index: 0,
+        group: None,
+    };
 }
 
 impl<'a> ClaimArgs<'a> {
@@ -176,6 +191,10 @@ impl<'a> ClaimArgs<'a> {
             .bind(self.exclude)
             .bind(self.held_back)
             .bind(self.floor)
+            .bind(i32::try_from(self.partition.count).unwrap_or(i32::MAX))
+            .bind(i32::try_from(self.partition.index).unwrap_or(i32::MAX))
+            .bind(self.partition.group.map(|(name, _)| name))
+            .bind(self.partition.group.map(|(_, holder)| holder))
     }
 }
 
@@ -228,31 +247,6 @@ pub async fn claim_other_keys(
         .await?)
 }
 
-/// Takes or renews a lease; returns its token if this holder has it now.
-pub async fn acquire_lease(
-    pool: &PgPool,
-    name: &str,
-    holder: &str,
-    ttl: Duration,
-) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(include_str!("sql/acquire_lease.sql"))
-        .bind(name)
-        .bind(holder)
-        .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-        .fetch_optional(pool)
-        .await?)
-}
-
-/// Gives a lease up at once (clean shutdown), so a standby need not wait for it to expire.
-pub async fn release_lease(pool: &PgPool, name: &str, holder: &str) -> Result<(), StoreError> {
-    sqlx::query(include_str!("sql/release_lease.sql"))
-        .bind(name)
-        .bind(holder)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// The committed rows not yet published.
 #[derive(Debug, FromRow)]
 pub struct Backlog {
@@ -280,9 +274,11 @@ pub enum OnPublished {
 }
 
 /// Writes a batch of publish outcomes: confirmed rows as `on_published` says, failures as
-/// retries or `dead`. Returns each row's new status; rows no longer committed are left out.
+/// retries or `dead`. Returns each row's new status; rows no longer committed are left out,
+/// and so is every row if `lease` changed hands since the claim (its new holder owns them).
 pub async fn record_outcomes(
     pool: &PgPool,
+    lease: LeaseRef<'_>,
     outcomes: &[(RowId, Outcome)],
     max_attempts: u32,
     on_published: OnPublished,
@@ -307,15 +303,15 @@ pub async fn record_outcomes(
         }
     }
     if failed.ids.is_empty() {
-        return finish_published(pool, &confirmed, on_published).await;
+        return finish_published(pool, lease, &confirmed, on_published).await;
     }
     if confirmed.is_empty() {
-        return failed.record(pool, max_attempts).await;
+        return failed.record(pool, lease, max_attempts).await;
     }
     // Both kinds, rarely: one transaction, so that a retry after an error repeats neither half.
     let mut tx = pool.begin().await?;
-    let mut recorded = finish_published(&mut *tx, &confirmed, on_published).await?;
-    recorded.extend(failed.record(&mut *tx, max_attempts).await?);
+    let mut recorded = finish_published(&mut *tx, lease, &confirmed, on_published).await?;
+    recorded.extend(failed.record(&mut *tx, lease, max_attempts).await?);
     tx.commit().await?;
     Ok(recorded)
 }
@@ -323,6 +319,7 @@ pub async fn record_outcomes(
 /// Marks or deletes the rows the broker confirmed.
 async fn finish_published<'e>(
     db: impl sqlx::PgExecutor<'e>,
+    lease: LeaseRef<'_>,
     ids: &[i64],
     on_published: OnPublished,
 ) -> Result<Vec<Recorded>, StoreError> {
@@ -332,6 +329,9 @@ async fn finish_published<'e>(
     };
     let rows: Vec<i64> = sqlx::query_scalar(statement)
         .bind(ids)
+        .bind(lease.name)
+        .bind(lease.holder)
+        .bind(lease.token)
         .fetch_all(db)
         .await?;
     Ok(rows
@@ -356,6 +356,7 @@ impl Failures<'_> {
     async fn record<'e>(
         &self,
         db: impl sqlx::PgExecutor<'e>,
+        lease: LeaseRef<'_>,
         max_attempts: u32,
     ) -> Result<Vec<Recorded>, StoreError> {
         let rows: Vec<(i64, MessageStatus)> =
@@ -365,6 +366,9 @@ impl Failures<'_> {
                 .bind(&self.permanent)
                 .bind(&self.backoff_ms)
                 .bind(i64::from(max_attempts))
+                .bind(lease.name)
+                .bind(lease.holder)
+                .bind(lease.token)
                 .fetch_all(db)
                 .await?;
         Ok(rows

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Health, Heartbeat};
-use crate::relay::PassedFloor;
+use crate::relay::PassedFloors;
 use crate::store::{self, stats};
 use crate::telemetry::instruments;
 
@@ -23,7 +23,7 @@ const LONG_HORIZON_XIDS: i64 = 10_000_000;
 pub struct Gauges {
     pool: PgPool,
     health: Arc<Health>,
-    passed: Arc<PassedFloor>,
+    passed: Arc<PassedFloors>,
     every: Duration,
     /// Bound of one statement's answer (`DatabaseConfig::call_timeout`).
     db_timeout: Duration,
@@ -38,7 +38,7 @@ impl Gauges {
     pub fn new(
         pool: PgPool,
         health: Arc<Health>,
-        passed: Arc<PassedFloor>,
+        passed: Arc<PassedFloors>,
         every: Duration,
         db_timeout: Duration,
     ) -> Self {
@@ -67,13 +67,13 @@ impl Gauges {
 
     /// One statement after the other, each bounded and each a turn of `beat`.
     async fn refresh(&mut self, beat: &Heartbeat) {
-        let floor = self.passed.current();
+        let floors = self.passed.current();
         match store::within(self.db_timeout, store::backlog(&self.pool)).await {
             Ok(backlog) => {
                 self.health.set_database_up(true);
                 metrics::gauge!(instruments::PENDING).set(backlog.pending as f64);
                 metrics::gauge!(instruments::OLDEST_PENDING_AGE).set(backlog.oldest_age_secs);
-                self.passed.check(floor, backlog.lowest_seq);
+                PassedFloors::check(&floors, backlog.lowest_seq);
             }
             Err(e) => {
                 self.health.set_database_up(false);

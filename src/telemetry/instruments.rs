@@ -26,6 +26,9 @@ pub const CHECKS_UNCONFIGURED: &str = "outbox_relay_check_back_unconfigured_tota
 pub const PURGED: &str = "outbox_relay_messages_purged_total";
 pub const PASSED_ROWS_FOUND: &str = "outbox_relay_passed_rows_found_total";
 pub const LEADER: &str = "outbox_relay_leader";
+pub const PARTITIONS_HELD: &str = "outbox_relay_partitions_held";
+pub const HANDOFFS: &str = "outbox_relay_partition_handoffs_total";
+pub const LEASE_UNOWNED: &str = "outbox_relay_lease_unowned_seconds";
 pub const UP: &str = "outbox_relay_up";
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 pub const TABLE_SIZE: &str = "outbox_relay_table_size_bytes";
@@ -34,6 +37,9 @@ pub const DEAD_TUPLES: &str = "outbox_relay_table_dead_tuples";
 pub const LAST_AUTOVACUUM_AGE: &str = "outbox_relay_last_autovacuum_age_seconds";
 pub const VACUUM_HORIZON_AGE: &str = "outbox_relay_vacuum_horizon_age_seconds";
 pub const VACUUM_HORIZON_XIDS: &str = "outbox_relay_vacuum_horizon_age_xids";
+
+/// How this replica's hold on a partition began or ended (the hand-off counter's `event`).
+pub const HANDOFF_EVENTS: [&str; 3] = ["won", "released", "lost"];
 
 /// The purge counter's statuses, known in advance, so their series exist from the start.
 const PURGED_STATUSES: [&str; 3] = ["published", "rolled_back", "dead"];
@@ -61,6 +67,7 @@ pub fn install(idle_timeout: Duration) -> Result<Exporter, BuildError> {
         .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BROKER_ACK.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), SIZE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(LEASE_UNOWNED.into()), LATENCY_BUCKETS)?
         // Counters and histograms only: they carry the destination label. Gauges stay, so an
         // outage that stops their updates does not make the backlog's age vanish.
         .idle_timeout(
@@ -103,6 +110,9 @@ pub fn keep_alive() {
         metrics::counter!(EXPIRED, "outcome" => outcome).increment(0);
     }
     metrics::counter!(PASSED_ROWS_FOUND).increment(0);
+    for event in HANDOFF_EVENTS {
+        metrics::counter!(HANDOFFS, "event" => event).increment(0);
+    }
     for status in PURGED_STATUSES {
         metrics::counter!(PURGED, "status" => status).increment(0);
     }
@@ -163,6 +173,19 @@ fn describe() {
     describe_gauge!(
         LEADER,
         "1 on the replica that holds the lease and publishes, else 0."
+    );
+    describe_gauge!(
+        PARTITIONS_HELD,
+        "Key partitions this replica holds and publishes (relay.partitions > 1), else 0."
+    );
+    describe_counter!(
+        HANDOFFS,
+        "Partition hand-offs seen by this replica: won (lease taken), released (drained and given up), lost (lease taken by another replica or run out)."
+    );
+    describe_histogram!(
+        LEASE_UNOWNED,
+        Unit::Seconds,
+        "When this replica took a lease (the outbox's, or a partition's) from no valid holder: how long it had had none."
     );
     describe_gauge!(
         UP,

@@ -214,17 +214,7 @@ impl TestDb {
         to: i64,
         keys: i64,
     ) -> Vec<Uuid> {
-        sqlx::query_scalar(
-            "SELECT outbox.enqueue($1, jsonb_build_object('key', 'k' || (g % $4), 'n', g), message_key => 'k' || (g % $4))
-               FROM generate_series($2, $3) g ORDER BY g",
-        )
-        .bind(destination)
-        .bind(from)
-        .bind(to)
-        .bind(keys)
-        .fetch_all(&self.writer)
-        .await
-        .expect("enqueue many")
+        enqueue_range(&self.writer, destination, from, to, keys).await
     }
 
     /// `outbox.prepare` with its default ttl: the prepared message's id.
@@ -542,4 +532,25 @@ impl RunningRelay {
             .expect("relay task")
             .expect("relay result");
     }
+}
+
+/// [`TestDb::enqueue_many`] on a pool of its own, for writers running in a task beside the test.
+pub async fn enqueue_range(
+    writer: &PgPool,
+    destination: &str,
+    from: i64,
+    to: i64,
+    keys: i64,
+) -> Vec<Uuid> {
+    sqlx::query_scalar(
+        "SELECT outbox.enqueue($1, jsonb_build_object('key', 'k' || (g % $4), 'n', g), message_key => 'k' || (g % $4))
+           FROM generate_series($2, $3) g ORDER BY g",
+    )
+    .bind(destination)
+    .bind(from)
+    .bind(to)
+    .bind(keys)
+    .fetch_all(writer)
+    .await
+    .expect("enqueue many")
 }

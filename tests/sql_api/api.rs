@@ -228,14 +228,18 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
     let a = store::acquire_lease(&db.pool, "l", "a", ttl)
         .await
         .unwrap()
-        .expect("a gets it");
+        .expect("a gets it")
+        .token;
     assert_eq!(
         store::acquire_lease(&db.pool, "l", "b", ttl).await.unwrap(),
         None,
         "b must wait"
     );
     assert_eq!(
-        store::acquire_lease(&db.pool, "l", "a", ttl).await.unwrap(),
+        store::acquire_lease(&db.pool, "l", "a", ttl)
+            .await
+            .unwrap()
+            .map(|l| l.token),
         Some(a),
         "renewal keeps the token"
     );
@@ -260,7 +264,8 @@ async fn lease_has_one_holder_and_a_new_token_on_takeover() {
     let b = store::acquire_lease(&db.pool, "l", "b", ttl)
         .await
         .unwrap()
-        .expect("b takes over");
+        .expect("b takes over")
+        .token;
     assert!(b > a, "takeover changes the token");
     assert!(store::claim(&db.pool, &a_args).await.unwrap().is_empty());
     let b_args = ClaimArgs {

@@ -20,7 +20,7 @@ async fn claims_are_index_scans_over_pending_rows_only() {
         .execute(&db.pool)
         .await
         .unwrap();
-    // Both claims share $1 to $8; the second adds the rows and keys already claimed.
+    // Both claims share $1 to $12; the second adds the rows and keys already claimed.
     let shared = [
         "1000000",
         "500",
@@ -30,6 +30,10 @@ async fn claims_are_index_scans_over_pending_rows_only() {
         "'{}'::bigint[]",
         "'{}'::text[]",
         "5",
+        "1",
+        "0",
+        "NULL",
+        "NULL",
     ];
     let other_keys = ["10", "'{d}'::text[]", "'{k1}'::text[]", "20000"];
     // The main claim's per-key check looks only at delayed rows, not at every pending row of
@@ -85,13 +89,13 @@ async fn claims_look_up_the_rows_in_hand_by_hash_under_the_relays_plans() {
         (
             "claim",
             include_str!("../../src/store/sql/claim.sql"),
-            format!("1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5"),
+            format!("1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5, 1, 0, NULL, NULL"),
         ),
         (
             "claim_other_keys",
             include_str!("../../src/store/sql/claim_other_keys.sql"),
             format!(
-                "1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5, 10, '{{d}}'::text[], '{{k1}}'::text[], 20000"
+                "1000000, 500, 'l', 'me', 1, {in_hand}, '{{}}'::text[], 5, 1, 0, NULL, NULL, 10, '{{d}}'::text[], '{{k1}}'::text[], 20000"
             ),
         ),
     ];
@@ -172,6 +176,7 @@ async fn a_row_due_at_commit_goes_first_even_when_the_clock_is_behind_it() {
     // (and holds its key back) although the clock is behind it.
     store::record_outcomes(
         &db.pool,
+        me(token),
         &[(batch[0].id, failed(false))],
         10,
         store::OnPublished::Mark,
@@ -333,6 +338,10 @@ async fn claims_from_the_floor_skip_rows_published_under_an_open_snapshot() {
                 "'{}'::bigint[]",
                 "'{}'::text[]",
                 floor.as_str(),
+                "1",
+                "0",
+                "NULL",
+                "NULL",
             ];
             let sql = include_str!("../../src/store/sql/claim.sql");
             let plan = explain(&pool, "ANALYZE, BUFFERS, FORMAT JSON", sql, &args).await;

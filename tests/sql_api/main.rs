@@ -7,6 +7,7 @@ mod api;
 mod claims;
 mod fence;
 mod outcomes;
+mod partitions;
 mod writer;
 
 use common::TestDb;
@@ -80,6 +81,16 @@ async fn take_lease(db: &TestDb) -> i64 {
         .await
         .unwrap()
         .expect("the lease is free")
+        .token
+}
+
+/// `me`'s lease `l` under `token`, as outcome updates name it.
+fn me(token: i64) -> outbox_relay::store::LeaseRef<'static> {
+    outbox_relay::store::LeaseRef {
+        name: "l",
+        holder: "me",
+        token,
+    }
 }
 
 /// Claim arguments under `me`'s lease `token`, excluding nothing and holding nothing back.
@@ -95,5 +106,6 @@ fn claim_args(fence_seq: i64, limit: u32, token: i64) -> outbox_relay::store::Cl
         exclude: &[],
         held_back: &[],
         floor: 0,
+        partition: outbox_relay::store::PartitionRef::WHOLE,
     }
 }

@@ -9,8 +9,10 @@ async fn delete_on_publish_deletes_confirmed_rows_and_records_failures() {
     use outbox_relay::store::{self, MessageStatus, OnPublished, Outcome};
     let db = TestDb::new().await;
     let batch = claimed_with_the_last_discarded(&db, 4).await;
+    let token = take_lease(&db).await;
     let recorded = store::record_outcomes(
         &db.pool,
+        me(token),
         &[
             (batch[0].id, Outcome::Published),
             (batch[1].id, failed(false)),
@@ -56,12 +58,14 @@ async fn marking_records_confirmed_rows_alone_or_beside_failures() {
     use outbox_relay::store::{self, MessageStatus, OnPublished, Outcome};
     let db = TestDb::new().await;
     let batch = claimed_with_the_last_discarded(&db, 5).await;
+    let token = take_lease(&db).await;
     let record = |outcomes: Vec<(store::RowId, Outcome)>| {
         let pool = db.pool.clone();
         async move {
-            let recorded = store::record_outcomes(&pool, &outcomes, 10, OnPublished::Mark)
-                .await
-                .unwrap();
+            let recorded =
+                store::record_outcomes(&pool, me(token), &outcomes, 10, OnPublished::Mark)
+                    .await
+                    .unwrap();
             let mut got: Vec<_> = recorded.iter().map(|r| (r.id, r.status)).collect();
             got.sort_by_key(|(id, _)| *id);
             got

@@ -10,6 +10,11 @@
 -- scans start there.
 -- $3, $4, $5: lease name, holder, token. A replica whose lease expired or was taken over
 -- claims nothing, even if it has not noticed yet.
+-- $9, $10: relay.partitions and the partition claimed (outbox.key_partition, migration 0011);
+-- 1 and 0 when the outbox is not partitioned, which skips the hash. A key's rows all lie in
+-- one partition, so the per-key check below needs no partition clause.
+-- $11, $12: the group lease the partitioned replicas share and its holder (NULL when not
+-- partitioned): held by them, so no replica in another mode publishes beside them.
 -- A row is due once available_at has passed, and always when available_at is not past its
 -- committed_at: it was never delayed (no retry backoff, no deliver_at), so it is due from its
 -- commit on, whatever the clock says now. A keyed row is held back while an earlier row of its
@@ -52,5 +57,12 @@ SELECT m.id,
            AND l.holder = $4
            AND l.token = $5
            AND l.expires_at > now())
+   AND ($9 = 1 OR outbox.key_partition(m.message_key, m.message_id, $9) = $10)
+   AND ($11::text IS NULL OR EXISTS (
+        SELECT 1
+          FROM outbox.relay_leases g
+         WHERE g.name = $11
+           AND g.holder = $12
+           AND g.expires_at > now()))
  ORDER BY m.commit_seq
  LIMIT $2

@@ -3,7 +3,16 @@
 -- a row writes three (the status change is never a HOT update); see docs/performance.md.
 -- $1 ids. Only rows still committed are touched: an operator may have changed a row while it
 -- was in flight.
+-- $2, $3, $4: the lease the rows were claimed under (name, holder, token). A replica that lost it
+-- writes nothing: its rows belong to the new holder, which publishes them itself. Expiry alone
+-- does not stop the write: until another replica takes the lease, nobody else touches the rows.
 DELETE FROM outbox.messages
  WHERE id = ANY ($1)
    AND status = 'committed'
+   AND EXISTS (
+        SELECT 1
+          FROM outbox.relay_leases l
+         WHERE l.name = $2
+           AND l.holder = $3
+           AND l.token = $4)
 RETURNING id

@@ -4,6 +4,9 @@
 -- same update go to record_outcomes.sql in the same transaction.
 -- $1 ids. Only rows still committed are touched: an operator may have changed a row while it
 -- was in flight.
+-- $2, $3, $4: the lease the rows were claimed under (name, holder, token). A replica that lost it
+-- writes nothing: its rows belong to the new holder, which publishes them itself. Expiry alone
+-- does not stop the write: until another replica takes the lease, nobody else touches the rows.
 UPDATE outbox.messages
    SET status = 'published',
        attempts = attempts + 1,
@@ -11,4 +14,10 @@ UPDATE outbox.messages
        finished_at = clock_timestamp()
  WHERE id = ANY ($1)
    AND status = 'committed'
+   AND EXISTS (
+        SELECT 1
+          FROM outbox.relay_leases l
+         WHERE l.name = $2
+           AND l.holder = $3
+           AND l.token = $4)
 RETURNING id

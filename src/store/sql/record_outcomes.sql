@@ -3,6 +3,9 @@
 -- backoff, or `dead` once permanent or out of attempts.
 -- $1 ids, $2 errors, $3 permanent failure, $4 backoff in ms, $5 retry.max_attempts. Only rows
 -- still committed are touched: an operator may have changed a row while it was in flight.
+-- $6, $7, $8: the lease the rows were claimed under (name, holder, token). A replica that lost it
+-- writes nothing: its rows belong to the new holder, which publishes them itself. Expiry alone
+-- does not stop the write: until another replica takes the lease, nobody else touches the rows.
 UPDATE outbox.messages AS m
    SET status = CASE
                   WHEN o.permanent OR m.attempts + 1 >= $5 THEN 'dead'::outbox.message_status
@@ -22,4 +25,10 @@ UPDATE outbox.messages AS m
   FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::bigint[]) AS o(id, error, permanent, backoff_ms)
  WHERE m.id = o.id
    AND m.status = 'committed'
+   AND EXISTS (
+        SELECT 1
+          FROM outbox.relay_leases l
+         WHERE l.name = $6
+           AND l.holder = $7
+           AND l.token = $8)
 RETURNING m.id, m.status

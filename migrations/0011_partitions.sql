@@ -1,0 +1,25 @@
+-- Key partitions for active-active replicas (`relay.partitions`, docs/ARCHITECTURE.md "Key
+-- partitions"). A row belongs to partition key_partition(message_key, message_id, N). The
+-- function is the definition: it must never change, or rows would change owner between
+-- versions. MD5 rather than Postgres' own hashtext(), which is internal and not promised to
+-- stay the same across major versions; the first 32 bits of the digest of the key's UTF-8
+-- bytes, as an unsigned big-endian integer, modulo N. Keyless rows have no order to keep and
+-- are spread by the text form of their message_id.
+CREATE FUNCTION outbox.key_partition(message_key text, message_id uuid, partitions integer)
+    RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+               WHEN partitions <= 1 THEN 0
+               ELSE (('x' || left(md5(coalesce(message_key, message_id::text)), 8))::bit(32)::bigint
+                     % partitions)::integer
+           END
+$$;
+
+COMMENT ON FUNCTION outbox.key_partition(text, uuid, integer) IS
+    'The relay partition of a row: first 32 bits of md5(message_key, or message_id as text) mod partitions. Fixed forever.';
+
+GRANT EXECUTE ON FUNCTION outbox.key_partition(text, uuid, integer) TO outbox_relay;
+
+-- Replicas announce themselves in rows named '<lease>/replicas/<replica>' beside the partition
+-- leases; a replica removes such rows long expired (restarted pods get new names).
+GRANT DELETE ON outbox.relay_leases TO outbox_relay;
