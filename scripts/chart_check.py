@@ -410,6 +410,11 @@ def render_guards():
         ({"deployment": {"enabled": False}, "serviceMonitor": {"enabled": True}}, "use podMonitor"),
         ({"secret": {"urlSecretRef": {"name": "db-app", "key": ""}}}, "secret.urlSecretRef.key"),
         ({"image": {"digest": "latest"}}, "/image/digest"),
+        (
+            {"config": {"relay": {"partitions": 6}, "broker": {"kind": "kafka", "kafka": {"delivery": "exactly_once"}}}},
+            "config.relay.partitions must be 1",
+        ),
+        ({"config": {"relay": {"partitions": 0}}}, "/config/relay/partitions"),
     ]
     for values, message in cases:
         error = render_error(values)

@@ -48,9 +48,14 @@ pub(crate) async fn fresh_db() -> (PgPool, String) {
 
 pub(crate) async fn fill(pool: &PgPool, destination: &str, rows: i64) {
     // Batches of 10,000 rows per transaction, like a busy application would write them.
+    fill_by(pool, destination, rows, 10_000).await;
+}
+
+/// `rows` rows in transactions of `per_transaction` rows, then analysed and checkpointed.
+pub(crate) async fn fill_by(pool: &PgPool, destination: &str, rows: i64, per_transaction: i64) {
     let mut done = 0;
     while done < rows {
-        let n = (rows - done).min(10_000);
+        let n = (rows - done).min(per_transaction);
         sqlx::query(
             "INSERT INTO outbox.messages (destination, message_key, payload)
              SELECT $1, 'k' || (g % $2), $3 FROM generate_series(1, $4) g",

@@ -11,7 +11,8 @@
 //! Sizes: BENCH_ROWS (200000), BENCH_LATENCY_SECS (60), BENCH_IDLE_SECS (30); BENCH_ONLY picks
 //! parts (ceilings, beside-kafka (needs ceilings, and delete for that mode), drain-rabbitmq,
 //! drain-rabbitmq-quorum, drain-kafka, drain-kafka-eos (needs drain-kafka for its ratio),
-//! drain-redis, drain-redis-wait, drain-nsq, delete, vacuum, naive, latency-rabbitmq,
+//! drain-redis, drain-redis-wait, drain-nsq, drain-replicas (1, 2 and 3 replicas sharing
+//! partitions), delete, vacuum, naive, latency-rabbitmq,
 //! latency-kafka, latency-kafka-eos, latency-redis, latency-nsq, latency-rabbitmq-delete);
 //! BENCH_RELAY__SECTION__KEY overrides a relay setting.
 
@@ -125,6 +126,7 @@ mod common;
 mod db;
 mod latency;
 mod process;
+mod replicas;
 mod report;
 
 use alone::*;
@@ -137,6 +139,7 @@ use common::{
 use db::*;
 use latency::*;
 use process::*;
+use replicas::*;
 use report::*;
 
 /// The RabbitMQ targets, by the kind of durable queue behind the exchange.
@@ -534,6 +537,11 @@ async fn main() {
         if let Some(base) = drain_amqp {
             f.add("drain to RabbitMQ / naive", base / rate, "x");
         }
+    }
+
+    if wanted("drain-replicas") {
+        let drains = replica_drains(&exchange, rows).await;
+        report_replicas(&mut f, &drains, database_ceiling);
     }
 
     latency_parts(&mut f, &wanted, latency_secs).await;

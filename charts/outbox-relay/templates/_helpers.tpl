@@ -103,6 +103,9 @@ out: the relay refuses a value and its file form together, and values.yaml has a
 */}}
 {{- define "outbox-relay.configToml" -}}
 {{- $config := deepCopy .Values.config -}}
+{{- if and (gt (int ($config.relay.partitions | default 1)) 1) (eq $config.broker.kind "kafka") (eq $config.broker.kafka.delivery "exactly_once") -}}
+{{- fail "config.relay.partitions must be 1 with config.broker.kafka.delivery exactly_once: exactly-once replicas fail over instead of sharing partitions" -}}
+{{- end -}}
 {{- if $config.database.url_file }}{{ $_ := unset $config.database "url" }}{{ end -}}
 {{- if $config.broker.amqp.url_file }}{{ $_ := unset $config.broker.amqp "url" }}{{ end -}}
 {{- if $config.broker.redis.url_file }}{{ $_ := unset $config.broker.redis "url" }}{{ end -}}
