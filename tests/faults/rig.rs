@@ -469,9 +469,21 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    let deadline = Instant::now() + timeout;
+    poll_until(Instant::now() + timeout, || {
+        let attempt = attempt();
+        async move { attempt.await.ok() }
+    })
+    .await
+}
+
+/// Runs `check` every 50 ms until it answers or `deadline` passes.
+pub async fn poll_until<T, F, Fut>(deadline: Instant, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     loop {
-        if let Ok(v) = attempt().await {
+        if let Some(v) = check().await {
             return Some(v);
         }
         if Instant::now() >= deadline {
