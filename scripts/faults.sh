@@ -27,8 +27,8 @@ export OUTBOX_KAFKA_ADVERTISED_PORTS="$((OUTBOX_KAFKA_PORT + 1)),$((OUTBOX_KAFKA
 services=(postgres)
 for broker in $(echo "${FAULTS_BROKERS:-rabbitmq,kafka,kafka-eos,redis,nsq}" | tr ',' ' '); do
   case "$broker" in
-    rabbitmq | amqp) services+=(rabbitmq) ;;
-    kafka | kafka-eos) services+=(kafka) ;;
+    rabbitmq | amqp | rabbitmq-aa) services+=(rabbitmq) ;;
+    kafka | kafka-eos | kafka-aa) services+=(kafka) ;;
     redis | nsq) services+=("$broker") ;;
   esac
 done

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use crate::common::Broker;
 use crate::fault::{self, random_between};
 use crate::load::Load;
+use crate::replicas;
 use crate::rig::{retry_query, Rig};
 use crate::settings::{Settings, Target};
 use crate::verify::{self, Summary};
@@ -29,8 +30,19 @@ pub async fn run_broker(settings: &Settings, target: Target) -> Summary {
         settings.keys_per_writer,
         settings.rate,
     );
-    let relay = rig.spawn_relay();
-    rig.relays.push(relay);
+    if target.active_active {
+        match rig.start_replicas().await {
+            Ok(took) => println!(
+                "== {}: {} replicas hold their share of the partitions after {took:.2?}",
+                target.id(),
+                replicas::REPLICAS
+            ),
+            Err(e) => println!("== {}: {e}", target.id()),
+        }
+    } else {
+        let relay = rig.spawn_relay();
+        rig.relays.push(relay);
+    }
     // Faults start once the relay publishes: a fault on a relay that has not connected yet
     // (an empty backlog counted as recovered) tests nothing, and a stall of the broker proxies
     // before any produce request times out no message (no epoch bump).
@@ -59,13 +71,9 @@ pub async fn run_broker(settings: &Settings, target: Target) -> Summary {
     }
 
     'rounds: for round in 1..=settings.rounds {
-        let mut order: Vec<_> = fault::catalogue(broker, round, settings.kafka_ports.len())
+        let mut order: Vec<_> = fault::catalogue(target, round, settings.kafka_ports.len())
             .into_iter()
             .filter(|f| settings.selects(&f.name()))
-            // Deleting the topic destroys committed records, and the fault checks that the
-            // verifier read it to the end by its offsets, which with transactions also count
-            // commit markers and aborted records: it measures nothing about exactly-once.
-            .filter(|f| !(target.exactly_once && *f == fault::Fault::DeleteDestination))
             .collect();
         shuffle(&mut order);
         for fault in order {

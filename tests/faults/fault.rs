@@ -8,7 +8,9 @@ use rand::Rng;
 use crate::cluster;
 use crate::common::{self, Broker, Rabbit};
 use crate::proxy::{Mode, Proxy};
+use crate::replicas;
 use crate::rig::{declare_destination, retry_query, Rig, KAFKA_PARTITIONS, KAFKA_TOPIC_CONFIG};
+use crate::settings::Target;
 use crate::verify::{self, FaultWindow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,13 @@ pub enum Fault {
     KillRelay,
     KillLeader,
     PauseLeader,
+    /// Active-active: kill -9 of one of the three replicas, a new one started in its place.
+    KillReplica,
+    /// Active-active: SIGSTOP of one replica until the others hold its partitions, then SIGCONT.
+    PauseReplica,
+    /// Active-active: SIGTERM of this many replicas, as many started once the others hold
+    /// every partition (3 -> 2 -> 3, 3 -> 1 -> 3).
+    Terminate(usize),
     /// RabbitMQ, Redis or nsqd stopped and started again.
     BrokerRestart,
     /// kill -9 of the Redis server or of nsqd, started again after a pause.
@@ -45,9 +54,13 @@ pub enum Fault {
     DeleteDestination,
 }
 
-/// The faults of one round against `broker`; Kafka's single-broker faults take node `round`
+/// The faults of one round against `target`; Kafka's single-broker faults take node `round`
 /// (kill -9) and the next one (clean restart) of its `nodes`, so that rounds go through them all.
-pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
+pub fn catalogue(target: Target, round: usize, nodes: usize) -> Vec<Fault> {
+    let broker = target.broker;
+    if target.active_active {
+        return replicas::catalogue(broker, round);
+    }
     let mut faults = vec![
         Fault::KillRelay,
         Fault::KillLeader,
@@ -81,6 +94,12 @@ pub fn catalogue(broker: Broker, round: usize, nodes: usize) -> Vec<Fault> {
             ]);
         }
     }
+    // Deleting the topic destroys committed records, and the fault checks that the verifier
+    // read it to the end by its offsets, which with transactions also count commit markers
+    // and aborted records: it measures nothing about exactly-once.
+    if target.exactly_once {
+        faults.retain(|f| *f != Fault::DeleteDestination);
+    }
     faults
 }
 
@@ -94,6 +113,14 @@ impl Fault {
             Fault::KillRelay => "kill -9 relay".into(),
             Fault::KillLeader => "kill -9 publishing replica".into(),
             Fault::PauseLeader => "SIGSTOP publishing replica".into(),
+            Fault::KillReplica => "kill -9 replica".into(),
+            Fault::PauseReplica => "SIGSTOP replica past its lease".into(),
+            Fault::Terminate(n) => {
+                let plural = if n == 1 { "replica" } else { "replicas" };
+                let left = replicas::REPLICAS - n;
+                let all = replicas::REPLICAS;
+                format!("SIGTERM {n} {plural} ({all} -> {left} -> {all})")
+            }
             Fault::BrokerRestart => "broker restart".into(),
             Fault::BrokerKill => "kill -9 broker".into(),
             Fault::KafkaRestart(n) => format!("broker {n} restart"),
@@ -174,6 +201,12 @@ impl Rig<'_> {
         };
         let mut detail = String::new();
         let mut failure = None;
+        let mut resumed = None;
+        let step_backs = if self.active_active {
+            self.step_backs()
+        } else {
+            0
+        };
         let (start, end) = match fault {
             Fault::KillRelay => {
                 let start = Instant::now();
@@ -211,6 +244,12 @@ impl Rig<'_> {
                 paused.signal(Signal::SIGTERM);
                 let mut paused = paused;
                 paused.wait_exit(Duration::from_secs(30)).await;
+                (start, end)
+            }
+            Fault::KillReplica | Fault::PauseReplica | Fault::Terminate(_) => {
+                let (start, end, paused) =
+                    self.inject_replicas(fault, &mut detail, &mut failure).await;
+                resumed = paused;
                 (start, end)
             }
             Fault::BrokerRestart | Fault::BrokerKill => {
@@ -295,6 +334,17 @@ impl Rig<'_> {
         let recovered = self.wait_recovered(end).await;
         let stuck = recovered.is_none();
         let recovered = recovered.unwrap_or_else(Instant::now);
+        if self.active_active && !stuck {
+            let seen = self
+                .rebalanced(end, resumed, step_backs, &mut failure)
+                .await;
+            detail = [detail]
+                .into_iter()
+                .chain(seen)
+                .filter(|d| !d.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
         if self.broker == Broker::Kafka {
             let bumps = self.epoch_bumps_since(ids_before.bumps, fault).await;
             let new_ids = self.producer_ids().new_ids - ids_before.new_ids;

@@ -24,6 +24,7 @@ mod load;
 mod nsq_verify;
 mod proxy;
 mod redis_verify;
+mod replicas;
 mod rig;
 mod settings;
 mod verify;
@@ -85,13 +86,13 @@ async fn run() -> ExitCode {
 fn print_table(rows: &[(String, Summary)]) {
     println!();
     println!(
-        "{:<9} {:>6} {:>8} {:>9} {:>11} {:>9} {:>5} {:>5} {:>6} {:>6} {:>10} {:>11}  longest recovery",
+        "{:<11} {:>6} {:>8} {:>9} {:>11} {:>9} {:>5} {:>5} {:>6} {:>6} {:>10} {:>11}  longest recovery",
         "broker", "faults", "written", "committed", "rolled_back", "delivered", "lost", "dead",
         "wrong", "order", "duplicates", "unexplained"
     );
     for (name, s) in rows {
         println!(
-            "{:<9} {:>6} {:>8} {:>9} {:>11} {:>9} {:>5} {:>5} {:>6} {:>6} {:>10} {:>11}  {:.2?} ({})",
+            "{:<11} {:>6} {:>8} {:>9} {:>11} {:>9} {:>5} {:>5} {:>6} {:>6} {:>10} {:>11}  {:.2?} ({})",
             name,
             s.faults,
             s.written,

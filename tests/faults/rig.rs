@@ -14,6 +14,7 @@ use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
 use crate::nsq_verify;
 use crate::proxy::Proxy;
 use crate::redis_verify;
+use crate::replicas;
 use crate::settings::{Settings, Target};
 use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
 
@@ -35,6 +36,8 @@ pub struct Rig<'a> {
     pub broker: Broker,
     /// Kafka with exactly-once delivery (the `kafka-eos` run).
     pub exactly_once: bool,
+    /// Three replicas sharing the partitions (the `-aa` runs).
+    pub active_active: bool,
     pub db: TestDb,
     pub db_proxy: Proxy,
     /// Between the relay and the broker: RabbitMQ's one, or one in front of each Kafka broker
@@ -84,6 +87,13 @@ impl<'a> Rig<'a> {
                 ("OUTBOX_RELAY__SWEEPER__INTERVAL", "250ms"),
             ],
         );
+        if target.active_active {
+            let partitions = replicas::PARTITIONS.to_string();
+            set_env(
+                &mut relay_env,
+                &[("OUTBOX_RELAY__RELAY__PARTITIONS", partitions.as_str())],
+            );
+        }
         let mut kafka_bootstrap = String::new();
         let (broker_proxies, queue, consumer) = match broker {
             Broker::Amqp => {
@@ -253,6 +263,7 @@ impl<'a> Rig<'a> {
             settings,
             broker,
             exactly_once: target.exactly_once,
+            active_active: target.active_active,
             db,
             db_proxy,
             broker_proxies,

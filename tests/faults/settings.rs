@@ -6,22 +6,46 @@ use std::time::Duration;
 use crate::common;
 use crate::common::Broker;
 
-/// One run of the suite: a broker, and for Kafka the delivery mode.
+/// One run of the suite: a broker, for Kafka the delivery mode, and how the relays share
+/// the outbox.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     pub broker: Broker,
     /// `broker.kafka.delivery = "exactly_once"`: the verifier reads with read_committed and
     /// every duplicate is a failure.
     pub exactly_once: bool,
+    /// Active-active: three replicas with `relay.partitions` (tests/faults/replicas.rs) in
+    /// place of one relay and a standby.
+    pub active_active: bool,
 }
 
 impl Target {
     /// As FAULTS_BROKERS names it.
     pub fn id(self) -> &'static str {
-        if self.exactly_once {
-            "kafka-eos"
-        } else {
-            self.broker.id()
+        match (self.broker, self.exactly_once, self.active_active) {
+            (Broker::Kafka, true, _) => "kafka-eos",
+            (Broker::Amqp, _, true) => "rabbitmq-aa",
+            (Broker::Kafka, _, true) => "kafka-aa",
+            (broker, _, _) => broker.id(),
+        }
+    }
+
+    /// The target FAULTS_BROKERS names `id`.
+    fn parse(id: &str) -> Self {
+        let (broker, exactly_once, active_active) = match id {
+            "rabbitmq" | "amqp" => (Broker::Amqp, false, false),
+            "rabbitmq-aa" => (Broker::Amqp, false, true),
+            "kafka" => (Broker::Kafka, false, false),
+            "kafka-eos" => (Broker::Kafka, true, false),
+            "kafka-aa" => (Broker::Kafka, false, true),
+            "redis" => (Broker::Redis, false, false),
+            "nsq" => (Broker::Nsq, false, false),
+            other => panic!("FAULTS_BROKERS: unknown broker {other}"),
+        };
+        Self {
+            broker,
+            exactly_once,
+            active_active,
         }
     }
 }
@@ -131,20 +155,7 @@ impl Settings {
             "rabbitmq,kafka,kafka-eos,redis,nsq".to_string(),
         )
         .split(',')
-        .map(|b| {
-            let (broker, exactly_once) = match b.trim() {
-                "rabbitmq" | "amqp" => (Broker::Amqp, false),
-                "kafka" => (Broker::Kafka, false),
-                "kafka-eos" => (Broker::Kafka, true),
-                "redis" => (Broker::Redis, false),
-                "nsq" => (Broker::Nsq, false),
-                other => panic!("FAULTS_BROKERS: unknown broker {other}"),
-            };
-            Target {
-                broker,
-                exactly_once,
-            }
-        })
+        .map(|b| Target::parse(b.trim()))
         .collect();
         Self {
             rounds: env_or("FAULTS_ROUNDS", 3),
