@@ -575,4 +575,17 @@ mod exactly_once_tests {
         let text = issues("[broker.kafka]\ndelivery = \"twice\"\n");
         assert!(text.contains("broker.kafka.delivery"), "{text}");
     }
+
+    #[test]
+    fn partitions_are_bounded_and_refused_with_exactly_once() {
+        let ok = "[broker]\nkind = \"kafka\"\n[broker.kafka]\ndelivery = \"exactly_once\"\n";
+        let text = issues(&format!("{ok}[relay]\npartitions = 4\n"));
+        assert!(
+            text.contains("relay.partitions") && text.contains("exactly_once"),
+            "{text}"
+        );
+        assert!(issues("[relay]\npartitions = 257\n").contains("relay.partitions"));
+        assert!(issues("[relay]\npartitions = 0\n").contains("relay.partitions"));
+        assert_eq!(issues("[relay]\npartitions = 12\n"), "");
+    }
 }
