@@ -6,12 +6,18 @@
 # advertised client ports are the suite's TCP proxies, so the relay's Kafka connections pass
 # through them; Redis, a primary with its replica; nsqd (--mem-queue-size=0, as scripts/nsq.sh
 # runs it).
-# Settings: FAULTS_ROUNDS (3), FAULTS_RATE (200 msg/s), FAULTS_BROKERS (rabbitmq,kafka,kafka-eos,
-# redis,nsq; kafka-eos is Kafka with exactly-once delivery, read back with read_committed),
-# FAULTS_WRITERS (4), FAULTS_KEYS_PER_WRITER (25), FAULTS_RECOVERY_BOUND_SECS (30), FAULTS_ONLY and
-# FAULTS_SKIP (parts of fault names, comma-separated), FAULTS_KAFKA_DEBUG (the relay's librdkafka
-# debug contexts, eos). Ports: FAULTS_PG_PORT, FAULTS_AMQP_PORT, FAULTS_KAFKA_PORT,
-# FAULTS_REDIS_PORT, FAULTS_NSQ_PORT.
+# Settings: FAULTS_ROUNDS (3), FAULTS_RATE (200 msg/s), FAULTS_BROKERS (rabbitmq,rabbitmq-aa,kafka,
+# kafka-eos,kafka-aa,redis,nsq; kafka-eos is Kafka with exactly-once delivery, read back with
+# read_committed), FAULTS_WRITERS (4), FAULTS_KEYS_PER_WRITER (25), FAULTS_RECOVERY_BOUND_SECS
+# (30), FAULTS_ONLY and FAULTS_SKIP (parts of fault names, comma-separated), FAULTS_KAFKA_DEBUG
+# (the relay's librdkafka debug contexts, eos). Ports: FAULTS_PG_PORT, FAULTS_AMQP_PORT,
+# FAULTS_KAFKA_PORT, FAULTS_REDIS_PORT, FAULTS_NSQ_PORT.
+# The -aa targets are active-active: three relay replicas sharing relay.partitions=6 under one
+# lease name, at-least-once, through kill -9, SIGSTOP and SIGTERM of replicas, the broker restart
+# and a relay-broker reset (tests/faults/replicas.rs). With the default rounds they add about 3.5
+# minutes: rabbitmq-aa about 1.5 (18 faults), kafka-aa 1.5 to 2 (16), as kafka-aa restarts a
+# Kafka broker in its first round only (a broker takes 40 to 50 s to start on 2 cores beside
+# three relays; the kafka target restarts each broker in turn).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -25,7 +31,7 @@ export OUTBOX_NSQ_PORT=${FAULTS_NSQ_PORT:-54160}
 export OUTBOX_KAFKA_ADVERTISED_PORTS="$((OUTBOX_KAFKA_PORT + 1)),$((OUTBOX_KAFKA_PORT + 3)),$((OUTBOX_KAFKA_PORT + 5))"
 # Only the services of the brokers under test (FAULTS_BROKERS=nsq starts Postgres and nsqd).
 services=(postgres)
-for broker in $(echo "${FAULTS_BROKERS:-rabbitmq,kafka,kafka-eos,redis,nsq}" | tr ',' ' '); do
+for broker in $(echo "${FAULTS_BROKERS:-rabbitmq,rabbitmq-aa,kafka,kafka-eos,kafka-aa,redis,nsq}" | tr ',' ' '); do
   case "$broker" in
     rabbitmq | amqp | rabbitmq-aa) services+=(rabbitmq) ;;
     kafka | kafka-eos | kafka-aa) services+=(kafka) ;;

@@ -12,6 +12,14 @@
 //! the topic deleted and recreated. A verifier consumes everything and checks it against the
 //! outbox afterwards.
 //!
+//! The active-active targets (`rabbitmq-aa`, `kafka-aa`; tests/faults/replicas.rs) run three
+//! replicas with `relay.partitions = 6` under one lease name instead, at-least-once, and inject
+//! kill -9 of one replica (a new one started in its place), SIGSTOP of one past its lease then
+//! SIGCONT, SIGTERM of one and of two (3 -> 2 -> 3, 3 -> 1 -> 3), the broker restart (Kafka:
+//! broker 1, in the first round only) and a relay-broker connection reset. After each fault
+//! the backlog must drain as for the other targets, and the six partitions must be dealt two
+//! per replica again, within the recovery bound.
+//!
 //! It restarts the services it uses, so it refuses to run against the shared default ports;
 //! `scripts/faults.sh` starts a separate set and runs it.
 

@@ -152,7 +152,7 @@ impl Settings {
         );
         let brokers = env_or(
             "FAULTS_BROKERS",
-            "rabbitmq,kafka,kafka-eos,redis,nsq".to_string(),
+            "rabbitmq,rabbitmq-aa,kafka,kafka-eos,kafka-aa,redis,nsq".to_string(),
         )
         .split(',')
         .map(|b| Target::parse(b.trim()))
