@@ -21,5 +21,27 @@ COMMENT ON FUNCTION outbox.key_partition(text, uuid, integer) IS
 GRANT EXECUTE ON FUNCTION outbox.key_partition(text, uuid, integer) TO outbox_relay;
 
 -- Replicas announce themselves in rows named '<lease>/replicas/<replica>' beside the partition
--- leases; a replica removes such rows long expired (restarted pods get new names).
-GRANT DELETE ON outbox.relay_leases TO outbox_relay;
+-- leases. The live ones of a group: its unexpired replica rows. Rows expired for over an hour
+-- are deleted on the way (a restarted pod announces itself under a new name, and the table
+-- would otherwise keep every name ever used). SECURITY DEFINER so that the relay's role needs
+-- no DELETE on the leases: it can delete nothing but long-expired replica rows.
+CREATE FUNCTION outbox.live_replicas(prefix text) RETURNS SETOF text
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM outbox.relay_leases
+     WHERE starts_with(name, prefix)
+       AND strpos(name, '/replicas/') > 0
+       AND expires_at < now() - interval '1 hour';
+    RETURN QUERY
+        SELECT l.holder
+          FROM outbox.relay_leases l
+         WHERE starts_with(l.name, prefix)
+           AND strpos(l.name, '/replicas/') > 0
+           AND l.expires_at > now()
+         ORDER BY l.holder;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION outbox.live_replicas(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION outbox.live_replicas(text) TO outbox_relay;

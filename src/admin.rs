@@ -32,6 +32,9 @@ pub struct PartitionOwner {
 impl PartitionOwner {
     /// A partition's lease is named `<group>/p<index>` (src/partitions).
     fn of(lease: &store::LeaseInfo) -> Option<Self> {
+        if lease.name.contains("/replicas/") {
+            return None;
+        }
         let (group, index) = lease.name.rsplit_once("/p")?;
         Some(Self {
             group: group.to_string(),

@@ -43,6 +43,8 @@ pub enum AppError {
     Http(std::net::SocketAddr, std::io::Error),
     #[error("task `{0}` failed: {1}")]
     TaskFailed(&'static str, String),
+    #[error(transparent)]
+    LoopDied(#[from] crate::partitions::LoopDied),
 }
 
 /// Runs the relay until `shutdown` is cancelled. Returns an error if a task died.
@@ -410,8 +412,15 @@ async fn run_partitioned<P: Publisher>(
     );
     let first = coordinator.first_lease();
     let token = shutdown.clone();
+    let failure = tasks.failure.clone();
     tasks.spawn("partitions", |beat| async move {
-        coordinator.run(token, &beat).await
+        if let Err(e) = coordinator.run(token.clone(), &beat).await {
+            failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(AppError::LoopDied(e));
+            token.cancel();
+        }
     });
     tasks.spawn_once_per_outbox(&pool, &config, first, floors)?;
     let result = tasks.wait().await;
@@ -448,11 +457,12 @@ impl<P: Publisher> Loops for PartitionLoops<P> {
         (floor, run)
     }
 
-    fn broker_ready(&self) -> BoxFuture<'_, bool> {
+    fn broker_ready(&self) -> BoxFuture<'static, bool> {
         let limit = self.config.relay.publish_timeout;
+        let publisher = self.publisher.clone();
         Box::pin(async move {
             matches!(
-                tokio::time::timeout(limit, self.publisher.ready()).await,
+                tokio::time::timeout(limit, publisher.ready()).await,
                 Ok(Ok(()))
             )
         })

@@ -23,6 +23,17 @@ use crate::health::{Health, Heartbeat};
 use crate::store::{self, LeaseRef};
 use crate::telemetry::instruments;
 
+/// What one renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Ours, until the new local validity.
+    Held,
+    /// Another holder has it (or had it and it is not expired).
+    NotHeld,
+    /// The database did not answer: what was held stays held until its local validity ends.
+    Failed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub token: i64,
@@ -128,6 +139,11 @@ impl Lease {
     /// Acquires or renews once; updates the local state and the leader gauge. Returns whether
     /// the lease is held now.
     pub async fn tick(&self) -> bool {
+        self.renew().await != Renewal::NotHeld && self.current().is_some()
+    }
+
+    /// As [`Lease::tick`], telling a lease another holder has from a renewal that failed.
+    pub async fn renew(&self) -> Renewal {
         let ttl = self.ttl;
         let sent = Instant::now();
         let result = store::within(
@@ -136,7 +152,7 @@ impl Lease {
         )
         .await;
         let was_leader = self.current().is_some();
-        let now_leader = match result {
+        let renewal = match result {
             Ok(Some(acquired)) => {
                 let token = acquired.token;
                 let valid_until = sent + ttl - ttl / 5;
@@ -149,23 +165,23 @@ impl Lease {
                 if !was_leader {
                     tracing::info!(holder = %self.holder, lease = %self.name, token, "acquired the lease: publishing");
                 }
-                true
+                Renewal::Held
             }
             Ok(None) => {
                 *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if was_leader {
                     tracing::warn!(holder = %self.holder, lease = %self.name, "lost the lease to another replica: standing by");
                 }
-                false
+                Renewal::NotHeld
             }
             Err(e) => {
                 // Keep what we had: it runs out by itself at valid_until.
                 tracing::warn!(lease = %self.name, error = %e, "cannot renew the lease");
-                self.current().is_some()
+                Renewal::Failed
             }
         };
-        self.set_leader(now_leader);
-        now_leader
+        self.set_leader(self.current().is_some());
+        renewal
     }
 
     /// Renews or tries to acquire every third of the lease ttl until shutdown.

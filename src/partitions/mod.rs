@@ -19,24 +19,31 @@
 //! published by two replicas at once, and the new owner's claims start from the rows the old
 //! one left `committed`, in `commit_seq` order.
 //!
-//! A replica whose broker stays unreachable for a lease ttl while it holds partitions steps
-//! back: it hands its partitions off and leaves the replica list, so that the others take
-//! them, and rejoins once its broker answers again.
+//! Renewals come first in a round and run concurrently, so that a slow read or a broker probe
+//! never lets a held lease lapse: a round is at most three statement times (renewals; the
+//! live replicas; acquisitions).
+//!
+//! A replica whose claims find its broker unreachable for a lease ttl while it holds
+//! partitions, and that sees another live replica, steps back: it hands its partitions off and
+//! leaves the replica list, so that the others take them. It rejoins once a probe of its broker
+//! succeeds, or when no other replica is live (someone must hold partition 0, whose holder runs
+//! the sweeper and check-back).
 
 pub mod assign;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{join_all, BoxFuture};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::{Health, Heartbeat};
-use crate::lease::{HaConfig, Lease};
+use crate::lease::{HaConfig, Lease, Renewal};
 use crate::relay::{Partition, PassedFloor, PassedFloors};
 use crate::store;
 use crate::telemetry::instruments;
@@ -50,9 +57,14 @@ pub trait Loops: Send + Sync + 'static {
     /// The loop of one partition under its lease, and its floor for the backlog check.
     fn build(&self, lease: Arc<Lease>, partition: Partition) -> (Arc<PassedFloor>, LoopRun);
 
-    /// Whether the broker answers, asked while this replica stepped back because it did not.
-    fn broker_ready(&self) -> BoxFuture<'_, bool>;
+    /// Whether the broker answers (bounded), asked while this replica stepped back.
+    fn broker_ready(&self) -> BoxFuture<'static, bool>;
 }
+
+/// A partition's loop died (panicked): the process stops, as it does when any task dies.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay loop of partition {0} died: {1}")]
+pub struct LoopDied(pub u32, pub String);
 
 /// The names every replica of a group derives from `ha.lease_name` and `relay.partitions`.
 #[derive(Debug, Clone)]
@@ -88,6 +100,13 @@ enum Slot {
     },
 }
 
+/// What a partition's task reports when its loop has ended.
+struct Finished {
+    index: u32,
+    floor: Arc<PassedFloor>,
+    died: Option<String>,
+}
+
 pub struct Coordinator<L> {
     pool: PgPool,
     loops: L,
@@ -103,13 +122,17 @@ pub struct Coordinator<L> {
     leases: Vec<Arc<Lease>>,
     slots: Vec<Slot>,
     /// Loops report here when they have drained: at most one message per partition.
-    finished_tx: mpsc::Sender<(u32, Arc<PassedFloor>)>,
-    finished_rx: mpsc::Receiver<(u32, Arc<PassedFloor>)>,
+    finished_tx: mpsc::Sender<Finished>,
+    finished_rx: mpsc::Receiver<Finished>,
     tracker: TaskTracker,
-    /// While its partitions are held: since when the broker has not answered.
+    /// The process's shutdown: every loop's stop token is a child of it.
+    shutdown: CancellationToken,
+    /// While partitions are held: since when the broker has not answered.
     broker_down_since: Option<Instant>,
     /// Out of the replica list until the broker answers again.
     stepped_back: bool,
+    /// The broker probe under way while stepped back.
+    probe: Option<JoinHandle<bool>>,
     /// Another mode (a partition count, or none) holds the group lease.
     blocked: bool,
 }
@@ -153,8 +176,10 @@ impl<L: Loops> Coordinator<L> {
             finished_tx,
             finished_rx,
             tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
             broker_down_since: None,
             stepped_back: false,
+            probe: None,
             blocked: false,
         }
     }
@@ -169,122 +194,212 @@ impl<L: Loops> Coordinator<L> {
     }
 
     /// Renews, deals and hands off every `ha.lease_ttl / 3` until `shutdown`; then drains every
-    /// partition it holds, releases them and leaves the replica list.
-    pub async fn run(mut self, shutdown: CancellationToken, beat: &Heartbeat) {
+    /// partition it holds, releases them and leaves the replica list. A loop that died stops
+    /// the others the same way and is reported.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        beat: &Heartbeat,
+    ) -> Result<(), LoopDied> {
+        self.shutdown = shutdown.clone();
         let period = self.ttl / 3;
         tracing::info!(replica = %self.holder, partitions = self.count, lease = %self.names.group, "sharing the outbox's partitions");
         let mut next = Instant::now();
-        loop {
+        let mut died = None;
+        while died.is_none() {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {
+                    // A round is up to three statement times, all bounded.
+                    beat.beat_within(3 * self.db_timeout);
                     self.turn().await;
                     next = Instant::now() + period;
                     beat.beat_within(period);
                 }
-                Some((index, floor)) = self.finished_rx.recv() => {
-                    self.finished(index, &floor).await;
+                Some(finished) = self.finished_rx.recv() => {
+                    died = self.finished(finished).await;
                     beat.beat_within(next.saturating_duration_since(Instant::now()));
                 }
                 _ = shutdown.cancelled() => break,
             }
         }
         self.leave(period, beat).await;
+        died.map_or(Ok(()), Err)
     }
 
-    /// One renewal round.
+    /// One round: renew, read the live replicas and deal, hand off and take.
     async fn turn(&mut self) {
-        let group_held = self.group.tick().await;
-        if !group_held {
-            if !self.blocked {
-                tracing::warn!(lease = %self.names.group, "the outbox is published by replicas run with another relay.partitions: standing by until they stop");
-                self.blocked = true;
-            }
-        } else if self.blocked {
-            tracing::info!(lease = %self.names.group, "the group lease is ours again");
-            self.blocked = false;
+        let held = self.renew().await;
+        self.watch_broker();
+        let want = self.deal().await;
+        for index in 0..self.count {
+            let renewed = held.iter().find(|(k, _)| *k == index).map(|(_, h)| *h);
+            self.hand_off(index, renewed, want.contains(&index));
         }
-        self.watch_broker().await;
-        let want = if self.blocked || self.stepped_back {
-            Vec::new()
-        } else {
-            self.me.tick().await;
-            match store::within(
-                self.db_timeout,
-                store::live_replicas(&self.pool, &self.names.replica_prefix),
-            )
-            .await
-            {
-                Ok(live) => assign::assigned(&live, &self.holder, self.count),
-                Err(e) => {
-                    // Keep what is held (it runs out by itself if the database stays away);
-                    // take nothing new on a stale view.
-                    tracing::warn!(error = %e, "cannot read the live replicas");
-                    self.held()
-                }
+        self.take(&want).await;
+        self.show_held();
+    }
+
+    /// Renews, at once, the group lease, this replica's row (unless it stepped back) and every
+    /// partition lease whose loop runs or drains. Returns each renewed partition with whether
+    /// it is still held.
+    async fn renew(&mut self) -> Vec<(u32, bool)> {
+        let renewing: Vec<u32> = (0..self.count)
+            .filter(|k| !matches!(self.slots[*k as usize], Slot::Idle))
+            .collect();
+        let partitions = join_all(renewing.iter().map(|k| self.leases[*k as usize].tick()));
+        let me = async {
+            if !self.stepped_back {
+                self.me.tick().await;
             }
         };
-        for index in 0..self.count {
-            self.settle(index, want.contains(&index)).await;
+        let (group, (), held) = tokio::join!(self.group.renew(), me, partitions);
+        // A failed renewal says nothing about other modes; the partitions' own leases lapse by
+        // themselves if the database stays away.
+        let group_held = match group {
+            Renewal::Held => true,
+            Renewal::NotHeld => false,
+            Renewal::Failed => !self.blocked,
+        };
+        if group_held == self.blocked {
+            self.blocked = !group_held;
+            if self.blocked {
+                tracing::warn!(lease = %self.names.group, "the outbox is published by replicas run with another relay.partitions: standing by until they stop");
+            } else {
+                tracing::info!(lease = %self.names.group, "the group lease is ours again");
+            }
         }
-        let held = self.held().len();
-        metrics::gauge!(instruments::PARTITIONS_HELD).set(held as f64);
-        self.health.set_leader(held > 0);
+        renewing.into_iter().zip(held).collect()
     }
 
-    /// Steps back from the replica list when the broker stays down, and rejoins once it answers.
-    async fn watch_broker(&mut self) {
+    /// The partitions this replica should hold: its share of the live replicas' deal, none
+    /// while blocked or stepped back.
+    async fn deal(&mut self) -> Vec<u32> {
+        let live = match store::within(
+            self.db_timeout,
+            store::live_replicas(&self.pool, &self.names.replica_prefix),
+        )
+        .await
+        {
+            Ok(live) => live,
+            Err(e) => {
+                // Keep what is held (it runs out by itself if the database stays away); take
+                // nothing new on a stale view.
+                tracing::warn!(error = %e, "cannot read the live replicas");
+                return self.running();
+            }
+        };
+        let alone = live.iter().all(|r| *r == self.holder);
+        if self.stepped_back && alone {
+            tracing::info!(
+                "no other replica is live: rejoining although the broker does not answer"
+            );
+            self.rejoin();
+            // Its row is renewed with the next round's leases.
+            return Vec::new();
+        }
+        if self.blocked || self.stepped_back {
+            return Vec::new();
+        }
+        if !alone {
+            self.step_back_if_cut_off();
+        }
         if self.stepped_back {
-            if self.loops.broker_ready().await {
-                tracing::info!("the broker answers again: rejoining the replicas");
-                self.stepped_back = false;
-                self.broker_down_since = None;
+            return Vec::new();
+        }
+        assign::assigned(&live, &self.holder, self.count)
+    }
+
+    /// Counts how long the broker has been down while partitions are held.
+    fn watch_broker(&mut self) {
+        if self.stepped_back {
+            match self.probe.take() {
+                Some(probe) if probe.is_finished() => {
+                    if futures::FutureExt::now_or_never(probe).is_some_and(|r| r.unwrap_or(false)) {
+                        tracing::info!("the broker answers again: rejoining the replicas");
+                        self.rejoin();
+                    }
+                }
+                Some(probe) => self.probe = Some(probe),
+                None => self.probe = Some(tokio::spawn(self.loops.broker_ready())),
             }
             return;
         }
-        if self.held().is_empty() || self.health.is_broker_up() {
+        if self.running().is_empty() || self.health.is_broker_up() {
             self.broker_down_since = None;
-            return;
-        }
-        let since = *self.broker_down_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.ttl {
-            tracing::warn!(partitions = ?self.held(), "the broker has not answered for a lease ttl: handing the partitions to the other replicas");
-            self.stepped_back = true;
-            self.me.release().await;
+        } else {
+            self.broker_down_since.get_or_insert_with(Instant::now);
         }
     }
 
-    /// Brings one partition towards `want`: renews what is held, hands off what is not wanted,
-    /// takes what is wanted once its lease is free.
-    async fn settle(&mut self, index: u32, want: bool) {
-        let lease = self.leases[index as usize].clone();
-        match &self.slots[index as usize] {
-            Slot::Idle => {
-                if want && lease.tick().await {
-                    self.start(index, lease);
+    /// Steps back once the broker has been down for a lease ttl: the deal then gives this
+    /// replica's partitions to the others.
+    fn step_back_if_cut_off(&mut self) {
+        if self
+            .broker_down_since
+            .is_some_and(|since| since.elapsed() >= self.ttl)
+        {
+            tracing::warn!(partitions = ?self.running(), "the broker has not answered for a lease ttl: handing the partitions to the other replicas");
+            self.stepped_back = true;
+            self.broker_down_since = None;
+            // Its row expires within a ttl; released now, the others deal without it at once.
+            let me = self.me.name().to_string();
+            let pool = self.pool.clone();
+            let (holder, limit) = (self.holder.clone(), self.db_timeout);
+            self.tracker.spawn(async move {
+                if let Err(e) = store::within(limit, store::release_lease(&pool, &me, &holder)).await {
+                    tracing::warn!(error = %e, "cannot leave the replica list; the row expires by itself");
                 }
-            }
+            });
+        }
+    }
+
+    fn rejoin(&mut self) {
+        self.stepped_back = false;
+        self.broker_down_since = None;
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
+    }
+
+    /// Stops the loop of a partition that is lost or no longer wanted; marks a draining one
+    /// lost if its lease was.
+    fn hand_off(&mut self, index: u32, renewed: Option<bool>, want: bool) {
+        let Some(held) = renewed else {
+            return;
+        };
+        let slot = &mut self.slots[index as usize];
+        match slot {
             Slot::Running { stop } => {
-                let stop = stop.clone();
-                let held = lease.tick().await;
                 if !held || !want {
                     if held {
                         tracing::info!(partition = index, "handing the partition off");
                     }
                     stop.cancel();
-                    self.slots[index as usize] = Slot::Draining { lost: !held };
+                    *slot = Slot::Draining { lost: !held };
                 }
             }
-            Slot::Draining { lost } => {
-                let lost = *lost;
-                let held = lease.tick().await;
-                self.slots[index as usize] = Slot::Draining {
-                    lost: lost || !held,
-                };
+            Slot::Draining { lost } => *lost |= !held,
+            Slot::Idle => {}
+        }
+    }
+
+    /// Takes, at once, every wanted partition whose lease is free, and starts its loop.
+    async fn take(&mut self, want: &[u32]) {
+        let idle: Vec<u32> = want
+            .iter()
+            .copied()
+            .filter(|k| matches!(self.slots[*k as usize], Slot::Idle))
+            .collect();
+        let taken = join_all(idle.iter().map(|k| self.leases[*k as usize].tick())).await;
+        for (index, taken) in idle.into_iter().zip(taken) {
+            if taken {
+                self.start(index);
             }
         }
     }
 
-    fn start(&mut self, index: u32, lease: Arc<Lease>) {
+    fn start(&mut self, index: u32) {
+        let lease = self.leases[index as usize].clone();
         let partition = Partition {
             count: self.count,
             index,
@@ -292,77 +407,85 @@ impl<L: Loops> Coordinator<L> {
         };
         let (floor, run) = self.loops.build(lease, partition);
         self.floors.add(floor.clone());
-        let stop = CancellationToken::new();
+        let stop = self.shutdown.child_token();
         let beat = self.health.heartbeat("relay");
         let (health, finished, token) =
             (self.health.clone(), self.finished_tx.clone(), stop.clone());
         self.tracker.spawn(async move {
             let ran = tokio::spawn(run(token, beat.clone())).await;
             health.forget(&beat);
-            if let Err(e) = ran {
-                tracing::error!(partition = index, error = %e, "partition loop died");
-            }
+            let died = ran.err().map(|e| e.to_string());
             // Capacity is one per partition and each loop sends once: never full.
-            let _ = finished.send((index, floor)).await;
+            let _ = finished.send(Finished { index, floor, died }).await;
         });
         metrics::counter!(instruments::HANDOFFS, "event" => "won").increment(1);
         tracing::info!(partition = index, replica = %self.holder, "publishing the partition");
         self.slots[index as usize] = Slot::Running { stop };
     }
 
-    /// A partition's loop has drained: release its lease (a no-op if it was lost).
-    async fn finished(&mut self, index: u32, floor: &Arc<PassedFloor>) {
-        self.floors.remove(floor);
+    /// A partition's loop has ended: release its lease (a no-op if it was lost). A loop that
+    /// died is returned, to stop the process.
+    async fn finished(&mut self, finished: Finished) -> Option<LoopDied> {
+        let Finished { index, floor, died } = finished;
+        self.floors.remove(&floor);
         let slot = std::mem::replace(&mut self.slots[index as usize], Slot::Idle);
-        let lost = match slot {
-            Slot::Draining { lost } => lost,
-            // A loop that ended by itself (it panicked): give the partition back too.
-            Slot::Running { .. } | Slot::Idle => false,
-        };
+        let lost = matches!(slot, Slot::Draining { lost: true });
         self.leases[index as usize].release().await;
         let event = if lost { "lost" } else { "released" };
         metrics::counter!(instruments::HANDOFFS, "event" => event).increment(1);
-        let held = self.held().len();
-        metrics::gauge!(instruments::PARTITIONS_HELD).set(held as f64);
-        self.health.set_leader(held > 0);
+        self.show_held();
+        died.map(|e| {
+            tracing::error!(partition = index, error = %e, "a partition's relay loop died; stopping");
+            LoopDied(index, e)
+        })
     }
 
-    /// At shutdown: every loop drains (each within `relay.shutdown_grace`) while the leases are
-    /// renewed, each partition is released as its loop ends, then the replica leaves the list.
+    /// At shutdown: this replica leaves the list at once (the others deal without it), every
+    /// loop drains (each within `relay.shutdown_grace`) while the group and partition leases
+    /// are renewed, and each partition is released as its loop ends.
     async fn leave(mut self, period: Duration, beat: &Heartbeat) {
+        self.stepped_back = true;
+        self.me.release().await;
         for slot in &mut self.slots {
             if let Slot::Running { stop } = slot {
                 stop.cancel();
                 *slot = Slot::Draining { lost: false };
             }
         }
-        let mut next = Instant::now() + period;
+        let mut next = Instant::now();
         while self.slots.iter().any(|s| !matches!(s, Slot::Idle)) {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {
-                    for index in 0..self.count {
-                        if matches!(self.slots[index as usize], Slot::Draining { .. }) {
-                            self.settle(index, false).await;
-                        }
+                    beat.beat_within(3 * self.db_timeout);
+                    for (index, held) in self.renew().await {
+                        self.hand_off(index, Some(held), false);
                     }
                     next = Instant::now() + period;
                     beat.beat_within(period);
                 }
-                Some((index, floor)) = self.finished_rx.recv() => {
-                    self.finished(index, &floor).await;
+                Some(finished) = self.finished_rx.recv() => {
+                    self.finished(finished).await;
                 }
             }
         }
         self.tracker.close();
         self.tracker.wait().await;
-        self.me.release().await;
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
         tracing::info!(replica = %self.holder, "left the replicas; partitions released");
     }
 
     /// The partitions whose loop runs here.
-    fn held(&self) -> Vec<u32> {
+    fn running(&self) -> Vec<u32> {
         (0..self.count)
             .filter(|k| matches!(self.slots[*k as usize], Slot::Running { .. }))
             .collect()
+    }
+
+    fn show_held(&self) {
+        let held = self.running().len();
+        metrics::gauge!(instruments::PARTITIONS_HELD).set(held as f64);
+        self.health.set_leader(held > 0);
     }
 }
