@@ -149,7 +149,13 @@ pub(crate) async fn drain(
 
 /// Share of one core the relay uses over `secs` with nothing to publish.
 pub(crate) async fn idle_cpu_percent(relay: &RelayProcess, secs: u64) -> f64 {
-    let before = relay.cpu_seconds();
+    idle_cpu_percent_of(std::slice::from_ref(relay), secs).await
+}
+
+/// Share of one core several relays use together over `secs` with nothing to publish.
+pub(crate) async fn idle_cpu_percent_of(relays: &[RelayProcess], secs: u64) -> f64 {
+    let cpu = || relays.iter().map(RelayProcess::cpu_seconds).sum::<f64>();
+    let before = cpu();
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    (relay.cpu_seconds() - before) / secs as f64 * 100.0
+    (cpu() - before) / secs as f64 * 100.0
 }

@@ -540,8 +540,26 @@ async fn main() {
     }
 
     if wanted("drain-replicas") {
-        let drains = replica_drains(&exchange, rows).await;
-        report_replicas(&mut f, &drains, database_ceiling);
+        let partitioned = partitioned_database_ceiling(&mut f, outbox).await;
+        let mut drains = replica_drains(&exchange, rows).await;
+        report_replicas(&mut f, &drains, database_ceiling, partitioned);
+        for d in &mut drains {
+            let relays = std::mem::take(&mut d.relays);
+            if relays.is_empty() {
+                continue;
+            }
+            f.add(
+                format!(
+                    "idle for {idle_secs} s: {} replicas x {} partitions, CPU of all (share of one core)",
+                    d.replicas, d.partitions
+                ),
+                idle_cpu_percent_of(&relays, idle_secs).await,
+                "%",
+            );
+            for relay in relays {
+                relay.stop_blocking();
+            }
+        }
     }
 
     latency_parts(&mut f, &wanted, latency_secs).await;

@@ -18,6 +18,9 @@ pub(crate) struct ReplicaDrain {
     /// CPU of all the replicas together during the drain.
     pub(crate) relay_cpu: f64,
     pub(crate) machine_busy: f64,
+    /// Still running for the 3-replica layout (its idle cost is measured next); stopped
+    /// otherwise, so as not to disturb the next drain.
+    pub(crate) relays: Vec<RelayProcess>,
 }
 
 /// Drains with each layout in turn: 1 x 1 (one lease, as without partitions), 1 x 6 (one
@@ -25,7 +28,13 @@ pub(crate) struct ReplicaDrain {
 pub(crate) async fn replica_drains(exchange: &str, rows: i64) -> Vec<ReplicaDrain> {
     let mut out = Vec::new();
     for (replicas, partitions) in [(1, 1), (1, PARTITIONS), (2, PARTITIONS), (3, PARTITIONS)] {
-        out.push(replica_drain(exchange, rows, replicas, partitions).await);
+        let mut drain = replica_drain(exchange, rows, replicas, partitions).await;
+        if replicas < 3 {
+            for relay in std::mem::take(&mut drain.relays) {
+                relay.stop_blocking();
+            }
+        }
+        out.push(drain);
     }
     out
 }
@@ -56,9 +65,6 @@ async fn replica_drain(
     let rate = rows as f64 / started.elapsed().as_secs_f64();
     let relay_cpu = relays.iter().map(RelayProcess::cpu_seconds).sum::<f64>() - relay_cpu_before;
     let (machine_busy, _) = cpu_since(&cpu_before, jiffies_before, None);
-    for relay in relays {
-        relay.stop_blocking();
-    }
     pool.close().await;
     ReplicaDrain {
         replicas,
@@ -66,7 +72,25 @@ async fn replica_drain(
         rate,
         relay_cpu,
         machine_busy,
+        relays,
     }
+}
+
+/// The database ceiling (instant publisher, in process) with one replica holding all
+/// [`PARTITIONS`]: what the partitions cost the database path, each loop claiming with the
+/// partition's hash filter over the rows of all.
+pub(crate) async fn partitioned_database_ceiling(f: &mut Figures, outbox: Outbox<'_>) -> f64 {
+    let (pool, mut config) =
+        ceiling_outbox(outbox, Config::default().sweeper.published_retention).await;
+    config.relay.partitions = std::num::NonZeroU32::new(PARTITIONS).expect("non-zero");
+    let drained = CancellationToken::new();
+    let drain = drain_in_process(&pool, config, InstantPublisher, outbox.rows, &drained);
+    ceiling(
+        f,
+        &format!("ceiling: database, 1 replica x {PARTITIONS} partitions (instant publisher)"),
+        drain,
+    )
+    .await
 }
 
 /// Waits until the replicas hold every partition, shares differing by at most one (with one
@@ -98,7 +122,19 @@ async fn dealt(relays: &[RelayProcess], partitions: u32) {
 
 /// The figures of [`replica_drains`], as rates and ratios to the single replica and the
 /// ceilings measured in the same run.
-pub(crate) fn report_replicas(f: &mut Figures, drains: &[ReplicaDrain], database_ceiling: f64) {
+pub(crate) fn report_replicas(
+    f: &mut Figures,
+    drains: &[ReplicaDrain],
+    database_ceiling: f64,
+    partitioned_ceiling: f64,
+) {
+    if database_ceiling != f64::MAX {
+        f.add(
+            format!("ceiling: database, 1 x {PARTITIONS} partitions / 1 x 1"),
+            partitioned_ceiling / database_ceiling,
+            "x",
+        );
+    }
     let Some(single) = drains.iter().find(|d| d.partitions == 1) else {
         return;
     };
