@@ -1,4 +1,4 @@
-.PHONY: demo test faults bench lint audit chart-check package-check services-up services-down
+.PHONY: demo test faults bench lint audit chart-check package-check services-up services-down man
 
 # The main job: services, migrations, the relay, sample messages through the broker
 # (BROKER=kafka for Kafka, BROKER=redis for Redis Streams, BROKER=nsq for NSQ).
@@ -39,6 +39,10 @@ chart-check:
 # Dockerfile lint, native release build with the Dockerfile's command, ldd check.
 package-check:
 	scripts/package-check.sh
+
+# Man pages generated from the command line's definitions, into target/man.
+man:
+	cargo run --quiet --bin outbox-relay -- man --out-dir target/man
 
 services-up:
 	scripts/services.sh up

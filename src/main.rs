@@ -2,19 +2,51 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use outbox_relay::cli::{Cli, Command, DeadCommand, Selection};
-use outbox_relay::config::{BrokerKind, Config};
-use outbox_relay::store::DeadSelection;
+use outbox_relay::cli::{Cli, Command, Database, DeadCommand, Filter};
+use outbox_relay::config::{BrokerKind, Config, SecretUrl};
+use outbox_relay::store::DeadFilter;
 use outbox_relay::telemetry::{self, instruments};
 use outbox_relay::{admin, app, healthcheck, store};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors, distinct from runtime failures (1).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code of `status --fail-on` when a condition holds.
+const EXIT_CONDITION: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    // Generated from the definitions alone: no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "outbox-relay", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { out_dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let written = std::fs::create_dir_all(out_dir)
+                .and_then(|()| clap_mangen::generate_to(command, out_dir));
+            return match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "outbox-relay: cannot write the man pages to {}: {e}",
+                        out_dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
+    let loaded = Config::load(cli.config.as_deref()).map(|mut c| {
+        if let Some(url) = database_url(&cli.command) {
+            c.database.url = SecretUrl::new(url);
+        }
+        c
+    });
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outbox-relay: {e}");
@@ -25,7 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let starts_relay = matches!(cli.command, Command::Run | Command::CheckConfig);
+    let starts_relay = matches!(cli.command, Command::Run | Command::CheckConfig { .. });
     if starts_relay && config.broker.kind == BrokerKind::Kafka {
         // Building the producer validates every librdkafka property; it connects lazily.
         if let Err(e) = app::kafka_publisher(&config) {
@@ -33,8 +65,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    if let Command::CheckConfig = cli.command {
-        print!("{}", config.to_redacted_toml());
+    if let Command::CheckConfig { format } = &cli.command {
+        print!(
+            "{}",
+            format.output().render(&config, Config::to_redacted_toml)
+        );
         return ExitCode::SUCCESS;
     }
     if let Command::Healthcheck { timeout } = cli.command {
@@ -49,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(execute(cli.command, config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
             eprintln!("outbox-relay: {e:#}");
@@ -58,31 +93,69 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+/// `--database-url` (or `DATABASE_URL`) of an admin command.
+fn database_url(command: &Command) -> Option<String> {
     match command {
-        Command::CheckConfig | Command::Healthcheck { .. } => {
+        Command::Migrate { database }
+        | Command::Status { database, .. }
+        | Command::Dead { database, .. } => database.database_url.clone(),
+        _ => None,
+    }
+}
+
+async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CheckConfig { .. }
+        | Command::Healthcheck { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("handled before the runtime starts")
         }
-        Command::Status { json } => {
+        Command::Status {
+            format,
+            watch,
+            fail_on,
+            database: Database { .. },
+        } => {
             let pool = store::pool(&config.database)?;
-            let status = admin::status(&pool).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", admin::render_status(&status));
+            loop {
+                let status = admin::status(&pool).await?;
+                if watch.is_some() {
+                    // Clear the screen and home the cursor: one refreshing view.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", format.output().render(&status, admin::render_status));
+                let failed = admin::failed_conditions(&status, &fail_on);
+                let Some(every) = watch else {
+                    for f in &failed {
+                        eprintln!("outbox-relay: status: {f}");
+                    }
+                    return Ok(if failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_CONDITION)
+                    });
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
             }
-            Ok(())
         }
-        Command::Dead { command } => {
+        Command::Dead { command, .. } => {
             let pool = store::pool(&config.database)?;
-            print!("{}", admin::dead(&pool, &dead_action(command)).await?);
-            Ok(())
+            let mut progress = |line: &str| eprintln!("{line}");
+            print!(
+                "{}",
+                admin::dead(&pool, &dead_action(command), &mut progress).await?
+            );
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate => {
+        Command::Migrate { .. } => {
             let pool = store::migration_pool(&config.database)?;
             store::migrate(&pool).await.context("migrate")?;
             tracing::info!("outbox schema is up to date");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
             tracing::info!(config = %config.to_redacted_toml(), version = env!("CARGO_PKG_VERSION"), "starting");
@@ -91,34 +164,49 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             app::run(config, Some(metrics), shutdown).await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn dead_filter(filter: Filter, ids: Vec<uuid::Uuid>) -> DeadFilter {
+    DeadFilter {
+        destination: filter.destination,
+        key: filter.key,
+        since: filter.since,
+        ids: (!ids.is_empty()).then_some(ids),
     }
 }
 
 /// The command line's `dead` subcommand as the admin action it asks for.
 fn dead_action(command: DeadCommand) -> admin::DeadAction {
-    let selection = |s: Selection| {
-        if s.all {
-            DeadSelection::All {
-                destination: s.destination,
-            }
-        } else {
-            DeadSelection::Ids(s.ids)
-        }
-    };
     match command {
         DeadCommand::List {
-            destination,
+            filter,
             limit,
-            json,
+            format,
         } => admin::DeadAction::List {
-            destination,
+            filter: dead_filter(filter, Vec::new()),
             limit,
-            json,
+            output: format.output(),
         },
-        DeadCommand::Requeue(s) => admin::DeadAction::Requeue(selection(s)),
-        DeadCommand::Discard(s) => admin::DeadAction::Discard(selection(s)),
+        DeadCommand::Show {
+            id,
+            payload,
+            format,
+        } => admin::DeadAction::Show {
+            id,
+            payload,
+            output: format.output(),
+        },
+        DeadCommand::Requeue(s) => admin::DeadAction::Requeue {
+            filter: dead_filter(s.filter, s.ids),
+            dry_run: s.dry_run,
+        },
+        DeadCommand::Discard(s) => admin::DeadAction::Discard {
+            filter: dead_filter(s.filter, s.ids),
+            dry_run: s.dry_run,
+        },
     }
 }
 

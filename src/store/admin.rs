@@ -60,48 +60,103 @@ pub struct DeadMessage {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Which dead rows an admin command looks at; `None` and empty mean "any".
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub destination: Option<String>,
+    pub key: Option<String>,
+    /// Died at most this long ago.
+    pub since: Option<std::time::Duration>,
+    pub ids: Option<Vec<Uuid>>,
+}
+
+impl DeadFilter {
+    fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.destination.as_deref())
+            .bind(self.key.as_deref())
+            .bind(
+                self.since
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            )
+            .bind(self.ids.as_deref())
+    }
+}
+
+/// Dead rows the filter selects, oldest first, at most `limit`.
 pub async fn list_dead(
     pool: &PgPool,
-    destination: Option<&str>,
+    filter: &DeadFilter,
     limit: i64,
 ) -> Result<Vec<DeadMessage>, StoreError> {
-    Ok(sqlx::query_as(include_str!("sql/list_dead.sql"))
-        .bind(destination)
+    Ok(filter
+        .bind(sqlx::query_as(include_str!("sql/list_dead.sql")))
         .bind(limit)
         .fetch_all(pool)
         .await?)
 }
 
-/// Which dead rows an admin command acts on.
-#[derive(Debug, Clone)]
-pub enum DeadSelection {
-    Ids(Vec<Uuid>),
-    All { destination: Option<String> },
+/// How many dead rows the filter selects.
+pub async fn count_dead(pool: &PgPool, filter: &DeadFilter) -> Result<i64, StoreError> {
+    let (n,): (i64,) = filter
+        .bind(sqlx::query_as(include_str!("sql/count_dead.sql")))
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
 }
 
-/// Dead rows back to committed (attempts reset), oldest first; returns how many.
-pub async fn requeue_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, StoreError> {
-    let (ids, destination) = match which {
-        DeadSelection::Ids(ids) => (Some(ids.clone()), None),
-        DeadSelection::All { destination } => (None, destination.clone()),
-    };
+/// One message, any status, as `dead show` prints it.
+#[derive(Debug, Clone, serde::Serialize, FromRow)]
+pub struct MessageDetail {
+    pub message_id: Uuid,
+    pub status: MessageStatus,
+    pub destination: String,
+    pub routing_key: Option<String>,
+    pub message_key: Option<String>,
+    pub content_type: String,
+    pub headers: serde_json::Value,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub producer: Option<String>,
+    pub commit_seq: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub committed_at: Option<DateTime<Utc>>,
+    pub available_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
+}
+
+pub async fn show_message(
+    pool: &PgPool,
+    id: Uuid,
+    with_payload: bool,
+) -> Result<Option<MessageDetail>, StoreError> {
+    Ok(sqlx::query_as(include_str!("sql/show_message.sql"))
+        .bind(id)
+        .bind(with_payload)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Dead rows among `ids` back to committed (attempts reset), oldest first; returns how many.
+pub async fn requeue_dead(pool: &PgPool, ids: &[Uuid]) -> Result<i64, StoreError> {
     let n: i32 = sqlx::query_scalar(include_str!("sql/requeue_dead.sql"))
         .bind(ids)
-        .bind(destination)
         .fetch_one(pool)
         .await?;
     Ok(i64::from(n))
 }
 
-/// Deletes dead rows; returns how many.
-pub async fn discard_dead(pool: &PgPool, which: &DeadSelection) -> Result<i64, StoreError> {
-    let (ids, destination) = match which {
-        DeadSelection::Ids(ids) => (Some(ids.clone()), None),
-        DeadSelection::All { destination } => (None, destination.clone()),
-    };
+/// Deletes the dead rows among `ids`; returns how many.
+pub async fn discard_dead(pool: &PgPool, ids: &[Uuid]) -> Result<i64, StoreError> {
     let n = sqlx::query(include_str!("sql/discard_dead.sql"))
         .bind(ids)
-        .bind(destination)
         .execute(pool)
         .await?
         .rows_affected();

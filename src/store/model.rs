@@ -8,8 +8,9 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 /// Lifecycle of a row: the Postgres enum `outbox.message_status`, read and bound as itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "outbox.message_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
     Prepared,
     Committed,

@@ -1,4 +1,4 @@
+-- Deletes the dead rows among $1 (message ids); the caller selects them in batches.
 DELETE FROM outbox.messages
 WHERE status = 'dead'
-   AND ($1::uuid[] IS NULL OR message_id = ANY ($1))
-   AND ($2::text IS NULL OR destination = $2)
+   AND message_id = ANY ($1)

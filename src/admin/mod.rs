@@ -6,7 +6,13 @@ use std::fmt::Write;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::store::{self, DeadSelection, StoreError};
+use crate::store::{self, StoreError};
+
+mod dead;
+mod output;
+
+pub use dead::{dead, DeadAction, DeadError};
+pub use output::Output;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -46,6 +52,30 @@ impl PartitionOwner {
 }
 
 pub async fn status(pool: &PgPool) -> Result<Status, StoreError> {
+    status_of(pool).await
+}
+
+/// Which `status --fail-on` conditions hold; empty when none does.
+pub fn failed_conditions(s: &Status, conditions: &[crate::cli::Condition]) -> Vec<String> {
+    use crate::cli::Condition;
+    let dead = s.counts.get("dead").copied().unwrap_or(0);
+    conditions
+        .iter()
+        .filter_map(|c| match *c {
+            Condition::Dead if dead > 0 => Some(format!("{dead} dead message(s)")),
+            Condition::Stale(limit) if s.oldest_pending_age_seconds > limit.as_secs_f64() => {
+                Some(format!(
+                    "the oldest pending message is {:.1}s old, more than {}",
+                    s.oldest_pending_age_seconds,
+                    humantime::format_duration(limit)
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn status_of(pool: &PgPool) -> Result<Status, StoreError> {
     let counts = store::count_by_status(pool)
         .await?
         .into_iter()
@@ -139,61 +169,6 @@ fn render_partitions(out: &mut String, partitions: &[PartitionOwner]) {
         }
         if !unowned.is_empty() {
             let _ = writeln!(out, "  no holder: {}", unowned.join(" "));
-        }
-    }
-}
-
-/// What to do with dead messages; the command line's `dead` subcommands map onto it.
-#[derive(Debug, Clone)]
-pub enum DeadAction {
-    /// List them, oldest first, as a table or JSON.
-    List {
-        destination: Option<String>,
-        limit: i64,
-        json: bool,
-    },
-    /// Back to committed, attempts reset.
-    Requeue(DeadSelection),
-    /// Delete them.
-    Discard(DeadSelection),
-}
-
-/// Runs a `dead` action and returns what to print.
-pub async fn dead(pool: &PgPool, action: &DeadAction) -> Result<String, StoreError> {
-    match action {
-        DeadAction::List {
-            destination,
-            limit,
-            json,
-        } => {
-            let rows = store::list_dead(pool, destination.as_deref(), *limit).await?;
-            if *json {
-                return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
-            }
-            let mut out = format!(
-                "{:<36}  {:<24} {:<16} {:>8}  LAST ERROR\n",
-                "MESSAGE ID", "DESTINATION", "KEY", "ATTEMPTS"
-            );
-            for r in rows {
-                let _ = writeln!(
-                    out,
-                    "{:<36}  {:<24} {:<16} {:>8}  {}",
-                    r.message_id,
-                    r.destination,
-                    r.message_key.as_deref().unwrap_or("-"),
-                    r.attempts,
-                    r.last_error.as_deref().unwrap_or("-")
-                );
-            }
-            Ok(out)
-        }
-        DeadAction::Requeue(which) => {
-            let n = store::requeue_dead(pool, which).await?;
-            Ok(format!("requeued {n} dead message(s)\n"))
-        }
-        DeadAction::Discard(which) => {
-            let n = store::discard_dead(pool, which).await?;
-            Ok(format!("discarded {n} dead message(s)\n"))
         }
     }
 }
