@@ -11,7 +11,7 @@ test:
 	scripts/test.sh
 
 # Fault injection (kills, restarts, network trouble) against separate service instances;
-# see README "Testing under faults". FAULTS_ROUNDS=1 for a quicker run.
+# see docs/TESTING.md "Under faults". FAULTS_ROUNDS=1 for a quicker run.
 faults:
 	scripts/faults.sh
 

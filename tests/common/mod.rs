@@ -91,7 +91,7 @@ pub fn unique(prefix: &str) -> String {
 pub const RELAY_LOGIN: &str = "outbox_relay_test";
 
 /// The login role the tests' writes go through: a member of `outbox_writer` and nothing else,
-/// as the README tells applications to set theirs up.
+/// as docs/SQL-API.md tells applications to set theirs up.
 pub const WRITER_LOGIN: &str = "outbox_writer_test";
 
 /// A database of its own for one test, migrated.

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::publish::{header_pairs, PublishError};
 use crate::store::OutboxMessage;
 
-/// The event, attributes in the order the README lists them.
+/// The event, attributes in the order docs/BROKERS.md lists them.
 #[derive(Serialize)]
 struct Event<'a> {
     specversion: &'static str,

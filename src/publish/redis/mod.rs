@@ -189,7 +189,7 @@ impl RedisPublisher {
         // WAIT after the XADD's reply (so that an XADD error keeps its server code) and on the
         // same connection: it returns once the replicas have everything this connection wrote
         // before it, this entry included. Redis serves nothing else of the connection while it
-        // waits, which is the price of `wait_replicas` (README).
+        // waits, which is the price of `wait_replicas` (docs/BROKERS.md).
         let acked: u32 = redis::cmd("WAIT")
             .arg(self.config.wait_replicas)
             .arg(self.config.wait_timeout.as_millis() as u64)
