@@ -65,10 +65,21 @@ impl Format {
 pub enum Command {
     /// Publish committed outbox rows until SIGTERM or SIGINT.
     Run,
-    /// Create or upgrade the outbox schema (idempotent).
+    /// Create or upgrade the outbox schema (idempotent), listing each migration applied.
     Migrate {
         #[command(flatten)]
         database: Database,
+        /// List the migrations, applied and pending, with what each pending one locks.
+        #[arg(long, conflicts_with = "print_sql")]
+        status: bool,
+        /// Print the SQL of the pending migrations (with --all: every one), with the
+        /// bookkeeping rows the relay checks, for Flyway, Liquibase or a DBA; apply nothing.
+        #[arg(long)]
+        print_sql: bool,
+        #[arg(long, requires = "print_sql")]
+        all: bool,
+        #[command(flatten)]
+        format: Format,
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig {

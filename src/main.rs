@@ -96,7 +96,7 @@ fn main() -> ExitCode {
 /// `--database-url` (or `DATABASE_URL`) of an admin command.
 fn database_url(command: &Command) -> Option<String> {
     match command {
-        Command::Migrate { database }
+        Command::Migrate { database, .. }
         | Command::Status { database, .. }
         | Command::Dead { database, .. } => database.database_url.clone(),
         _ => None,
@@ -151,10 +151,35 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate { .. } => {
+        Command::Migrate {
+            status,
+            print_sql,
+            all,
+            format,
+            ..
+        } => {
             let pool = store::migration_pool(&config.database)?;
-            store::migrate(&pool).await.context("migrate")?;
-            tracing::info!("outbox schema is up to date");
+            if status || print_sql {
+                let states = store::migrations::states(&pool).await?;
+                if status {
+                    print!(
+                        "{}",
+                        format
+                            .output()
+                            .render(&states, admin::migrate::render_states)
+                    );
+                } else {
+                    print!("{}", store::migrations::script(&states, all));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            // A second small pool watches index builds while the migrations hold theirs.
+            let watch = store::pool(&config.database)?;
+            let mut progress = |line: &str| eprintln!("{line}");
+            let done = admin::migrate::migrate(&pool, &watch, &mut progress)
+                .await
+                .context("migrate")?;
+            print!("{done}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {

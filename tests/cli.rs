@@ -263,3 +263,111 @@ async fn admin_commands_need_only_a_database_url() {
     let config: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(config["relay"]["partitions"], 1);
 }
+
+/// An empty database of its own (no schema), named like the harness' scratch databases.
+async fn empty_database() -> String {
+    let admin = sqlx::PgPool::connect(&common::admin_database_url())
+        .await
+        .unwrap();
+    let name = common::unique("t");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let mut url = url::Url::parse(&common::admin_database_url()).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+fn pending(url: &str) -> Vec<Value> {
+    let out = relay(
+        &["migrate", "--status", "-o", "json", "--database-url", url],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let states: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert!(!states.is_empty());
+    states
+        .into_iter()
+        .filter(|s| s["applied"] == false)
+        .collect()
+}
+
+#[tokio::test]
+async fn migrate_lists_what_it_applies_and_what_is_pending_with_its_locks() {
+    let url = empty_database().await;
+    let before = pending(&url);
+    assert!(
+        before
+            .iter()
+            .all(|s| !s["locks"].as_str().unwrap().is_empty()),
+        "{before:?}"
+    );
+    let table = stdout(&relay(
+        &["migrate", "--status", "--database-url", &url],
+        &[],
+    ));
+    assert!(
+        table.contains("pending") && table.contains("CREATE INDEX"),
+        "{table}"
+    );
+
+    let out = relay(&["migrate", "--database-url", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("applied ")).count(),
+        before.len(),
+        "one line per migration applied: {text}"
+    );
+    assert!(
+        text.contains("ms)") && text.contains("up to date"),
+        "{text}"
+    );
+    assert!(pending(&url).is_empty());
+    let again = stdout(&relay(&["migrate", "--database-url", &url], &[]));
+    assert!(
+        !again.contains("applied "),
+        "nothing left to apply: {again}"
+    );
+}
+
+/// `--print-sql` is the contract for schemas applied with Flyway, Liquibase or by a DBA: its
+/// script leaves a schema the relay accepts and a later `migrate` continues from.
+#[tokio::test]
+async fn a_schema_applied_from_print_sql_is_accepted_and_migrate_continues_from_it() {
+    let url = empty_database().await;
+    let out = relay(&["migrate", "--print-sql", "--database-url", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
+    assert!(pending(&url).len() > 1, "printing applies nothing");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+        .execute(&pool)
+        .await
+        .expect("the printed script applies");
+    assert!(
+        pending(&url).is_empty(),
+        "every migration counts as applied"
+    );
+    outbox_relay::store::check_schema(&pool)
+        .await
+        .expect("the relay's start-up check accepts it");
+    let out = relay(&["migrate", "--database-url", &url], &[]);
+    assert!(
+        out.status.success(),
+        "migrate agrees with it: {}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("applied "), "{}", stdout(&out));
+    let all = stdout(&relay(
+        &["migrate", "--print-sql", "--all", "--database-url", &url],
+        &[],
+    ));
+    assert!(
+        all.contains("-- 0001 ") && all.contains("-- 0011 "),
+        "--all prints every one"
+    );
+    pool.close().await;
+}

@@ -8,6 +8,7 @@ pub mod check_back;
 mod config;
 mod error;
 mod leases;
+pub mod migrations;
 mod model;
 pub mod stats;
 
