@@ -25,9 +25,9 @@ pub fn init(config: &LogConfig) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // try_init: a second call (tests) keeps the first subscriber instead of panicking.
-    let _ = match config.format {
+    let _ = match config.format.resolve(std::io::stderr().is_terminal()) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        _ => builder.try_init(),
     };
 }
 
@@ -42,15 +42,28 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text on a terminal (someone reads it), JSON otherwise (a collector does).
+    Auto,
     Json,
     Text,
+}
+
+impl LogFormat {
+    /// The format to write, `auto` decided by whether stderr is a terminal.
+    pub fn resolve(self, terminal: bool) -> LogFormat {
+        match self {
+            LogFormat::Auto if terminal => LogFormat::Text,
+            LogFormat::Auto => LogFormat::Json,
+            other => other,
+        }
+    }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_string(),
-            format: LogFormat::Json,
+            format: LogFormat::Auto,
         }
     }
 }
@@ -64,5 +77,18 @@ impl LogConfig {
         } else if let Err(e) = EnvFilter::builder().parse(&self.level) {
             c.issue("log.level", format!("not a valid filter: {e}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_text_on_a_terminal_and_json_for_collectors() {
+        assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Text);
+        assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
+        assert_eq!(LogFormat::Json.resolve(true), LogFormat::Json);
+        assert_eq!(LogFormat::Text.resolve(false), LogFormat::Text);
     }
 }
