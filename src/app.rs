@@ -126,6 +126,53 @@ enum Built {
     Nsq(NsqPublisher),
 }
 
+/// Whether the configured broker accepts a connection (`doctor`): the publisher's own
+/// `ready`, within the broker's connect timeout and some slack, then `close`.
+pub async fn broker_ready(config: &Config) -> Result<(), String> {
+    let limit = config
+        .broker
+        .connect_timeouts()
+        .map(|(_, d)| d)
+        .max()
+        .unwrap_or_default()
+        + std::time::Duration::from_secs(5);
+    async fn probe<P: Publisher>(p: P, limit: std::time::Duration) -> Result<(), String> {
+        let ready = tokio::time::timeout(limit, p.ready()).await;
+        p.close().await;
+        match ready {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.chain()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(limit)
+            )),
+        }
+    }
+    let timeout = config.relay.publish_timeout;
+    match config.broker.kind {
+        BrokerKind::Amqp => {
+            probe(
+                AmqpPublisher::new(config.broker.amqp.clone(), timeout),
+                limit,
+            )
+            .await
+        }
+        BrokerKind::Kafka => {
+            probe(kafka_publisher(config).map_err(|e| e.to_string())?, limit).await
+        }
+        BrokerKind::Redis => {
+            let p = RedisPublisher::new(config.broker.redis.clone(), timeout)
+                .map_err(|e| e.to_string())?;
+            probe(p, limit).await
+        }
+        BrokerKind::Nsq => {
+            let p =
+                NsqPublisher::new(config.broker.nsq.clone(), timeout).map_err(|e| e.to_string())?;
+            probe(p, limit).await
+        }
+    }
+}
+
 /// Creates the Kafka producer, which validates every librdkafka property.
 pub fn kafka_publisher(config: &Config) -> Result<KafkaPublisher, KafkaSetupError> {
     KafkaPublisher::new(&config.broker.kafka, config.relay.publish_timeout)

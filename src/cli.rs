@@ -101,6 +101,14 @@ pub enum Command {
         #[arg(long = "fail-on", value_name = "CONDITION", value_parser = parse_condition)]
         fail_on: Vec<Condition>,
     },
+    /// Check everything a relay needs (database, schema, grants, broker, lease, long
+    /// transactions, stuck keys) and say how to fix what is not right; exit 3 if a check fails.
+    Doctor {
+        #[command(flatten)]
+        database: Database,
+        #[command(flatten)]
+        format: Format,
+    },
     /// Inspect, requeue or discard dead messages.
     Dead {
         #[command(subcommand)]

@@ -98,7 +98,8 @@ fn database_url(command: &Command) -> Option<String> {
     match command {
         Command::Migrate { database, .. }
         | Command::Status { database, .. }
-        | Command::Dead { database, .. } => database.database_url.clone(),
+        | Command::Dead { database, .. }
+        | Command::Doctor { database, .. } => database.database_url.clone(),
         _ => None,
     }
 }
@@ -141,6 +142,23 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
                 }
             }
+        }
+        Command::Doctor { format, .. } => {
+            let pool = store::pool(&config.database)?;
+            let broker = app::broker_ready(&config);
+            let findings = admin::doctor::doctor(&pool, broker).await;
+            print!(
+                "{}",
+                format.output().render(&findings, admin::doctor::render)
+            );
+            let failed = findings
+                .iter()
+                .any(|f| f.verdict == admin::doctor::Verdict::Fail);
+            Ok(if failed {
+                ExitCode::from(EXIT_CONDITION)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Dead { command, .. } => {
             let pool = store::pool(&config.database)?;

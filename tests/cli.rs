@@ -371,3 +371,85 @@ async fn a_schema_applied_from_print_sql_is_accepted_and_migrate_continues_from_
     );
     pool.close().await;
 }
+
+fn findings(out: &Output) -> Vec<Value> {
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+fn verdict<'a>(all: &'a [Value], check: &str) -> &'a Value {
+    all.iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} in {all:?}"))
+}
+
+#[tokio::test]
+async fn doctor_passes_a_healthy_setup_and_names_the_fix_for_what_is_not() {
+    let db = TestDb::new().await;
+    let amqp = common::amqp_url();
+    let broker = [("OUTBOX_RELAY__BROKER__AMQP__URL", amqp.as_str())];
+    let out = relay(
+        &["doctor", "-o", "json", "--database-url", &db.relay_url],
+        &broker,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let all = findings(&out);
+    for check in [
+        "database",
+        "schema",
+        "grants",
+        "broker",
+        "commit fence",
+        "stuck keys",
+    ] {
+        assert_eq!(verdict(&all, check)["verdict"], "ok", "{check}: {all:?}");
+    }
+    assert_eq!(verdict(&all, "lease")["verdict"], "warn", "no relay runs");
+
+    // A key held back by a failing row, and a broker that does not answer.
+    for n in 0..3 {
+        db.enqueue("orders", Some("k-9"), json!({ "n": n })).await;
+    }
+    sqlx::query(
+        "UPDATE outbox.messages SET attempts = 1, last_error = 'NOT_FOUND - no exchange',
+                available_at = now() + interval '1 hour'
+          WHERE id = (SELECT min(id) FROM outbox.messages)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dead_port = format!("amqp://guest:guest@127.0.0.1:{}/%2f", common::free_port());
+    let broker = [("OUTBOX_RELAY__BROKER__AMQP__URL", dead_port.as_str())];
+    let out = relay(
+        &["doctor", "-o", "json", "--database-url", &db.relay_url],
+        &broker,
+    );
+    assert_eq!(out.status.code(), Some(3), "a failed check exits 3");
+    let all = findings(&out);
+    let b = verdict(&all, "broker");
+    assert_eq!(b["verdict"], "fail");
+    assert!(b["fix"].as_str().unwrap().contains("broker"), "{b}");
+    let stuck = verdict(&all, "stuck keys");
+    assert_eq!(stuck["verdict"], "warn");
+    let detail = stuck["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("k-9") && detail.contains("2 row(s) behind"),
+        "{detail}"
+    );
+    let table = stdout(&relay(
+        &["doctor", "--database-url", &db.relay_url],
+        &broker,
+    ));
+    assert!(table.contains("FAIL") && table.contains("fix:"), "{table}");
+
+    let out = relay(
+        &[
+            "doctor",
+            "-o",
+            "json",
+            "--database-url",
+            &empty_database().await,
+        ],
+        &broker,
+    );
+    assert_eq!(verdict(&findings(&out), "schema")["verdict"], "fail");
+}

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use crate::store::{self, StoreError};
 
 mod dead;
+pub mod doctor;
 pub mod migrate;
 mod output;
 

@@ -6,6 +6,7 @@
 mod admin;
 pub mod check_back;
 mod config;
+pub mod doctor;
 mod error;
 mod leases;
 pub mod migrations;

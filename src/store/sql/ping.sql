@@ -1,0 +1,2 @@
+-- Whether the database answers at all, before any check that needs the schema.
+SELECT 1
