@@ -18,9 +18,8 @@ use crate::publish::amqp::AmqpPublisher;
 use crate::publish::kafka::{self, Delivery, KafkaPublisher, KafkaSetupError, Transactions};
 use crate::publish::nsq::{NsqPublisher, NsqSetupError};
 use crate::publish::redis::{RedisPublisher, RedisSetupError};
-use crate::publish::{PublishError, Publisher};
+use crate::publish::Publisher;
 use crate::relay::{ExactlyOnce, Partition, Parts, PassedFloor, PassedFloors, Relay};
-use crate::store::OutboxMessage;
 use crate::store::{self, StoreError};
 use crate::sweeper::Sweeper;
 use crate::telemetry::gauges::Gauges;
@@ -247,12 +246,16 @@ struct Transactional(Transactions);
 
 impl<P: Publisher> BuildLoop for AtLeastOnce<P> {
     fn build(self, parts: Parts, _: &Config) -> RelayLoop {
-        let relay = Relay::new(parts, self.0);
-        let passed = relay.passed_floor();
+        let publisher = self.0.clone();
+        let (passed, run) = relay_loop(Relay::new(parts, self.0));
         RelayLoop {
             passed,
+            // The only loop over this publisher: it closes it once drained.
             run: Box::new(move |token, beat| {
-                Box::pin(async move { relay.run(token, &beat).await })
+                Box::pin(async move {
+                    run(token, beat).await;
+                    publisher.close().await;
+                })
             }),
         }
     }
@@ -271,12 +274,38 @@ impl BuildLoop for Transactional {
     }
 }
 
-type LoopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A relay loop over a publisher, ready to run, with its floor for the backlog check.
+fn relay_loop<P: Publisher>(relay: Relay<P>) -> (Arc<PassedFloor>, LoopRun) {
+    let passed = relay.passed_floor();
+    let run: LoopRun =
+        Box::new(move |token, beat| Box::pin(async move { relay.run(token, &beat).await }));
+    (passed, run)
+}
+
+/// What a relay loop runs with, from the configuration: the whole outbox or one partition.
+fn parts(
+    pool: &PgPool,
+    config: &Config,
+    lease: Arc<Lease>,
+    partition: Partition,
+    health: &Arc<Health>,
+) -> Parts {
+    Parts {
+        pool: pool.clone(),
+        config: config.relay.clone(),
+        retry: config.retry.clone(),
+        on_published: config.sweeper.on_published(),
+        lease,
+        partition,
+        health: health.clone(),
+        db_timeout: config.database.call_timeout(),
+    }
+}
 
 /// A relay loop ready to run, and its floor for the backlog check.
 struct RelayLoop {
     passed: Arc<PassedFloor>,
-    run: Box<dyn FnOnce(CancellationToken, Arc<Heartbeat>) -> LoopFuture + Send>,
+    run: LoopRun,
 }
 
 async fn run_loop(
@@ -296,16 +325,7 @@ async fn run_loop(
         db_timeout,
     ));
     tracing::info!(replica = lease.holder(), lease = %config.ha.lease_name, "standing by for the lease");
-    let parts = Parts {
-        pool: pool.clone(),
-        config: config.relay.clone(),
-        retry: config.retry.clone(),
-        on_published: config.sweeper.on_published(),
-        lease: lease.clone(),
-        partition: Partition::whole(),
-        health: health.clone(),
-        db_timeout,
-    };
+    let parts = parts(&pool, &config, lease.clone(), Partition::whole(), &health);
     let RelayLoop { passed, run } = relay.build(parts, &config);
     let floors = Arc::new(PassedFloors::default());
     floors.add(passed);
@@ -419,15 +439,24 @@ impl Tasks {
                 Ok(()) => beat.done(),
                 Err(e) => {
                     tracing::error!(task = name, error = %e, "task died; shutting down");
-                    failure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(AppError::TaskFailed(name, e.to_string()));
-                    shutdown.cancel();
+                    fail(
+                        &failure,
+                        &shutdown,
+                        AppError::TaskFailed(name, e.to_string()),
+                    );
                 }
             }
         });
     }
+}
+
+/// Records the first failure and stops everything: the process then exits with it.
+fn fail(failure: &std::sync::Mutex<Option<AppError>>, shutdown: &CancellationToken, e: AppError) {
+    failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert(e);
+    shutdown.cancel();
 }
 
 /// Active-active (`relay.partitions > 1`): the partition coordinator starts and stops one relay
@@ -462,11 +491,7 @@ async fn run_partitioned<P: Publisher>(
     let failure = tasks.failure.clone();
     tasks.spawn("partitions", |beat| async move {
         if let Err(e) = coordinator.run(token.clone(), &beat).await {
-            failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(AppError::LoopDied(e));
-            token.cancel();
+            fail(&failure, &token, AppError::LoopDied(e));
         }
     });
     tasks.spawn_once_per_outbox(&pool, &config, first, floors)?;
@@ -487,21 +512,9 @@ struct PartitionLoops<P> {
 
 impl<P: Publisher> Loops for PartitionLoops<P> {
     fn build(&self, lease: Arc<Lease>, partition: Partition) -> (Arc<PassedFloor>, LoopRun) {
-        let parts = Parts {
-            pool: self.pool.clone(),
-            config: self.config.relay.clone(),
-            retry: self.config.retry.clone(),
-            on_published: self.config.sweeper.on_published(),
-            lease,
-            partition,
-            health: self.health.clone(),
-            db_timeout: self.config.database.call_timeout(),
-        };
-        let relay = Relay::new(parts, Arc::new(KeepOpen(self.publisher.clone())));
-        let floor = relay.passed_floor();
-        let run: LoopRun =
-            Box::new(move |token, beat| Box::pin(async move { relay.run(token, &beat).await }));
-        (floor, run)
+        let parts = parts(&self.pool, &self.config, lease, partition, &self.health);
+        // Not closed by the loop: run_partitioned closes it once every partition has drained.
+        relay_loop(Relay::new(parts, self.publisher.clone()))
     }
 
     fn broker_ready(&self) -> BoxFuture<'static, bool> {
@@ -513,26 +526,5 @@ impl<P: Publisher> Loops for PartitionLoops<P> {
                 Ok(Ok(()))
             )
         })
-    }
-}
-
-/// The shared publisher as one partition's loop sees it: a loop that stops after a hand-off
-/// must not close the connection the other partitions publish on.
-struct KeepOpen<P>(Arc<P>);
-
-impl<P: Publisher> Publisher for KeepOpen<P> {
-    fn ready(&self) -> impl std::future::Future<Output = Result<(), PublishError>> + Send {
-        self.0.ready()
-    }
-
-    fn publish(
-        &self,
-        message: &OutboxMessage,
-    ) -> impl std::future::Future<Output = Result<(), PublishError>> + Send {
-        self.0.publish(message)
-    }
-
-    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
-        std::future::ready(())
     }
 }

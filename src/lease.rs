@@ -139,7 +139,9 @@ impl Lease {
     /// Acquires or renews once; updates the local state and the leader gauge. Returns whether
     /// the lease is held now.
     pub async fn tick(&self) -> bool {
-        self.renew().await != Renewal::NotHeld && self.current().is_some()
+        // A lease another holder has was cleared by the renewal; a failed one runs out by itself.
+        self.renew().await;
+        self.current().is_some()
     }
 
     /// As [`Lease::tick`], telling a lease another holder has from a renewal that failed.

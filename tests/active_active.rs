@@ -38,6 +38,30 @@ fn spawn_with(db: &TestDb, lease: &str, extra: &[(&'static str, &'static str)]) 
     RelayProcess::spawn(&db.relay_url, &env)
 }
 
+/// Each test's own database, exchange with a queue, and lease name.
+struct Setup {
+    db: TestDb,
+    rabbit: Rabbit,
+    exchange: String,
+    queue: String,
+    lease: String,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let db = TestDb::new().await;
+        let rabbit = Rabbit::connect().await;
+        let (exchange, queue) = rabbit.fanout_with_queue().await;
+        Self {
+            db,
+            rabbit,
+            exchange,
+            queue,
+            lease: unique("aa"),
+        }
+    }
+}
+
 async fn held(r: &RelayProcess) -> u32 {
     r.metric("outbox_relay_partitions_held")
         .await
@@ -133,10 +157,13 @@ async fn published_by(r: &RelayProcess, exchange: &str) -> f64 {
 
 #[tokio::test]
 async fn three_replicas_share_the_partitions_evenly_and_each_key_stays_in_order() {
-    let db = TestDb::new().await;
-    let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let lease = unique("aa");
+    let Setup {
+        db,
+        rabbit,
+        exchange,
+        queue,
+        lease,
+    } = Setup::new().await;
     let replicas = [spawn(&db, &lease), spawn(&db, &lease), spawn(&db, &lease)];
     let all: Vec<&RelayProcess> = replicas.iter().collect();
     let took = converged(&all, &[2, 2, 2]).await;
@@ -152,12 +179,7 @@ async fn three_replicas_share_the_partitions_evenly_and_each_key_stays_in_order(
             "every replica publishes its share"
         );
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .args(["status", "--json"])
-        .env_remove("OUTBOX_RELAY_CONFIG")
-        .env("OUTBOX_RELAY__DATABASE__URL", &db.url)
-        .output()
-        .expect("run outbox-relay status");
+    let out = common::run_binary(&["status", "--json", "--database-url", &db.url], &[]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     let owners: Vec<(String, u64, String)> = status["partitions"]
         .as_array()
@@ -184,10 +206,13 @@ async fn three_replicas_share_the_partitions_evenly_and_each_key_stays_in_order(
 
 #[tokio::test]
 async fn kill_9_of_a_replica_moves_its_partitions_to_the_others_and_loses_nothing() {
-    let db = TestDb::new().await;
-    let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let lease = unique("aa");
+    let Setup {
+        db,
+        rabbit,
+        exchange,
+        queue,
+        lease,
+    } = Setup::new().await;
     let mut replicas = vec![spawn(&db, &lease), spawn(&db, &lease), spawn(&db, &lease)];
     converged(&replicas.iter().collect::<Vec<_>>(), &[2, 2, 2]).await;
     let writer = Writer::start(&db, &exchange);
@@ -212,10 +237,13 @@ const IN_FLIGHT: &str = "1";
 
 #[tokio::test]
 async fn a_replica_paused_past_its_lease_loses_its_partitions_before_publishing_again() {
-    let db = TestDb::new().await;
-    let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let lease = unique("aa");
+    let Setup {
+        db,
+        rabbit,
+        exchange,
+        queue,
+        lease,
+    } = Setup::new().await;
     let few = [("OUTBOX_RELAY__RELAY__MAX_IN_FLIGHT", IN_FLIGHT)];
     let replicas = [
         spawn_with(&db, &lease, &few),
@@ -280,10 +308,13 @@ async fn a_replica_paused_past_its_lease_loses_its_partitions_before_publishing_
 
 #[tokio::test]
 async fn scaling_from_one_to_three_and_back_with_sigterm_re_sends_nothing() {
-    let db = TestDb::new().await;
-    let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let lease = unique("aa");
+    let Setup {
+        db,
+        rabbit,
+        exchange,
+        queue,
+        lease,
+    } = Setup::new().await;
     let first = spawn(&db, &lease);
     converged(&[&first], &[6]).await;
     let writer = Writer::start(&db, &exchange);
@@ -312,10 +343,13 @@ async fn scaling_from_one_to_three_and_back_with_sigterm_re_sends_nothing() {
 
 #[tokio::test]
 async fn a_replica_that_cannot_reach_the_broker_hands_its_partitions_to_the_others() {
-    let db = TestDb::new().await;
-    let rabbit = Rabbit::connect().await;
-    let (exchange, queue) = rabbit.fanout_with_queue().await;
-    let lease = unique("aa");
+    let Setup {
+        db,
+        rabbit,
+        exchange,
+        queue,
+        lease,
+    } = Setup::new().await;
     let healthy = [spawn(&db, &lease), spawn(&db, &lease)];
     let dead_port = common::free_port().to_string();
     let url: &'static str =

@@ -10,23 +10,7 @@ use common::TestDb;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// The binary with no configuration file and no relay variables: only what `args` and `env`
-/// give it.
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    command
-        .args(args)
-        .env_remove("OUTBOX_RELAY_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env("OUTBOX_RELAY__LOG__LEVEL", "warn");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OUTBOX_RELAY__") && k != "OUTBOX_RELAY__LOG__LEVEL" {
-            command.env_remove(k);
-        }
-    }
-    command.envs(env.iter().copied());
-    command.output().expect("run outbox-relay")
-}
+use common::run_binary as relay;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -264,20 +248,9 @@ async fn admin_commands_need_only_a_database_url() {
     assert_eq!(config["relay"]["partitions"], 1);
 }
 
-/// An empty database of its own (no schema), named like the harness' scratch databases.
+/// An empty database of its own (no schema).
 async fn empty_database() -> String {
-    let admin = sqlx::PgPool::connect(&common::admin_database_url())
-        .await
-        .unwrap();
-    let name = common::unique("t");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let mut url = url::Url::parse(&common::admin_database_url()).unwrap();
-    url.set_path(&name);
-    url.to_string()
+    common::create_database("t").await.1
 }
 
 fn pending(url: &str) -> Vec<Value> {

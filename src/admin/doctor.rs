@@ -40,6 +40,16 @@ impl Finding {
         }
     }
 
+    /// A check whose query failed: the schema is missing or the login may not read it.
+    fn unreadable(check: &'static str, e: &crate::store::StoreError) -> Self {
+        Self::not_ok(
+            check,
+            Verdict::Fail,
+            e.to_string(),
+            "run `outbox-relay migrate` as the schema owner; a login that may not read the schema needs GRANT outbox_relay TO <login>",
+        )
+    }
+
     fn not_ok(
         check: &'static str,
         verdict: Verdict,
@@ -103,12 +113,7 @@ async fn schema(pool: &PgPool) -> Finding {
                 )
             }
         }
-        Err(e) => Finding::not_ok(
-            "schema",
-            Verdict::Fail,
-            e.to_string(),
-            "run `outbox-relay migrate` as the schema owner; a login that may not read the schema needs GRANT outbox_relay TO <login>",
-        ),
+        Err(e) => Finding::unreadable("schema", &e),
     }
 }
 
@@ -131,12 +136,7 @@ async fn grants(pool: &PgPool) -> Finding {
                 )
             }
         }
-        Err(e) => Finding::not_ok(
-            "grants",
-            Verdict::Fail,
-            e.to_string(),
-            "run `outbox-relay migrate`",
-        ),
+        Err(e) => Finding::unreadable("grants", &e),
     }
 }
 
@@ -171,12 +171,7 @@ async fn leases(pool: &PgPool) -> Finding {
                 Finding::ok("lease", format!("held: {}", held.join(", ")))
             }
         }
-        Err(e) => Finding::not_ok(
-            "lease",
-            Verdict::Fail,
-            e.to_string(),
-            "run `outbox-relay migrate`",
-        ),
+        Err(e) => Finding::unreadable("lease", &e),
     }
 }
 
@@ -211,12 +206,7 @@ async fn fence(pool: &PgPool) -> Finding {
                 )
             }
         }
-        Err(e) => Finding::not_ok(
-            "commit fence",
-            Verdict::Fail,
-            e.to_string(),
-            "run `outbox-relay migrate`",
-        ),
+        Err(e) => Finding::unreadable("commit fence", &e),
     }
 }
 
@@ -242,7 +232,7 @@ async fn stuck(pool: &PgPool) -> Finding {
                 .join("; "),
             "fix what last_error names (a missing exchange or topic, permissions); the row is retried by itself, or goes dead after retry.max_attempts",
         ),
-        Err(e) => Finding::not_ok("stuck keys", Verdict::Fail, e.to_string(), "run `outbox-relay migrate`"),
+        Err(e) => Finding::unreadable("stuck keys", &e),
     }
 }
 

@@ -184,10 +184,6 @@ impl<L: Loops> Coordinator<L> {
         }
     }
 
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Partition 0's lease: its holder runs the sweeper and check-back, once per outbox.
     pub fn first_lease(&self) -> Arc<Lease> {
         self.leases[0].clone()

@@ -315,7 +315,8 @@ impl<P: Publisher> Relay<P> {
                 Event::Wake => {}
             }
         }
-        self.publisher.close().await;
+        // The publisher is closed by its owner (app.rs): with key partitions one publisher
+        // serves every partition's loop, and a loop stops at each hand-off.
         tracing::info!("relay stopped");
     }
 

@@ -35,6 +35,25 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:54329/postgres".into())
 }
 
+/// A new, empty database named `prefix` plus a unique suffix: its name and its URL as the
+/// test Postgres' admin.
+pub async fn create_database(prefix: &str) -> (String, String) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_database_url())
+        .await
+        .expect("connect to the test Postgres (run scripts/services.sh up)");
+    let name = unique(prefix);
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    let mut url = url::Url::parse(&admin_database_url()).unwrap();
+    url.set_path(&name);
+    (name, url.to_string())
+}
+
 pub fn amqp_url() -> String {
     std::env::var("OUTBOX_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:56729/%2f".into())
@@ -135,20 +154,7 @@ impl TestDb {
     }
 
     pub async fn create(options: &DbOptions) -> Self {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&admin_database_url())
-            .await
-            .expect("connect to the test Postgres (run scripts/services.sh up)");
-        let name = unique(options.prefix);
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create test database");
-        admin.close().await;
-        let mut url = url::Url::parse(&admin_database_url()).unwrap();
-        url.set_path(&name);
-        let url = url.to_string();
+        let (name, url) = create_database(options.prefix).await;
         let pool = PgPoolOptions::new().max_connections(options.max_connections);
         let pool = if options.relay_session {
             let session = outbox_relay::store::connect_options(&url).expect("the relay's options");

@@ -264,3 +264,21 @@ pub async fn leader_of(replicas: &[&RelayProcess]) -> usize {
     })
     .await
 }
+
+/// The binary run to its end with no configuration file and no relay variables of the test's
+/// environment: only what `args` and `env` give it (admin commands, `check-config`).
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    command
+        .args(args)
+        .env_remove("OUTBOX_RELAY_CONFIG")
+        .env_remove("DATABASE_URL")
+        .env("OUTBOX_RELAY__LOG__LEVEL", "warn");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OUTBOX_RELAY__") && k != "OUTBOX_RELAY__LOG__LEVEL" {
+            command.env_remove(k);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run outbox-relay")
+}

@@ -133,7 +133,7 @@ async fn a_partition_claims_only_its_keys_and_only_under_the_group_lease() {
 #[tokio::test]
 async fn outcomes_under_a_lease_taken_over_write_nothing() {
     let db = TestDb::new().await;
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_secs(10);
     for i in 0..2 {
         db.enqueue("d", Some("k"), json!({ "n": i })).await;
     }
@@ -150,11 +150,14 @@ async fn outcomes_under_a_lease_taken_over_write_nothing() {
         (batch[0].id, Outcome::Published),
         (batch[1].id, failed(true)),
     ];
-    // Expired but not taken: nobody else touches the rows, so the write stands.
-    sqlx::query("SELECT pg_sleep(0.35)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    // Expired but not taken: nobody else touches the rows, so the write stands. (Expired by
+    // hand: the lease's own clock is the database's, and waiting for it would be a sleep.)
+    sqlx::query(
+        "UPDATE outbox.relay_leases SET expires_at = now() - interval '1 second' WHERE name = 'l'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let recorded = store::record_outcomes(
         &db.pool,
         me(old),
