@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::doctor::BrokerReport;
 use crate::backoff::Backoff;
 use crate::check_back::CheckBack;
 use crate::config::{BrokerKind, Config};
@@ -125,9 +126,10 @@ enum Built {
     Nsq(NsqPublisher),
 }
 
-/// Whether the configured broker accepts a connection (`doctor`): the publisher's own
-/// `ready`, within the broker's connect timeout and some slack, then `close`.
-pub async fn broker_ready(config: &Config) -> Result<(), String> {
+/// Whether the configured broker accepts a connection, and what it says of each of
+/// `destinations` (`doctor`): the publisher's own `ready` and `presence`, each within the
+/// broker's connect timeout and some slack, then `close`.
+pub async fn broker_check(config: &Config, destinations: Vec<String>) -> BrokerReport {
     let limit = config
         .broker
         .connect_timeouts()
@@ -135,11 +137,42 @@ pub async fn broker_ready(config: &Config) -> Result<(), String> {
         .max()
         .unwrap_or_default()
         + std::time::Duration::from_secs(5);
-    async fn probe<P: Publisher>(p: P, limit: std::time::Duration) -> Result<(), String> {
-        let ready = tokio::time::timeout(limit, p.ready()).await;
-        p.close().await;
-        match ready {
-            Ok(Ok(())) => Ok(()),
+    let timeout = config.relay.publish_timeout;
+    let refused = |e: String| BrokerReport {
+        ready: Err(e),
+        destinations: Vec::new(),
+    };
+    match config.broker.kind {
+        BrokerKind::Amqp => {
+            let p = AmqpPublisher::new(config.broker.amqp.clone(), timeout);
+            probe(p, limit, destinations).await
+        }
+        BrokerKind::Kafka => match kafka_publisher(config) {
+            Ok(p) => probe(p, limit, destinations).await,
+            Err(e) => refused(e.to_string()),
+        },
+        BrokerKind::Redis => match RedisPublisher::new(config.broker.redis.clone(), timeout) {
+            Ok(p) => probe(p, limit, destinations).await,
+            Err(e) => refused(e.to_string()),
+        },
+        BrokerKind::Nsq => match NsqPublisher::new(config.broker.nsq.clone(), timeout) {
+            Ok(p) => probe(p, limit, destinations).await,
+            Err(e) => refused(e.to_string()),
+        },
+    }
+}
+
+async fn probe<P: Publisher>(
+    p: P,
+    limit: std::time::Duration,
+    destinations: Vec<String>,
+) -> BrokerReport {
+    async fn within<T>(
+        limit: std::time::Duration,
+        f: impl std::future::Future<Output = Result<T, crate::publish::PublishError>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(limit, f).await {
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.chain()),
             Err(_) => Err(format!(
                 "no answer within {}",
@@ -147,28 +180,18 @@ pub async fn broker_ready(config: &Config) -> Result<(), String> {
             )),
         }
     }
-    let timeout = config.relay.publish_timeout;
-    match config.broker.kind {
-        BrokerKind::Amqp => {
-            probe(
-                AmqpPublisher::new(config.broker.amqp.clone(), timeout),
-                limit,
-            )
-            .await
+    let ready = within(limit, p.ready()).await;
+    let mut checked = Vec::new();
+    if ready.is_ok() {
+        for d in destinations {
+            let found = within(limit, p.presence(&d)).await;
+            checked.push((d, found));
         }
-        BrokerKind::Kafka => {
-            probe(kafka_publisher(config).map_err(|e| e.to_string())?, limit).await
-        }
-        BrokerKind::Redis => {
-            let p = RedisPublisher::new(config.broker.redis.clone(), timeout)
-                .map_err(|e| e.to_string())?;
-            probe(p, limit).await
-        }
-        BrokerKind::Nsq => {
-            let p =
-                NsqPublisher::new(config.broker.nsq.clone(), timeout).map_err(|e| e.to_string())?;
-            probe(p, limit).await
-        }
+    }
+    p.close().await;
+    BrokerReport {
+        ready,
+        destinations: checked,
     }
 }
 

@@ -145,8 +145,8 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Doctor { format, .. } => {
             let pool = store::pool(&config.database)?;
-            let broker = app::broker_ready(&config);
-            let findings = admin::doctor::doctor(&pool, broker).await;
+            let findings =
+                admin::doctor::doctor(&pool, |recent| app::broker_check(&config, recent)).await;
             print!(
                 "{}",
                 format.output().render(&findings, admin::doctor::render)

@@ -6,6 +6,7 @@ use std::future::Future;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::publish::Presence;
 use crate::store::{self, doctor, migrations};
 
 /// A transaction that wrote to the outbox and stays open this long holds back every row
@@ -65,11 +66,25 @@ impl Finding {
     }
 }
 
-/// Runs every check; `broker` answers whether the configured broker accepts a connection.
-/// Checks after a failed database connection are skipped: they all need it.
-pub async fn doctor<F>(pool: &PgPool, broker: F) -> Vec<Finding>
+/// The destinations of this many of the newest rows are looked up at the broker.
+const RECENT_ROWS: i64 = 10_000;
+/// At most this many of them, the most used first.
+const RECENT_DESTINATIONS: i64 = 20;
+
+/// What the broker answered: whether it accepts a connection, and what it says of each
+/// destination asked about (none when it does not accept one).
+pub struct BrokerReport {
+    pub ready: Result<(), String>,
+    pub destinations: Vec<(String, Result<Presence, String>)>,
+}
+
+/// Runs every check; `broker` connects to the configured broker and looks up the
+/// destinations it is given. Checks after a failed database connection are skipped: they
+/// all need it.
+pub async fn doctor<F, B>(pool: &PgPool, broker: F) -> Vec<Finding>
 where
-    F: Future<Output = Result<(), String>>,
+    F: FnOnce(Vec<String>) -> B,
+    B: Future<Output = BrokerReport>,
 {
     let mut out = Vec::new();
     match doctor::ping(pool).await {
@@ -81,13 +96,26 @@ where
                 format!("cannot connect: {e}"),
                 "check database.url (host, port, database, login, TLS) and the network path",
             ));
-            out.push(broker_finding(broker.await));
+            out.push(broker_finding(broker(Vec::new()).await.ready));
             return out;
         }
     }
     out.push(schema(pool).await);
     out.push(grants(pool).await);
-    out.push(broker_finding(broker.await));
+    match doctor::recent_destinations(pool, RECENT_ROWS, RECENT_DESTINATIONS).await {
+        Ok(recent) => {
+            let report = broker(recent).await;
+            let ready = report.ready.is_ok();
+            out.push(broker_finding(report.ready));
+            if ready {
+                out.push(destinations(report.destinations));
+            }
+        }
+        Err(e) => {
+            out.push(broker_finding(broker(Vec::new()).await.ready));
+            out.push(Finding::unreadable("destinations", &e));
+        }
+    }
     out.push(leases(pool).await);
     out.push(fence(pool).await);
     out.push(stuck(pool).await);
@@ -150,6 +178,55 @@ fn broker_finding(ready: Result<(), String>) -> Finding {
             "check broker.kind and its section (URL or bootstrap servers, credentials, TLS CA)",
         ),
     }
+}
+
+fn destinations(found: Vec<(String, Result<Presence, String>)>) -> Finding {
+    if found.is_empty() {
+        return Finding::ok("destinations", "no rows yet");
+    }
+    let mut missing = Vec::new();
+    let mut unusable = Vec::new();
+    let mut created = Vec::new();
+    let mut unchecked = 0;
+    for (name, presence) in &found {
+        match presence {
+            Ok(Presence::Exists) => {}
+            Ok(Presence::Missing) => missing.push(format!("{name:?}")),
+            Ok(Presence::CreatedOnPublish) => created.push(format!("{name:?}")),
+            Ok(Presence::Unchecked) => unchecked += 1,
+            Ok(Presence::Unusable(why)) => unusable.push(format!("{name:?}: {why}")),
+            Err(e) => unusable.push(format!("{name:?}: cannot look it up: {e}")),
+        }
+    }
+    if !missing.is_empty() || !unusable.is_empty() {
+        let mut detail = Vec::new();
+        if !missing.is_empty() {
+            detail.push(format!("missing at the broker: {}", missing.join(", ")));
+        }
+        detail.extend(unusable);
+        return Finding::not_ok(
+            "destinations",
+            Verdict::Fail,
+            detail.join("; "),
+            "create them (a RabbitMQ exchange, a Kafka topic) or fix what is named; their rows are retried, then go dead after retry.max_attempts",
+        );
+    }
+    let mut detail = format!(
+        "{} of the newest rows' {} destination(s) exist",
+        found.len() - created.len() - unchecked,
+        found.len()
+    );
+    if unchecked > 0 {
+        let _ = write!(detail, "; {unchecked} not looked up");
+    }
+    if !created.is_empty() {
+        let _ = write!(
+            detail,
+            "; the broker creates {} on the first publish",
+            created.join(", ")
+        );
+    }
+    Finding::ok("destinations", detail)
 }
 
 async fn leases(pool: &PgPool) -> Finding {

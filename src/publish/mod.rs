@@ -86,6 +86,29 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Closes connections after the last publish.
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether `destination` can take messages now, asked of the broker without publishing
+    /// (`doctor`). Call after `ready`.
+    fn presence(
+        &self,
+        _destination: &str,
+    ) -> impl Future<Output = Result<Presence, PublishError>> + Send {
+        async { Ok(Presence::Unchecked) }
+    }
+}
+
+/// What a broker says of a destination before anything is published to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Exists,
+    /// Absent, and every publish to it fails until someone creates it.
+    Missing,
+    /// Absent or not looked up, and the broker creates it on the first publish.
+    CreatedOnPublish,
+    /// Present, but it cannot take messages, and why.
+    Unusable(String),
+    /// This publisher cannot look it up.
+    Unchecked,
 }
 
 /// The row's `headers` column as string pairs. Anything but a JSON object of strings is a

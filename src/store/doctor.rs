@@ -48,3 +48,18 @@ pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
         .await?;
     Ok(())
 }
+
+/// The destinations of the newest `rows` rows, at most `limit` of them.
+pub async fn recent_destinations(
+    pool: &PgPool,
+    rows: i64,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar(include_str!("sql/doctor_recent_destinations.sql"))
+            .bind(rows)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+    )
+}

@@ -12,15 +12,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
-use super::{header_pairs, FailureReason, PublishError, Publisher};
+use super::{header_pairs, FailureReason, Presence, PublishError, Publisher};
 use crate::store::OutboxMessage;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
@@ -292,9 +292,62 @@ impl Publisher for AmqpPublisher {
             }
         }
     }
+
+    async fn presence(&self, destination: &str) -> Result<Presence, PublishError> {
+        // The default exchange always exists and cannot be declared, even passively.
+        if destination.is_empty() {
+            return Ok(Presence::Exists);
+        }
+        tokio::time::timeout(self.publish_timeout, self.declare_passive(destination))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::retryable(
+                    FailureReason::Timeout,
+                    format!(
+                        "no answer to exchange.declare within {:?}",
+                        self.publish_timeout
+                    ),
+                ))
+            })
+    }
 }
 
 impl AmqpPublisher {
+    /// A passive declare on a channel of its own: the broker closes the channel when the
+    /// exchange is missing, which must not touch the channels that publish.
+    async fn declare_passive(&self, exchange: &str) -> Result<Presence, PublishError> {
+        let channel = {
+            let mut state = self.state.lock().await;
+            let conn = self.connection(&mut state).await?;
+            conn.create_channel().await.map_err(|e| {
+                PublishError::retryable(FailureReason::Unavailable, "cannot open channel")
+                    .caused_by(e)
+            })?
+        };
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let declared = channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Direct,
+                options,
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(()) => {
+                let _ = channel.close(200, "outbox-relay doctor".into()).await;
+                Ok(Presence::Exists)
+            }
+            Err(e) => match channel_error(e) {
+                e if e.reason() == FailureReason::NotFound => Ok(Presence::Missing),
+                e => Err(e),
+            },
+        }
+    }
+
     async fn publish_confirmed(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         let (exchange, routing_key, properties) = prepare(message)?;
         let channel = self.channel(&message.destination).await?;

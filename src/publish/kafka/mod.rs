@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use super::{header_pairs, FailureReason, PublishError, Publisher};
+use super::{header_pairs, FailureReason, Presence, PublishError, Publisher};
 use crate::store::OutboxMessage;
 
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +389,36 @@ impl Publisher for KafkaPublisher {
             drop(producer);
         })
         .await;
+    }
+
+    async fn presence(&self, destination: &str) -> Result<Presence, PublishError> {
+        let producer = self.current()?.producer.clone();
+        let timeout = self.connect_timeout;
+        // The whole cluster's metadata: asking for one topic by name may create it on a
+        // broker with auto.create.topics.enable.
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+        })
+        .await
+        .map_err(|e| {
+            PublishError::retryable(FailureReason::Other, "metadata request panicked").caused_by(e)
+        })?
+        .map_err(|e| {
+            PublishError::retryable(FailureReason::Unavailable, "Kafka cluster not reachable")
+                .caused_by(e)
+        })?;
+        Ok(
+            match metadata.topics().iter().find(|t| t.name() == destination) {
+                None => Presence::Missing,
+                Some(_) if has_leaders(&metadata, destination) => Presence::Exists,
+                Some(t) => Presence::Unusable(match t.error() {
+                    Some(code) => format!("the cluster reports {:?}", RDKafkaErrorCode::from(code)),
+                    None => "a partition has no leader".to_string(),
+                }),
+            },
+        )
     }
 }
 

@@ -24,7 +24,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 use super::slot::Slot;
-use super::{FailureReason, PublishError, Publisher};
+use super::{FailureReason, Presence, PublishError, Publisher};
 use crate::store::OutboxMessage;
 use connection::{Connection, Lost, Reply, Tls};
 use protocol::{error_code, valid_topic, Command};
@@ -245,6 +245,11 @@ impl Publisher for NsqPublisher {
         // Every answer has been awaited by then; dropping the last handle ends the task,
         // which closes the socket.
         self.connection.clear();
+    }
+
+    async fn presence(&self, _destination: &str) -> Result<Presence, PublishError> {
+        // The TCP protocol has no topic lookup, and nsqd creates a topic on its first PUB.
+        Ok(Presence::CreatedOnPublish)
     }
 }
 

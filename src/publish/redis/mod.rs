@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, RedisError};
 
 use super::slot::Slot;
-use super::{header_pairs, FailureReason, PublishError, Publisher};
+use super::{header_pairs, FailureReason, Presence, PublishError, Publisher};
 use crate::store::OutboxMessage;
 
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +329,31 @@ impl Publisher for RedisPublisher {
     async fn close(&self) {
         // Every reply has been awaited by then; dropping the last clone closes the socket.
         self.connection.clear();
+    }
+
+    async fn presence(&self, destination: &str) -> Result<Presence, PublishError> {
+        let (Connected { mut connection, .. }, _) = self.connection.get().ok_or_else(|| {
+            PublishError::retryable(FailureReason::Unavailable, "not connected to Redis")
+        })?;
+        let kind: String = tokio::time::timeout(
+            self.publish_timeout,
+            redis::cmd("TYPE")
+                .arg(destination)
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| {
+            PublishError::retryable(
+                FailureReason::Timeout,
+                format!("no reply from Redis within {:?}", self.publish_timeout),
+            )
+        })?
+        .map_err(classify)?;
+        Ok(match kind.as_str() {
+            "stream" => Presence::Exists,
+            "none" => Presence::CreatedOnPublish,
+            other => Presence::Unusable(format!("the key holds a {other}, not a stream")),
+        })
     }
 }
 
