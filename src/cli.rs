@@ -109,6 +109,25 @@ pub enum Command {
         #[command(flatten)]
         format: Format,
     },
+    /// A live view: backlog, publish rate, failures and dead rows by destination, and which
+    /// relay publishes, from the database and the relays' /metrics. `q` quits.
+    Top {
+        #[command(flatten)]
+        database: Database,
+        /// A relay's http.listen address, IP:PORT, whose /metrics is read (repeat for each
+        /// replica). Default: http.listen of this configuration, asked on loopback.
+        #[arg(long = "relay", value_name = "IP:PORT")]
+        relays: Vec<std::net::SocketAddr>,
+        /// How often to refresh; rates are over this interval.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one view as plain text and exit (also when stdout is not a terminal).
+        #[arg(long)]
+        once: bool,
+        /// Columns of the plain-text view.
+        #[arg(long, default_value_t = 120)]
+        width: u16,
+    },
     /// Inspect, requeue or discard dead messages.
     Dead {
         #[command(subcommand)]

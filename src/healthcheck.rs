@@ -37,6 +37,23 @@ pub async fn check(addr: SocketAddr, timeout: Duration) -> Result<(), Healthchec
 }
 
 async fn ask(addr: SocketAddr) -> Result<(), HealthcheckError> {
+    let (status, body) = get(addr, "/livez").await?;
+    if status == hyper::StatusCode::OK {
+        Ok(())
+    } else {
+        Err(HealthcheckError::NotLive(
+            status.as_u16(),
+            body.trim().to_string(),
+        ))
+    }
+}
+
+/// One plain HTTP/1.1 GET of `path` at `addr`, and the status and body of the answer (the
+/// caller bounds it with a timeout). Also `top`'s scrape of `/metrics`.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(hyper::StatusCode, String), HealthcheckError> {
     let unreachable =
         |e: &dyn std::fmt::Display| HealthcheckError::Unreachable(addr, e.to_string());
     let stream = tokio::net::TcpStream::connect(addr)
@@ -46,7 +63,7 @@ async fn ask(addr: SocketAddr) -> Result<(), HealthcheckError> {
         .await
         .map_err(|e| unreachable(&e))?;
     tokio::spawn(connection);
-    let request = hyper::Request::get("/livez")
+    let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(|e| unreachable(&e))?;
@@ -61,12 +78,5 @@ async fn ask(addr: SocketAddr) -> Result<(), HealthcheckError> {
         .await
         .map_err(|e| unreachable(&e))?
         .to_bytes();
-    if status == hyper::StatusCode::OK {
-        Ok(())
-    } else {
-        Err(HealthcheckError::NotLive(
-            status.as_u16(),
-            String::from_utf8_lossy(&body).trim().to_string(),
-        ))
-    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -75,7 +75,10 @@ fn main() -> ExitCode {
     if let Command::Healthcheck { timeout } = cli.command {
         return healthcheck(&config, timeout);
     }
-    telemetry::init(&config.log);
+    // The live view owns the terminal: a log line would tear it.
+    if !matches!(cli.command, Command::Top { .. }) {
+        telemetry::init(&config.log);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -99,7 +102,8 @@ fn database_url(command: &Command) -> Option<String> {
         Command::Migrate { database, .. }
         | Command::Status { database, .. }
         | Command::Dead { database, .. }
-        | Command::Doctor { database, .. } => database.database_url.clone(),
+        | Command::Doctor { database, .. }
+        | Command::Top { database, .. } => database.database_url.clone(),
         _ => None,
     }
 }
@@ -159,6 +163,27 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Top {
+            relays,
+            interval,
+            once,
+            width,
+            ..
+        } => {
+            let pool = store::pool(&config.database)?;
+            let relays = if relays.is_empty() {
+                vec![healthcheck::target(config.http.listen)]
+            } else {
+                relays
+            };
+            let options = admin::top::Options { relays, interval };
+            if once || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                print!("{}", admin::top::once(&pool, &options, width).await);
+            } else {
+                admin::top::interactive(&pool, &options).await?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dead { command, .. } => {
             let pool = store::pool(&config.database)?;

@@ -12,6 +12,7 @@ mod dead;
 pub mod doctor;
 pub mod migrate;
 mod output;
+pub mod top;
 
 pub use dead::{dead, DeadAction, DeadError};
 pub use output::Output;
@@ -39,7 +40,7 @@ pub struct PartitionOwner {
 
 impl PartitionOwner {
     /// A partition's lease is named `<group>/p<index>` (src/partitions).
-    fn of(lease: &store::LeaseInfo) -> Option<Self> {
+    pub(crate) fn of(lease: &store::LeaseInfo) -> Option<Self> {
         if lease.name.contains("/replicas/") {
             return None;
         }

@@ -162,3 +162,24 @@ pub async fn discard_dead(pool: &PgPool, ids: &[Uuid]) -> Result<i64, StoreError
         .rows_affected();
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
+
+/// Committed rows waiting for a retry after a failed publish, of one destination.
+#[derive(Debug, Clone, serde::Serialize, FromRow)]
+pub struct Retrying {
+    pub destination: String,
+    pub rows: i64,
+    pub max_attempts: i32,
+}
+
+/// The destinations with rows waiting for a retry, the most first, at most `limit`.
+pub async fn retrying_by_destination(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<Retrying>, StoreError> {
+    Ok(
+        sqlx::query_as(include_str!("sql/retrying_by_destination.sql"))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+    )
+}
