@@ -13,3 +13,10 @@ scripts/services.sh drop-scratch-dbs
 # (docs/performance.md). A sidecar next to its database normally talks plain TCP; measure that.
 export OUTBOX_TEST_DATABASE_URL="${OUTBOX_TEST_DATABASE_URL}?sslmode=disable"
 cargo bench --bench relay
+# The charts and table of docs/performance/latest.md are of one whole run: a run of some parts
+# (BENCH_ONLY) draws its charts under target/ instead.
+if [ -z "${BENCH_ONLY:-}" ]; then
+  cargo bench --bench charts
+else
+  cargo bench --bench charts -- target/bench.json target/bench-charts
+fi

@@ -467,6 +467,7 @@ pub(crate) async fn latency_parts(
                 f,
                 &format!("latency to {}{suffix} at {rate} msg/s", broker.name()),
             );
+            f.chart_latency(&format!("{}{suffix}", broker.name()), rate, &l);
             if broker == Broker::Kafka {
                 // The broker's own share, in the same run: produce to consume at this rate, as
                 // the relay produces in this mode.

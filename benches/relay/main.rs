@@ -163,7 +163,7 @@ async fn main() {
     let amqp_url = amqp_url();
     let bootstrap = bootstrap();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut f = Figures(Vec::new());
+    let mut f = Figures::default();
 
     let (admin, _) = fresh_db().await;
     let machine = machine(&admin).await;
@@ -384,6 +384,9 @@ async fn main() {
                     rate / own.min(database_ceiling),
                     "x",
                 );
+                if mode == 0 {
+                    f.chart_drain(target, rate, *own, database_ceiling);
+                }
             }
             f.add(
                 format!("drain to {name}: relay peak RSS"),
@@ -569,15 +572,17 @@ async fn main() {
         common::nsq::delete_topic(&nsq_topic).await;
     }
 
+    let (figures, charts) = f.json();
     let json = serde_json::json!({
         "rows": rows,
         "payload_bytes": PAYLOAD_BYTES,
         "keys": KEYS,
         "latency_seconds": latency_secs,
         "machine": machine,
-        "figures": f.0.iter().map(|(name, v, unit)| serde_json::json!({
-            "figure": name, "value": (v * 100.0).round() / 100.0, "unit": unit,
-        })).collect::<Vec<_>>(),
+        "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        "revision": outbox_relay::telemetry::instruments::REVISION,
+        "figures": figures,
+        "charts": charts,
     });
     let out = out_dir().join("bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();

@@ -42,15 +42,59 @@ pub(crate) async fn machine(pool: &PgPool) -> serde_json::Value {
     })
 }
 
-pub(crate) struct Figures(pub(crate) Vec<(String, f64, &'static str)>);
+/// Every figure of the run by name, and the ones the charts draw (benches/charts.rs) as
+/// records, so that the charts never parse names.
+#[derive(Default)]
+pub(crate) struct Figures {
+    all: Vec<(String, f64, &'static str)>,
+    throughput: Vec<serde_json::Value>,
+    latency: Vec<serde_json::Value>,
+}
 
 impl Figures {
+    /// A drain next to the ceilings it is a ratio of (msg/s).
+    pub(crate) fn chart_drain(&mut self, broker: &str, drain: f64, own: f64, database: f64) {
+        self.throughput.push(serde_json::json!({
+            "broker": broker,
+            "drain": round(drain),
+            "broker_ceiling": round(own),
+            "database_ceiling": round(database),
+        }));
+    }
+
+    /// Commit-to-consumer percentiles of one broker at one rate (ms).
+    pub(crate) fn chart_latency(&mut self, broker: &str, rate: u32, l: &super::latency::Latency) {
+        self.latency.push(serde_json::json!({
+            "broker": broker,
+            "rate": rate,
+            "p50": round(l.p50),
+            "p99": round(l.p99),
+            "p999": round(l.p999),
+        }));
+    }
+
+    /// The `figures` and `charts` of target/bench.json.
+    pub(crate) fn json(&self) -> (serde_json::Value, serde_json::Value) {
+        let figures = self
+            .all
+            .iter()
+            .map(|(name, v, unit)| {
+                serde_json::json!({ "figure": name, "value": round(*v), "unit": unit })
+            })
+            .collect();
+        let charts = serde_json::json!({
+            "throughput": self.throughput,
+            "latency": self.latency,
+        });
+        (figures, charts)
+    }
+
     pub(crate) fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) -> f64 {
         let name = name.into();
         // Ratios are compared with targets such as 0.8: one decimal would round 0.76 up.
         let decimals = if unit == "x" { 2 } else { 1 };
         println!("  {name:<58} {value:>10.decimals$} {unit}");
-        self.0.push((name, value, unit));
+        self.all.push((name, value, unit));
         value
     }
 }
@@ -68,4 +112,8 @@ fn kafka_version() -> String {
         })
         .unwrap_or("unknown")
         .to_string()
+}
+
+fn round(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
