@@ -127,13 +127,15 @@ pub(crate) async fn drain(
     wait_drained(pool).await;
     let elapsed = started.elapsed();
     let rate = rows as f64 / elapsed.as_secs_f64();
-    let span: f64 = sqlx::query_scalar(
+    // None with delete on publish: the rows are gone. Then the whole time counts.
+    let span: Option<f64> = sqlx::query_scalar(
         "SELECT EXTRACT(EPOCH FROM max(published_at) - min(published_at))::float8 \
          FROM outbox.messages",
     )
     .fetch_one(pool)
     .await
     .expect("published_at span");
+    let span = span.unwrap_or(elapsed.as_secs_f64());
     let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
     DrainFigures {
         rate,
