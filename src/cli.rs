@@ -94,7 +94,7 @@ pub enum Command {
         database: Database,
         /// Print again every INTERVAL until interrupted (default 2s).
         #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s",
-              value_parser = humantime::parse_duration)]
+              value_parser = parse_interval)]
         watch: Option<Duration>,
         /// Exit 3 when a condition holds: `dead` (any dead message) or `stale=DURATION` (the
         /// oldest pending message is older). Repeatable.
@@ -119,7 +119,7 @@ pub enum Command {
         #[arg(long = "relay", value_name = "IP:PORT")]
         relays: Vec<std::net::SocketAddr>,
         /// How often to refresh; rates are over this interval.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "2s", value_parser = parse_interval)]
         interval: Duration,
         /// Print one view as plain text and exit (also when stdout is not a terminal).
         #[arg(long)]
@@ -159,6 +159,15 @@ pub enum Condition {
     Dead,
     /// The oldest pending message is older than this.
     Stale(Duration),
+}
+
+/// A refresh interval: a humantime duration above zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_condition(s: &str) -> Result<Condition, String> {
@@ -237,6 +246,13 @@ mod tests {
     #[test]
     fn the_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_refresh_interval_is_above_zero() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_interval("0s").unwrap_err().contains("longer than 0s"));
+        assert!(parse_interval("soon").is_err());
     }
 
     #[test]

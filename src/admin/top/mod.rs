@@ -14,8 +14,6 @@ use ratatui::crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyMo
 use ratatui::Terminal;
 use sqlx::PgPool;
 
-pub use sample::Metrics;
-
 /// Reads get at least this long, however short the interval: a first connection to the
 /// database takes longer than a refresh.
 const MIN_READ_TIMEOUT: Duration = Duration::from_secs(5);

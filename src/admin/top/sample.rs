@@ -38,7 +38,6 @@ pub struct Relay {
 pub struct Metrics {
     pub published: BTreeMap<String, f64>,
     pub failures: BTreeMap<String, f64>,
-    pub dead: BTreeMap<String, f64>,
     /// 1 while this replica holds the lease (a partitioned replica: the group lease).
     pub leader: Option<f64>,
     pub partitions_held: Option<f64>,
@@ -60,7 +59,6 @@ impl Metrics {
             let by_destination = match sample.metric.as_str() {
                 instruments::PUBLISHED => &mut m.published,
                 instruments::PUBLISH_FAILURES => &mut m.failures,
-                instruments::DEAD => &mut m.dead,
                 instruments::LEADER => {
                     m.leader = Some(value);
                     continue;
@@ -145,6 +143,5 @@ outbox_relay_commit_to_publish_seconds_bucket{destination="orders",le="0.001"} 1
         assert_eq!(m.failures["orders"], 5.0, "summed over reasons");
         assert_eq!(m.leader, Some(1.0));
         assert_eq!(m.partitions_held, None);
-        assert!(m.dead.is_empty());
     }
 }

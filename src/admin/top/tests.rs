@@ -20,7 +20,6 @@ fn metrics(published: &[(&str, f64)], failures: &[(&str, f64)], leader: f64) -> 
     Metrics {
         published: map(published),
         failures: map(failures),
-        dead: BTreeMap::new(),
         leader: Some(leader),
         partitions_held: None,
     }
