@@ -10,7 +10,11 @@ pub(crate) async fn ceiling_outbox(
 ) -> (PgPool, Config) {
     let (pool, url) = fresh_db().await;
     fill(&pool, outbox.exchange, outbox.rows).await;
-    let mut config = Config::default();
+    // The relay settings the drains run with (BENCH_RELAY__*), so that a drain is compared
+    // with a ceiling of the same batch size and in-flight bound.
+    let overrides = figment::Figment::new()
+        .merge(figment::providers::Env::prefixed("BENCH_RELAY__").split("__"));
+    let mut config = Config::from_figment(&overrides).expect("BENCH_RELAY__ settings");
     config.database.url = SecretUrl::new(url);
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.log.format = LogFormat::Text;
