@@ -71,8 +71,10 @@ fn segment(groups: usize, group: usize, bar: usize) -> i32 {
 fn group_label(names: &[String], value: &SegmentValue<i32>) -> String {
     match value {
         SegmentValue::CenterOf(k) if k % 3 == 1 => {
-            let group = names.len() - 1 - usize::try_from(k / 3).unwrap_or(0);
-            names.get(group).cloned().unwrap_or_default()
+            let from_bottom = usize::try_from(k / 3).unwrap_or(usize::MAX);
+            (names.len().checked_sub(1 + from_bottom))
+                .and_then(|group| names.get(group).cloned())
+                .unwrap_or_default()
         }
         _ => String::new(),
     }

@@ -67,6 +67,11 @@ fn rates(
         .collect()
 }
 
+/// The sum of the rates. Not `Iterator::sum`: its sum of nothing is -0.0, shown as "-0.0".
+fn total(rates: &BTreeMap<String, f64>) -> f64 {
+    rates.values().fold(0.0, |a, b| a + b)
+}
+
 fn add_all(into: &mut BTreeMap<String, f64>, from: &BTreeMap<String, f64>) {
     for (d, v) in from {
         *into.entry(d.clone()).or_default() += v;
@@ -109,19 +114,15 @@ pub fn model(before: Option<&Sample>, now: &Sample) -> Model {
                     state: "up".into(),
                     leader: metrics.leader.map(|v| v > 0.0),
                     partitions_held: metrics.partitions_held,
-                    published_per_sec: p.map(|p| p.values().fold(0.0, |a, b| a + b)),
-                    failures_per_sec: f.map(|f| f.values().fold(0.0, |a, b| a + b)),
+                    published_per_sec: p.as_ref().map(total),
+                    failures_per_sec: f.as_ref().map(total),
                 }
             }
         };
         m.relays.push(row);
     }
-    m.published_per_sec = published
-        .as_ref()
-        .map(|p| p.values().fold(0.0, |a, b| a + b));
-    m.failures_per_sec = failures
-        .as_ref()
-        .map(|f| f.values().fold(0.0, |a, b| a + b));
+    m.published_per_sec = published.as_ref().map(total);
+    m.failures_per_sec = failures.as_ref().map(total);
 
     let mut rows: BTreeMap<String, DestinationRow> = BTreeMap::new();
     for (d, v) in published.iter().flatten() {
