@@ -80,6 +80,26 @@ fn group_label(names: &[String], value: &SegmentValue<i32>) -> String {
     }
 }
 
+/// A horizontal bar from `from` to `value` filling segment `k`, `gap` pixels short of it
+/// above and below.
+fn bar_of(
+    k: i32,
+    from: f64,
+    value: f64,
+    colour: RGBColor,
+    gap: u32,
+) -> Rectangle<(f64, SegmentValue<i32>)> {
+    let mut rect = Rectangle::new(
+        [
+            (from, SegmentValue::Exact(k)),
+            (value, SegmentValue::Exact(k + 1)),
+        ],
+        colour.filled(),
+    );
+    rect.set_margin(gap, gap, 0, 0);
+    rect
+}
+
 const COLOURS: [RGBColor; 3] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -124,16 +144,7 @@ fn throughput_chart(run: &Run, path: &Path) -> Result<(), Box<dyn Error>> {
         chart
             .draw_series(rows.iter().enumerate().map(|(group, r)| {
                 let value = [r.drain, r.broker_ceiling, r.database_ceiling][bar];
-                let k = segment(groups, group, bar);
-                let mut rect = Rectangle::new(
-                    [
-                        (0.0, SegmentValue::Exact(k)),
-                        (value, SegmentValue::Exact(k + 1)),
-                    ],
-                    colour.filled(),
-                );
-                rect.set_margin(2, 2, 0, 0);
-                rect
+                bar_of(segment(groups, group, bar), 0.0, value, colour, 2)
             }))?
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
@@ -203,16 +214,7 @@ fn latency_chart(run: &Run, path: &Path) -> Result<(), Box<dyn Error>> {
         chart
             .draw_series(rows.iter().enumerate().map(|(group, r)| {
                 let value = [r.p50, r.p99, r.p999][bar];
-                let k = segment(groups, group, bar);
-                let mut rect = Rectangle::new(
-                    [
-                        (floor, SegmentValue::Exact(k)),
-                        (value, SegmentValue::Exact(k + 1)),
-                    ],
-                    colour.filled(),
-                );
-                rect.set_margin(1, 1, 0, 0);
-                rect
+                bar_of(segment(groups, group, bar), floor, value, colour, 1)
             }))?
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
