@@ -29,6 +29,23 @@ async function admin<T>(f: (c: pg.Client) => Promise<T>, url = ADMIN_URL): Promi
   }
 }
 
+// pool.end() resolves once it has asked its clients to end, not when they have: a DROP ... WITH
+// (FORCE) right after it can terminate a session that is still closing, and the pool then throws
+// that error where no test can catch it. Each client's "remove" comes after its socket closed.
+async function endPool(pool: pg.Pool): Promise<void> {
+  const open = pool.totalCount;
+  let removed = 0;
+  const closed = new Promise<void>((resolve) => {
+    if (open === 0) resolve();
+    pool.on("remove", () => {
+      removed += 1;
+      if (removed === open) resolve();
+    });
+  });
+  await pool.end();
+  await closed;
+}
+
 /** Pools and a clean-up for one test. */
 export interface Dbs {
   writer: pg.Pool;
@@ -77,7 +94,7 @@ export async function databases(): Promise<Dbs> {
     owner,
     local,
     async close() {
-      await Promise.all([writer.end(), owner.end(), local.end()]);
+      await Promise.all([writer, owner, local].map(endPool));
       await admin(async (c) => {
         await c.query(`DROP DATABASE IF EXISTS ${outboxName} WITH (FORCE)`);
         await c.query(`DROP DATABASE IF EXISTS ${localName} WITH (FORCE)`);
