@@ -33,6 +33,7 @@ pub(crate) async fn database_ceiling_of(
     let (pool, config) = ceiling_outbox(outbox, published_retention).await;
     let drained = CancellationToken::new();
     let drain = drain_in_process(&pool, config, InstantPublisher, outbox.rows, &drained);
+    quiet().await;
     ceiling(f, name, drain).await
 }
 
@@ -51,6 +52,7 @@ pub(crate) async fn both_halves_way<P: Publisher>(
 ) {
     let (pool, config) = ceiling_outbox(outbox, published_retention).await;
     let producer = bench_producer(kafka.bootstrap);
+    quiet().await;
     // Connected before the clock starts: in a drain of one to three seconds, the connection
     // set-up would otherwise be a good part of the Kafka side's time.
     kafka_at_rate(
@@ -125,6 +127,7 @@ pub(crate) async fn drain(
     label: &str,
     settings: &[(&str, &str)],
 ) -> DrainFigures {
+    quiet().await;
     let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
     let started = Instant::now();
     let relay = spawn_relay(db_url, broker, label, settings);

@@ -292,6 +292,7 @@ pub(crate) async fn latency(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
     let visible: Arc<std::sync::Mutex<Receipts>> = Arc::default();
     let committed: Arc<std::sync::Mutex<Receipts>> = Arc::default();
+    quiet().await;
     let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;

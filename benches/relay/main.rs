@@ -142,6 +142,11 @@ use process::*;
 use replicas::*;
 use report::*;
 
+// The product's allocator (src/main.rs), so that the in-process database ceilings and the
+// producers of the broker ceilings allocate as the relay binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The RabbitMQ targets, by the kind of durable queue behind the exchange.
 const CLASSIC: &str = "RabbitMQ (classic queue)";
 const QUORUM: &str = "RabbitMQ (quorum queue)";
@@ -230,6 +235,7 @@ async fn main() {
             ),
         ];
         for (name, measure) in measures {
+            quiet().await;
             let rate = ceiling(&mut f, &format!("ceiling: {name} alone"), measure).await;
             broker_ceiling.insert(name, rate);
         }

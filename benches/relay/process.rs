@@ -165,6 +165,37 @@ pub(crate) fn cpu_since(
     (busy_between(jiffies_before, jiffies_after), by)
 }
 
+/// Below this share of all cores busy, the machine counts as quiet: the idle services
+/// (RabbitMQ's and Kafka's housekeeping, Redis, nsqd) use a few percent between them.
+const QUIET_BUSY: f64 = 10.0;
+
+/// Waits until the machine is quiet (a quarter second below [`QUIET_BUSY`]) before a timed
+/// part, at most a minute. The work a part leaves behind (a deleted quorum queue's log, a
+/// broker's log segments, autovacuum) would otherwise run inside the next part's figures: in one
+/// full run RabbitMQ's VM used a quarter of a core throughout the Kafka drain that followed
+/// the RabbitMQ drains. Prints how long it waited when that was more than a second.
+pub(crate) async fn quiet() {
+    let started = Instant::now();
+    let mut busy = f64::MAX;
+    while started.elapsed() < Duration::from_secs(60) {
+        let before = machine_jiffies();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        busy = busy_between(before, machine_jiffies());
+        if busy < QUIET_BUSY {
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    if busy >= QUIET_BUSY {
+        println!("  (the machine stayed {busy:.0} % busy for a minute; measuring anyway)");
+    } else if waited > Duration::from_secs(1) {
+        println!(
+            "  (waited {:.1} s for the machine to be quiet)",
+            waited.as_secs_f64()
+        );
+    }
+}
+
 /// Share of all cores busy between two readings of [`machine_jiffies`], in percent.
 pub(crate) fn busy_between(before: (f64, f64), after: (f64, f64)) -> f64 {
     (after.0 - before.0) / (after.1 - before.1) * 100.0

@@ -55,6 +55,7 @@ async fn replica_drain(
         })
         .collect();
     dealt(&relays, partitions).await;
+    quiet().await;
     let (cpu_before, jiffies_before) = (cpu_by_process(), machine_jiffies());
     let relay_cpu_before: f64 = relays.iter().map(RelayProcess::cpu_seconds).sum();
     // One transaction: every replica sees the whole backlog at its commit.

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -261,7 +262,14 @@ impl<P: Publisher> Relay<P> {
                 }
             };
             match event {
-                Event::Chain(ended) => pipeline.chain_ended(ended),
+                Event::Chain(ended) => {
+                    pipeline.chain_ended(ended);
+                    // Every chain answered by now in one turn: a turn per answer re-arms the
+                    // timers and rebuilds the select at tens of thousands of answers a second.
+                    while let Some(Some(ended)) = chains.next().now_or_never() {
+                        pipeline.chain_ended(ended);
+                    }
+                }
                 Event::Claimed(tracker, claimed) => {
                     claiming = None;
                     fence = Some(tracker);
