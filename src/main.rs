@@ -9,12 +9,6 @@ use outbox_relay::telemetry::{self, instruments};
 use outbox_relay::{admin, app, healthcheck, store};
 use tokio_util::sync::CancellationToken;
 
-// A drain allocates and frees a few buffers per row (the row's fields, the broker client's
-// record, the outcome); with glibc's malloc that was a fifth of the relay's CPU
-// (docs/performance.md, "The allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for configuration errors, distinct from runtime failures (1).
 const EXIT_CONFIG: u8 = 2;
 /// Exit code of `status --fail-on` when a condition holds.

@@ -142,11 +142,6 @@ use process::*;
 use replicas::*;
 use report::*;
 
-// The product's allocator (src/main.rs), so that the in-process database ceilings and the
-// producers of the broker ceilings allocate as the relay binary does.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The RabbitMQ targets, by the kind of durable queue behind the exchange.
 const CLASSIC: &str = "RabbitMQ (classic queue)";
 const QUORUM: &str = "RabbitMQ (quorum queue)";
