@@ -333,6 +333,11 @@ impl Rig<'_> {
         };
         let recovered = self.wait_recovered(end).await;
         let stuck = recovered.is_none();
+        let stuck_report = if stuck {
+            self.stuck_report().await
+        } else {
+            Vec::new()
+        };
         let recovered = recovered.unwrap_or_else(Instant::now);
         if self.active_active && !stuck {
             let seen = self
@@ -371,6 +376,7 @@ impl Rig<'_> {
             recovery: recovered.duration_since(end),
             failure,
             stuck,
+            stuck_report,
         }
     }
 

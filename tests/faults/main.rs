@@ -35,6 +35,7 @@ mod redis_verify;
 mod replicas;
 mod rig;
 mod settings;
+mod stuck;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -143,6 +144,9 @@ fn print_table(rows: &[(String, Summary)]) {
                 s.lost - s.lost_unpublished,
                 s.lost_seqs
             );
+        }
+        for line in &s.stuck_reports {
+            println!("stuck {name}: {line}");
         }
         if s.duplicates_by_fault.is_empty() {
             continue;

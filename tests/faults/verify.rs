@@ -377,6 +377,8 @@ pub struct FaultWindow {
     pub failure: Option<String>,
     /// The relay had not recovered when the suite stopped waiting (twice the recovery bound).
     pub stuck: bool,
+    /// When stuck: the relays' state, their last log lines and the backlog (tests/faults/stuck.rs).
+    pub stuck_report: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -413,6 +415,8 @@ pub struct Summary {
     pub duplicates_by_fault: BTreeMap<String, usize>,
     /// Faults that did not do what they are there for.
     pub fault_failures: Vec<String>,
+    /// What the relays and the backlog looked like after a fault they did not recover from.
+    pub stuck_reports: Vec<String>,
 }
 
 /// The latest fault whose window, widened by `slack`, holds `at`: a confirm cut off by a fault
@@ -450,6 +454,11 @@ pub fn check(
             }
             _ => s.rolled_back += 1,
         }
+    }
+    for f in faults.iter().filter(|f| f.stuck) {
+        s.stuck_reports.push(format!("after {}:", f.name));
+        s.stuck_reports
+            .extend(f.stuck_report.iter().map(|l| format!("  {l}")));
     }
     let mut first_at: HashMap<Uuid, Instant> = HashMap::new();
     let mut last_seq: HashMap<&str, i64> = HashMap::new();

@@ -46,6 +46,8 @@ pub struct KafkaPublisher {
     /// time. One round of timeouts with leaders in place is also what a slow but live leader
     /// gives, and a new producer does not help there.
     struck: Mutex<Option<(u64, String, Instant)>>,
+    /// Since when the current producer (by generation) has had no answer from the cluster.
+    unreachable: Mutex<Option<(u64, Instant)>>,
 }
 
 /// The producer in use and how many replaced it, so that of the publishes failing on one
@@ -74,6 +76,11 @@ enum Replace {
     /// connection, and the old one's records in flight still get their answer; it comes at
     /// most once per publish timeout, since only the current producer's timeouts count.
     StaleMetadata,
+    /// The cluster has not answered this producer for a publish timeout. Replacing it costs
+    /// little while the cluster is down, and it is the way out if the producer itself stopped
+    /// reconnecting: one did after the whole cluster went down (its records in flight had
+    /// each asked for metadata), and nothing else in the relay would ever replace it.
+    Unreachable,
 }
 
 /// The producer configuration: user properties first, then the settings the relay owns.
@@ -116,6 +123,7 @@ impl KafkaPublisher {
             healthy: AtomicBool::new(false),
             suspect: Mutex::new(None),
             struck: Mutex::new(None),
+            unreachable: Mutex::new(None),
         })
     }
 
@@ -145,6 +153,26 @@ impl KafkaPublisher {
         } else if error.reason() == FailureReason::Timeout && self.is_current(failed.generation) {
             *self.suspect.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((failed.generation, topic.to_string()));
+        }
+    }
+
+    /// Tracks how long the current producer has gone without an answer from the cluster, and
+    /// replaces it once that lasts a publish timeout.
+    fn note_reachable(&self, generation: u64, answered: bool) {
+        let mut since = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        if answered {
+            *since = None;
+            return;
+        }
+        match *since {
+            Some((g, at)) if g == generation => {
+                if at.elapsed() >= self.publish_timeout {
+                    *since = None;
+                    drop(since);
+                    self.replace(generation, Replace::Unreachable, "");
+                }
+            }
+            _ => *since = Some((generation, Instant::now())),
         }
     }
 
@@ -184,6 +212,10 @@ impl KafkaPublisher {
             Replace::StaleMetadata => tracing::warn!(
                 topic,
                 "a record to this topic timed out although the cluster names a leader for each of its partitions (a topic recreated under the same name?); using a new Kafka producer"
+            ),
+            Replace::Unreachable => tracing::warn!(
+                after = ?self.publish_timeout,
+                "the Kafka cluster has not answered this producer for a publish timeout; using a new one"
             ),
         }
         let grace = self.publish_timeout;
@@ -313,6 +345,7 @@ impl Publisher for KafkaPublisher {
         .map_err(|e| {
             PublishError::retryable(FailureReason::Other, "metadata request panicked").caused_by(e)
         })?;
+        self.note_reachable(current.generation, answer.is_ok());
         match answer {
             Ok(stale) => {
                 if let (true, Some(topic)) = (stale, suspect) {
@@ -439,6 +472,53 @@ mod tests {
         assert!(!classify(e(RDKafkaErrorCode::MessageTimedOut)).is_permanent());
         assert!(!classify(e(RDKafkaErrorCode::QueueFull)).is_permanent());
         assert!(!classify(e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
+    }
+
+    /// The way out of a producer that stopped reconnecting: after a publish timeout without
+    /// an answer, `ready` puts a new producer in place, which publishes once the cluster is
+    /// back.
+    #[tokio::test]
+    async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("events", 1, 1).unwrap();
+        let config = KafkaConfig {
+            bootstrap_servers: cluster.bootstrap_servers(),
+            connect_timeout: Duration::from_millis(200),
+            ..KafkaConfig::default()
+        };
+        let publisher = KafkaPublisher::new(&config, Duration::from_secs(1)).unwrap();
+        publisher.ready().await.expect("the cluster answers");
+        publisher.healthy.store(false, Ordering::Relaxed);
+        cluster.broker_down(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut failed = 0;
+        while publisher.current().unwrap().generation == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "still the first producer after {failed} unanswered checks"
+            );
+            assert!(publisher.ready().await.is_err(), "the broker is down");
+            failed += 1;
+        }
+        assert!(
+            failed >= 2,
+            "replaced before a publish timeout without an answer"
+        );
+        cluster.broker_up(1).unwrap();
+        let mut row = message(serde_json::json!({}));
+        row.destination = "events".into();
+        row.committed_at = chrono::Utc::now();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if publisher.ready().await.is_ok() && publisher.publish(&row).await.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new producer never published"
+            );
+        }
+        publisher.close().await;
     }
 
     use crate::publish::testing::{any_json, message};
