@@ -31,6 +31,9 @@ pub struct KafkaSetupError(String);
 pub struct KafkaPublisher {
     client_config: ClientConfig,
     publish_timeout: Duration,
+    /// How long a record may go without its delivery report: the queue wait and
+    /// message.timeout.ms (each a publish timeout), and librdkafka's once-a-second timeout scan.
+    answer_bound: Duration,
     connect_timeout: Duration,
     /// `None` once closed: the last handle is destroyed off the runtime.
     producer: RwLock<Option<Current>>,
@@ -115,6 +118,7 @@ impl KafkaPublisher {
         Ok(Self {
             client_config,
             publish_timeout,
+            answer_bound: 2 * publish_timeout + Duration::from_secs(2),
             connect_timeout: config.connect_timeout,
             producer: RwLock::new(Some(Current {
                 producer,
@@ -380,21 +384,27 @@ impl Publisher for KafkaPublisher {
         let record = record(message)?;
         let current = self.current()?;
         // The queue timeout is backpressure: while librdkafka's queue is full, wait for room.
-        let outcome = match current
+        let send = current
             .producer
-            .send(record, Timeout::After(self.publish_timeout))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err((error, _)) => {
-                let classified = classify(error);
-                if !classified.is_permanent() {
-                    self.healthy.store(false, Ordering::Relaxed);
-                }
-                self.after_failure(&current, &classified, &message.destination);
-                Err(classified)
+            .send(record, Timeout::After(self.publish_timeout));
+        // librdkafka answers every record within its queue wait and message.timeout.ms; the
+        // bound beyond that keeps a chain from waiting for ever on a producer that stopped
+        // answering. Given up on, a record may still arrive later as a duplicate; the key's
+        // next record is sent only once the retry is confirmed.
+        let outcome = match tokio::time::timeout(self.answer_bound, send).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(classify(error)),
+            Err(_) => Err(PublishError::retryable(
+                FailureReason::Timeout,
+                format!("no delivery report within {:?}", self.answer_bound),
+            )),
+        }
+        .inspect_err(|e| {
+            if !e.is_permanent() {
+                self.healthy.store(false, Ordering::Relaxed);
             }
-        };
+            self.after_failure(&current, e, &message.destination);
+        });
         if !self.is_current(current.generation) {
             // This may be the replaced producer's last handle, and destroying a producer
             // blocks while librdkafka stops its threads.
@@ -456,100 +466,4 @@ impl Publisher for KafkaPublisher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permanent_and_retryable_errors() {
-        let e = |code| KafkaError::MessageProduction(code);
-        assert!(classify(e(RDKafkaErrorCode::MessageSizeTooLarge)).is_permanent());
-        assert!(classify(e(RDKafkaErrorCode::TopicAuthorizationFailed)).is_permanent());
-        assert!(classify(e(RDKafkaErrorCode::InvalidTopic)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::UnknownTopicOrPartition)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::UnknownTopic)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::NotLeaderForPartition)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::RequestTimedOut)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::MessageTimedOut)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::QueueFull)).is_permanent());
-        assert!(!classify(e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
-    }
-
-    /// The way out of a producer that stopped reconnecting: after a publish timeout without
-    /// an answer, `ready` puts a new producer in place, which publishes once the cluster is
-    /// back.
-    #[tokio::test]
-    async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
-        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-        cluster.create_topic("events", 1, 1).unwrap();
-        let config = KafkaConfig {
-            bootstrap_servers: cluster.bootstrap_servers(),
-            connect_timeout: Duration::from_millis(200),
-            ..KafkaConfig::default()
-        };
-        let publisher = KafkaPublisher::new(&config, Duration::from_secs(1)).unwrap();
-        publisher.ready().await.expect("the cluster answers");
-        publisher.healthy.store(false, Ordering::Relaxed);
-        cluster.broker_down(1).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut failed = 0;
-        while publisher.current().unwrap().generation == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "still the first producer after {failed} unanswered checks"
-            );
-            assert!(publisher.ready().await.is_err(), "the broker is down");
-            failed += 1;
-        }
-        assert!(
-            failed >= 2,
-            "replaced before a publish timeout without an answer"
-        );
-        cluster.broker_up(1).unwrap();
-        let mut row = message(serde_json::json!({}));
-        row.destination = "events".into();
-        row.committed_at = chrono::Utc::now();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if publisher.ready().await.is_ok() && publisher.publish(&row).await.is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the new producer never published"
-            );
-        }
-        publisher.close().await;
-    }
-
-    use crate::publish::testing::{any_json, message};
-    use proptest::prelude::*;
-    use rdkafka::message::Headers;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// Kafka headers come out of any headers column, or the row is refused as permanently
-        /// invalid; the row's pairs arrive unchanged, followed by message_id and content-type.
-        #[test]
-        fn any_headers_build_kafka_headers_or_a_permanent_error(v in any_json()) {
-            match headers(&message(v.clone())) {
-                Ok(h) => {
-                    let object = v.as_object().expect("only objects convert");
-                    prop_assert_eq!(h.count(), object.len() + 2);
-                    for (i, (k, value)) in object.iter().enumerate() {
-                        let got = h.get(i);
-                        // librdkafka serialises the name with its length, but reading it back
-                        // through rdkafka stops at a NUL (C string), so compare up to there.
-                        let name = k.split('\0').next().unwrap_or_default();
-                        prop_assert_eq!(got.key, name);
-                        prop_assert_eq!(got.value, Some(value.as_str().unwrap().as_bytes()));
-                    }
-                }
-                Err(e) => {
-                    prop_assert!(e.is_permanent(), "{}", e);
-                    prop_assert_eq!(e.reason(), FailureReason::Invalid);
-                }
-            }
-        }
-    }
-}
+mod tests;
