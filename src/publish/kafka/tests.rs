@@ -17,11 +17,13 @@ fn permanent_and_retryable_errors() {
     assert!(!classify(e(RDKafkaErrorCode::AllBrokersDown)).is_permanent());
 }
 
-/// The way out of a producer that stopped reconnecting: after a publish timeout without
-/// an answer, `ready` puts a new producer in place, which publishes once the cluster is
-/// back.
-#[tokio::test]
-async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
+/// A one-broker mock cluster with topic `events`, and a publisher connected to it.
+async fn on_mock_cluster(
+    publish_timeout: Duration,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    KafkaPublisher,
+) {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     cluster.create_topic("events", 1, 1).unwrap();
     let config = KafkaConfig {
@@ -29,8 +31,17 @@ async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
         connect_timeout: Duration::from_millis(200),
         ..KafkaConfig::default()
     };
-    let publisher = KafkaPublisher::new(&config, Duration::from_secs(1)).unwrap();
+    let publisher = KafkaPublisher::new(&config, publish_timeout).unwrap();
     publisher.ready().await.expect("the cluster answers");
+    (cluster, publisher)
+}
+
+/// The way out of a producer that stopped reconnecting: after a publish timeout without
+/// an answer, `ready` puts a new producer in place, which publishes once the cluster is
+/// back.
+#[tokio::test]
+async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
+    let (cluster, publisher) = on_mock_cluster(Duration::from_secs(1)).await;
     publisher.healthy.store(false, Ordering::Relaxed);
     cluster.broker_down(1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -68,16 +79,9 @@ async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
 /// instead of holding its chain; the producer is then checked before the next claim.
 #[tokio::test]
 async fn a_record_without_a_delivery_report_fails_as_a_timeout() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    cluster.create_topic("events", 1, 1).unwrap();
-    let config = KafkaConfig {
-        bootstrap_servers: cluster.bootstrap_servers(),
-        ..KafkaConfig::default()
-    };
     // librdkafka would answer after a minute; the relay's bound is what ends the wait.
-    let mut publisher = KafkaPublisher::new(&config, Duration::from_secs(60)).unwrap();
+    let (cluster, mut publisher) = on_mock_cluster(Duration::from_secs(60)).await;
     publisher.answer_bound = Duration::from_millis(300);
-    publisher.ready().await.expect("the cluster answers");
     cluster.broker_down(1).unwrap();
     let mut row = message(serde_json::json!({}));
     row.destination = "events".into();
