@@ -134,6 +134,14 @@ mod general {
             invalid_keys("[relay]\npublish_timeout = \"10m\"\n"),
             vec!["relay.publish_timeout"]
         );
+        // A Kafka record may wait twice the publish timeout and 2 s: 4m is enough for
+        // RabbitMQ's 2m publish timeout, not for Kafka's.
+        let waits = "[relay]\npublish_timeout = \"2m\"\n[http]\nlivez_stall_timeout = \"4m\"\n";
+        assert!(Config::from_figment(&Figment::from(Toml::string(waits))).is_ok());
+        assert_eq!(
+            invalid_keys(&format!("[broker]\nkind = \"kafka\"\n{waits}")),
+            vec!["http.livez_stall_timeout"]
+        );
         assert_eq!(
             invalid_keys("[database]\nstatement_timeout = \"500us\"\n"),
             vec!["database.statement_timeout"]

@@ -98,10 +98,17 @@ pub(super) fn relations(c: &Config, checks: &mut Checks) {
     // would restart a relay that only waits out an outage.
     let broker_connect = c.broker.connect_timeouts().map(|(_, d)| d).max();
     let claim = broker_connect.unwrap_or_default() + 3 * c.database.call_timeout();
-    let longest = c.relay.publish_timeout.max(claim);
+    // A Kafka record may wait for room in librdkafka's queue before its own timeout runs.
+    let publish = match c.broker.kind {
+        crate::publish::BrokerKind::Kafka => {
+            crate::publish::kafka::answer_bound(c.relay.publish_timeout)
+        }
+        _ => c.relay.publish_timeout,
+    };
+    let longest = publish.max(claim);
     if c.http.livez_stall_timeout <= longest {
         let message = format!(
-            "http.livez_stall_timeout ({}) must be more than {}, the longest a task may wait on bounded calls: relay.publish_timeout, or a claim (the larger of the broker.*.connect_timeout and three times database.connect_timeout + statement_timeout + 5s)",
+            "http.livez_stall_timeout ({}) must be more than {}, the longest a task may wait on bounded calls: relay.publish_timeout (with Kafka twice it and 2s), or a claim (the larger of the broker.*.connect_timeout and three times database.connect_timeout + statement_timeout + 5s)",
             humantime::format_duration(c.http.livez_stall_timeout),
             humantime::format_duration(longest)
         );

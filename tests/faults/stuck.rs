@@ -62,13 +62,14 @@ impl Rig<'_> {
         let fence: Result<(i64, Option<i64>, Option<String>), _> = sqlx::query_as(
             "SELECT outbox.drawn_commit_seq(),
                     (SELECT max(commit_seq) FROM outbox.messages WHERE status = 'published'),
-                    (SELECT string_agg(format('pid %s (%s, %s, transaction open %s s)', a.pid,
-                                              a.application_name, a.state,
+                    (SELECT string_agg(format('%s: pid %s (%s, %s, transaction open %s s)', h,
+                                              a.pid, a.application_name, a.state,
                                               round(extract(epoch FROM now() - a.xact_start))),
                                        '; ')
-                       FROM pg_catalog.pg_locks l
-                       JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-                      WHERE l.virtualtransaction = ANY (outbox.fence_lock_holders()))",
+                       FROM unnest(outbox.fence_lock_holders()) AS h
+                       LEFT JOIN pg_catalog.pg_locks l
+                              ON l.virtualtransaction = h AND l.locktype = 'virtualxid'
+                       LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid)",
         )
         .fetch_one(pool)
         .await;

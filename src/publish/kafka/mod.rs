@@ -31,8 +31,7 @@ pub struct KafkaSetupError(String);
 pub struct KafkaPublisher {
     client_config: ClientConfig,
     publish_timeout: Duration,
-    /// How long a record may go without its delivery report: the queue wait and
-    /// message.timeout.ms (each a publish timeout), and librdkafka's once-a-second timeout scan.
+    /// [`answer_bound`] of the publish timeout.
     answer_bound: Duration,
     connect_timeout: Duration,
     /// `None` once closed: the last handle is destroyed off the runtime.
@@ -86,6 +85,12 @@ enum Replace {
     Unreachable,
 }
 
+/// How long a record may go without its delivery report: librdkafka's queue wait and its
+/// message.timeout.ms (each `relay.publish_timeout`), and its once-a-second timeout scan.
+pub fn answer_bound(publish_timeout: Duration) -> Duration {
+    2 * publish_timeout + Duration::from_secs(2)
+}
+
 /// The producer configuration: user properties first, then the settings the relay owns.
 pub fn client_config(config: &KafkaConfig, publish_timeout: Duration) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -118,7 +123,7 @@ impl KafkaPublisher {
         Ok(Self {
             client_config,
             publish_timeout,
-            answer_bound: 2 * publish_timeout + Duration::from_secs(2),
+            answer_bound: answer_bound(publish_timeout),
             connect_timeout: config.connect_timeout,
             producer: RwLock::new(Some(Current {
                 producer,
@@ -160,9 +165,14 @@ impl KafkaPublisher {
         }
     }
 
-    /// Tracks how long the current producer has gone without an answer from the cluster, and
-    /// replaces it once that lasts a publish timeout.
-    fn note_reachable(&self, generation: u64, answered: bool) {
+    /// Tracks how long the current producer has gone without an answer from the cluster, from
+    /// when the first unanswered request was `asked`, and replaces it once that lasts a
+    /// publish timeout.
+    fn note_reachable(&self, generation: u64, asked: Instant, answered: bool) {
+        if !self.is_current(generation) {
+            // A late answer about a producer already replaced says nothing of the new one.
+            return;
+        }
         let mut since = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
         if answered {
             *since = None;
@@ -176,7 +186,15 @@ impl KafkaPublisher {
                     self.replace(generation, Replace::Unreachable, "");
                 }
             }
-            _ => *since = Some((generation, Instant::now())),
+            _ => *since = Some((generation, asked)),
+        }
+    }
+
+    /// Lets go of a handle; off the runtime if its producer was replaced meanwhile: this may be
+    /// its last handle, and destroying a producer blocks while librdkafka stops its threads.
+    fn release(&self, current: Current) {
+        if !self.is_current(current.generation) {
+            tokio::task::spawn_blocking(move || drop(current));
         }
     }
 
@@ -339,6 +357,7 @@ impl Publisher for KafkaPublisher {
         let topic = suspect.clone();
         // fetch_metadata blocks until the cluster answers: keep it off the runtime. It returns
         // the brokers' answer, not the producer's cache.
+        let asked = Instant::now();
         let answer = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -349,8 +368,8 @@ impl Publisher for KafkaPublisher {
         .map_err(|e| {
             PublishError::retryable(FailureReason::Other, "metadata request panicked").caused_by(e)
         })?;
-        self.note_reachable(current.generation, answer.is_ok());
-        match answer {
+        self.note_reachable(current.generation, asked, answer.is_ok());
+        let outcome = match answer {
             Ok(stale) => {
                 if let (true, Some(topic)) = (stale, suspect) {
                     let mut struck = self.struck.lock().unwrap_or_else(|p| p.into_inner());
@@ -377,7 +396,9 @@ impl Publisher for KafkaPublisher {
                 "Kafka cluster not reachable",
             )
             .caused_by(e)),
-        }
+        };
+        self.release(current);
+        outcome
     }
 
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
@@ -405,11 +426,7 @@ impl Publisher for KafkaPublisher {
             }
             self.after_failure(&current, e, &message.destination);
         });
-        if !self.is_current(current.generation) {
-            // This may be the replaced producer's last handle, and destroying a producer
-            // blocks while librdkafka stops its threads.
-            tokio::task::spawn_blocking(move || drop(current));
-        }
+        self.release(current);
         outcome
     }
 

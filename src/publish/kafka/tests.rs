@@ -32,7 +32,13 @@ async fn on_mock_cluster(
         ..KafkaConfig::default()
     };
     let publisher = KafkaPublisher::new(&config, publish_timeout).unwrap();
-    publisher.ready().await.expect("the cluster answers");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = publisher.ready().await {
+        assert!(
+            Instant::now() < deadline,
+            "the mock cluster never answered: {e}"
+        );
+    }
     (cluster, publisher)
 }
 
