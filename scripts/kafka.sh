@@ -341,11 +341,14 @@ metadata_nodes() {
 # Waits until node's broker answers a Metadata request listing every node id in "$@" (a
 # deadline of READY_SECS); fails early if its process dies.
 wait_ready() {
-  local node=$1 deadline listed="" want ok
+  local node=$1 deadline listed="" want ok pid
   shift
   deadline=$(($(now_ms) + READY_SECS * 1000))
+  # The pid launch wrote, alive or not; not node_pid, which also wants the broker's command
+  # line: until setsid has exec'd the JVM, the process is still a copy of this shell.
+  pid=$(cat "$(node_dir "$node")/kafka.pid" 2>/dev/null) || pid=""
   while :; do
-    if ! node_pid "$node" >/dev/null; then
+    if [ -z "$pid" ] || ! alive "$pid"; then
       log "broker $node exited during start; the end of its log and output ($(node_dir "$node")):"
       tail -n 20 "$(node_dir "$node")/server.log" >&2 2>/dev/null || true
       tail -n 20 "$(node_dir "$node")/kafka.out" >&2 2>/dev/null || true
