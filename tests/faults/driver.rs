@@ -99,7 +99,7 @@ pub async fn run_broker(settings: &Settings, target: Target) -> Summary {
                     println!("   (replicas back in sync {waited:.1?} later)");
                 }
             }
-            let stuck = window.stuck;
+            let stuck = window.stuck.is_some();
             rig.faults.push(window);
             if stuck {
                 // Every later fault would only wait out the same backlog.

@@ -332,14 +332,12 @@ impl Rig<'_> {
             Fault::DeleteDestination => self.delete_destination().await,
         };
         let recovered = self.wait_recovered(end).await;
-        let stuck = recovered.is_none();
-        let stuck_report = if stuck {
-            self.stuck_report().await
-        } else {
-            Vec::new()
+        let stuck = match recovered {
+            Some(_) => None,
+            None => Some(self.stuck_report().await),
         };
         let recovered = recovered.unwrap_or_else(Instant::now);
-        if self.active_active && !stuck {
+        if self.active_active && stuck.is_none() {
             let seen = self
                 .rebalanced(end, resumed, step_backs, &mut failure)
                 .await;
@@ -376,7 +374,6 @@ impl Rig<'_> {
             recovery: recovered.duration_since(end),
             failure,
             stuck,
-            stuck_report,
         }
     }
 

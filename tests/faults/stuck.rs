@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::cluster;
-use crate::common::{Broker, RelayProcess};
+use crate::common::Broker;
 use crate::rig::Rig;
 
 /// Relay log lines kept per relay: its own warnings and errors, and librdkafka's last words.
@@ -22,15 +22,32 @@ impl Rig<'_> {
     /// The state of every relay and of the backlog, as lines to print.
     pub async fn stuck_report(&mut self) -> Vec<String> {
         let mut report = Vec::new();
+        // The suite's rows all go to one destination.
+        let published_sample = format!(
+            "outbox_relay_messages_published_total{{destination=\"{}\"}}",
+            self.destination
+        );
+        let health = |(code, body): (u16, String)| {
+            format!(
+                "{code} {}",
+                body.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        };
         for relay in &mut self.relays {
             let state = match relay.child.try_wait() {
                 Ok(None) => "running".to_string(),
                 Ok(Some(status)) => format!("exited ({status})"),
                 Err(e) => format!("unknown ({e})"),
             };
-            let live = probe(relay, "/livez").await;
-            let ready = probe(relay, "/readyz").await;
-            let published = published_total(relay).await;
+            let live = ask(relay.get("/livez"))
+                .await
+                .map_or_else(String::from, health);
+            let ready = ask(relay.get("/readyz"))
+                .await
+                .map_or_else(String::from, health);
+            let published = ask(relay.metric(&published_sample))
+                .await
+                .map_or_else(String::from, |v| v.to_string());
             report.push(format!(
                 "relay pid {}: {state}; /livez {live}; /readyz {ready}; published_total {published}",
                 relay.pid()
@@ -99,31 +116,13 @@ impl Rig<'_> {
     }
 }
 
-/// The relay's published counter summed over its labels: still rising means it publishes.
-async fn published_total(relay: &RelayProcess) -> String {
-    const NAME: &str = "outbox_relay_messages_published_total";
-    let Ok(Some((_, body))) =
-        tokio::time::timeout(Duration::from_secs(2), relay.get("/metrics")).await
-    else {
-        return "?".into();
-    };
-    let total: f64 = body
-        .lines()
-        .filter(|l| l.starts_with(NAME) && l[NAME.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    total.to_string()
-}
-
-/// A health endpoint's answer on one line.
-async fn probe(relay: &RelayProcess, path: &str) -> String {
-    match tokio::time::timeout(Duration::from_secs(2), relay.get(path)).await {
-        Ok(Some((code, body))) => format!(
-            "{code} {}",
-            body.split_whitespace().collect::<Vec<_>>().join(" ")
-        ),
-        Ok(None) => "unreachable".into(),
-        Err(_) => "no answer in 2 s".into(),
+/// A relay's HTTP answer, or why there is none: a stopped process accepts the connection and
+/// never answers, and `None` is no connection (or, for a metric, no such sample).
+async fn ask<T>(call: impl std::future::Future<Output = Option<T>>) -> Result<T, &'static str> {
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err("unavailable"),
+        Err(_) => Err("no answer in 2 s"),
     }
 }
 

@@ -375,10 +375,9 @@ pub struct FaultWindow {
     pub recovery: Duration,
     /// The fault did not do what it is there for (the epoch bump fault without a bump).
     pub failure: Option<String>,
-    /// The relay had not recovered when the suite stopped waiting (twice the recovery bound).
-    pub stuck: bool,
-    /// When stuck: the relays' state, their last log lines and the backlog (tests/faults/stuck.rs).
-    pub stuck_report: Vec<String>,
+    /// The relay had not recovered when the suite stopped waiting (twice the recovery bound):
+    /// the relays' state, their last log lines and the backlog then (tests/faults/stuck.rs).
+    pub stuck: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -455,10 +454,12 @@ pub fn check(
             _ => s.rolled_back += 1,
         }
     }
-    for f in faults.iter().filter(|f| f.stuck) {
-        s.stuck_reports.push(format!("after {}:", f.name));
-        s.stuck_reports
-            .extend(f.stuck_report.iter().map(|l| format!("  {l}")));
+    for f in faults {
+        if let Some(report) = &f.stuck {
+            s.stuck_reports.push(format!("after {}:", f.name));
+            s.stuck_reports
+                .extend(report.iter().map(|l| format!("  {l}")));
+        }
     }
     let mut first_at: HashMap<Uuid, Instant> = HashMap::new();
     let mut last_seq: HashMap<&str, i64> = HashMap::new();

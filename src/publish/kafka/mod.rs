@@ -47,10 +47,13 @@ pub struct KafkaPublisher {
     /// A topic the cluster named leaders for once while it was suspect; replaced on the second
     /// time. One round of timeouts with leaders in place is also what a slow but live leader
     /// gives, and a new producer does not help there.
-    struck: Mutex<Option<(u64, String, Instant)>>,
-    /// Since when the current producer (by generation) has had no answer from the cluster.
-    unreachable: Mutex<Option<(u64, Instant)>>,
+    struck: Mutex<Option<Strike>>,
+    /// Since when the current producer has had no answer from the cluster (key "").
+    unreachable: Mutex<Option<Strike>>,
 }
+
+/// The first strike against a producer: its generation, what it was about, and when.
+type Strike = (u64, String, Instant);
 
 /// The producer in use and how many replaced it, so that of the publishes failing on one
 /// producer only the first replaces it: a new producer per failure would start dozens at once,
@@ -165,28 +168,31 @@ impl KafkaPublisher {
         }
     }
 
-    /// Tracks how long the current producer has gone without an answer from the cluster, from
-    /// when the first unanswered request was `asked`, and replaces it once that lasts a
-    /// publish timeout.
-    fn note_reachable(&self, generation: u64, asked: Instant, answered: bool) {
+    /// A strike against the producer of `generation` about `key`: the first is remembered with
+    /// its time `at`; one a publish timeout or more after it, on the same producer and key,
+    /// replaces the producer. A strike about a producer already replaced says nothing of the
+    /// new one.
+    fn strike(
+        &self,
+        strikes: &Mutex<Option<Strike>>,
+        generation: u64,
+        key: &str,
+        at: Instant,
+        why: Replace,
+    ) {
         if !self.is_current(generation) {
-            // A late answer about a producer already replaced says nothing of the new one.
             return;
         }
-        let mut since = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
-        if answered {
-            *since = None;
-            return;
-        }
-        match *since {
-            Some((g, at)) if g == generation => {
-                if at.elapsed() >= self.publish_timeout {
-                    *since = None;
-                    drop(since);
-                    self.replace(generation, Replace::Unreachable, "");
+        let mut last = strikes.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((g, k, first)) if *g == generation && k == key => {
+                if first.elapsed() >= self.publish_timeout {
+                    *last = None;
+                    drop(last);
+                    self.replace(generation, why, key);
                 }
             }
-            _ => *since = Some((generation, asked)),
+            _ => *last = Some((generation, key.to_string(), at)),
         }
     }
 
@@ -368,34 +374,37 @@ impl Publisher for KafkaPublisher {
         .map_err(|e| {
             PublishError::retryable(FailureReason::Other, "metadata request panicked").caused_by(e)
         })?;
-        self.note_reachable(current.generation, asked, answer.is_ok());
         let outcome = match answer {
             Ok(stale) => {
+                *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if let (true, Some(topic)) = (stale, suspect) {
-                    let mut struck = self.struck.lock().unwrap_or_else(|p| p.into_inner());
-                    match struck.as_ref() {
-                        // The second strike must come from a later round of records: the
-                        // timeouts of one round may reach two `ready` calls.
-                        Some((generation, first, at))
-                            if *generation == current.generation && *first == topic =>
-                        {
-                            if at.elapsed() >= self.publish_timeout {
-                                *struck = None;
-                                drop(struck);
-                                self.replace(current.generation, Replace::StaleMetadata, &topic);
-                            }
-                        }
-                        _ => *struck = Some((current.generation, topic, Instant::now())),
-                    }
+                    // The second strike must come from a later round of records: the timeouts
+                    // of one round may reach two `ready` calls.
+                    self.strike(
+                        &self.struck,
+                        current.generation,
+                        &topic,
+                        Instant::now(),
+                        Replace::StaleMetadata,
+                    );
                 }
                 self.healthy.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            Err(e) => Err(PublishError::retryable(
-                FailureReason::Unavailable,
-                "Kafka cluster not reachable",
-            )
-            .caused_by(e)),
+            Err(e) => {
+                self.strike(
+                    &self.unreachable,
+                    current.generation,
+                    "",
+                    asked,
+                    Replace::Unreachable,
+                );
+                Err(PublishError::retryable(
+                    FailureReason::Unavailable,
+                    "Kafka cluster not reachable",
+                )
+                .caused_by(e))
+            }
         };
         self.release(current);
         outcome

@@ -1,6 +1,9 @@
 //! The publisher against librdkafka's mock cluster, and its error and header mapping.
 
 use super::*;
+use crate::publish::testing::{any_json, message};
+use proptest::prelude::*;
+use rdkafka::message::Headers;
 
 #[test]
 fn permanent_and_retryable_errors() {
@@ -42,6 +45,14 @@ async fn on_mock_cluster(
     (cluster, publisher)
 }
 
+/// A row for the mock cluster's topic.
+fn event() -> OutboxMessage {
+    let mut row = message(serde_json::json!({}));
+    row.destination = "events".into();
+    row.committed_at = chrono::Utc::now();
+    row
+}
+
 /// The way out of a producer that stopped reconnecting: after a publish timeout without
 /// an answer, `ready` puts a new producer in place, which publishes once the cluster is
 /// back.
@@ -65,9 +76,7 @@ async fn a_producer_without_an_answer_for_a_publish_timeout_is_replaced() {
         "replaced before a publish timeout without an answer"
     );
     cluster.broker_up(1).unwrap();
-    let mut row = message(serde_json::json!({}));
-    row.destination = "events".into();
-    row.committed_at = chrono::Utc::now();
+    let row = event();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if publisher.ready().await.is_ok() && publisher.publish(&row).await.is_ok() {
@@ -89,8 +98,7 @@ async fn a_record_without_a_delivery_report_fails_as_a_timeout() {
     let (cluster, mut publisher) = on_mock_cluster(Duration::from_secs(60)).await;
     publisher.answer_bound = Duration::from_millis(300);
     cluster.broker_down(1).unwrap();
-    let mut row = message(serde_json::json!({}));
-    row.destination = "events".into();
+    let row = event();
     let failed = tokio::time::timeout(Duration::from_secs(20), publisher.publish(&row))
         .await
         .expect("the publish ended within the bound")
@@ -102,10 +110,6 @@ async fn a_record_without_a_delivery_report_fails_as_a_timeout() {
     cluster.broker_up(1).unwrap();
     publisher.close().await;
 }
-
-use crate::publish::testing::{any_json, message};
-use proptest::prelude::*;
-use rdkafka::message::Headers;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
