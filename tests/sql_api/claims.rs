@@ -100,17 +100,7 @@ async fn claims_look_up_the_rows_in_hand_by_hash_under_the_relays_plans() {
         ),
     ];
     for (name, sql, args) in statements {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"
-        )))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-        let text = plan.to_string();
+        let text = explain_prepared(&mut conn, name, "", sql, &args).await;
         assert!(
             text.contains("hashed SubPlan") && !text.contains("id <> ALL"),
             "{name} must look the rows in hand up by hash: {text}"

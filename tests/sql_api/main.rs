@@ -45,6 +45,31 @@ async fn explain(
         .unwrap()
 }
 
+/// The plan (`EXPLAIN (FORMAT JSON)`, as text) of a statement prepared on `conn` as `name`
+/// (`types`: its parameter types in parentheses, or empty), executed with literal `args`: the
+/// plan the session's plan_cache_mode gives a prepared statement of the relay.
+async fn explain_prepared(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    types: &str,
+    sql: &str,
+    args: &str,
+) -> String {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE {name}{types} AS {sql}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    plan.to_string()
+}
+
 /// `n` rows of one key claimed, and the last of them discarded by an operator while in flight.
 async fn claimed_with_the_last_discarded(
     db: &TestDb,

@@ -119,3 +119,106 @@ async fn marking_records_confirmed_rows_alone_or_beside_failures() {
         "confirmed rows are published, failures recorded, the operator's row as it was left"
     );
 }
+
+/// The outcome updates find their rows by primary key, whatever the statistics say. Taken while
+/// nothing was pending (the pending index analyzed empty), they once led the planner to walk
+/// messages_pending_idx, every pending row, for each update: under a backlog each update cost
+/// as much as the backlog, and a relay at 5,000 msg/s fell minutes behind (docs/performance.md).
+/// Checked under the relay's own session settings (generic plans) and under custom plans.
+#[tokio::test]
+async fn outcome_updates_find_their_rows_by_primary_key_under_stale_statistics() {
+    let db = TestDb::new().await;
+    let setup = [
+        "ALTER TABLE outbox.messages SET (autovacuum_enabled = false)",
+        "INSERT INTO outbox.messages (destination, message_key, payload)
+         SELECT 'd', 'k' || (g % 100), '\\x00' FROM generate_series(1, 2000) g",
+        "UPDATE outbox.messages SET status = 'published', published_at = now(), finished_at = now()",
+        "VACUUM ANALYZE outbox.messages",
+        // The backlog the statistics do not know.
+        "INSERT INTO outbox.messages (destination, message_key, payload)
+         SELECT 'd', 'k' || (g % 100), '\\x00' FROM generate_series(1, 50000) g",
+    ];
+    for statement in setup {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let pending_as_analyzed: f32 = sqlx::query_scalar(
+        "SELECT reltuples FROM pg_class WHERE oid = 'outbox.messages_pending_idx'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        pending_as_analyzed, 0.0,
+        "the statistics say nothing is pending"
+    );
+
+    let ids = "'{30001,30002,30003,30004,30005,30006,30007,30008}'::bigint[]";
+    let statements = [
+        (
+            "mark",
+            include_str!("../../src/store/sql/mark_published.sql"),
+            format!("{ids}, 'l', 'me', 1"),
+        ),
+        (
+            "remove",
+            include_str!("../../src/store/sql/delete_published.sql"),
+            format!("{ids}, 'l', 'me', 1"),
+        ),
+        (
+            "fail",
+            include_str!("../../src/store/sql/record_outcomes.sql"),
+            format!(
+                "{ids}, array_fill('e'::text, ARRAY[8]), array_fill(false, ARRAY[8]), \
+                 array_fill(0::bigint, ARRAY[8]), 10, 'l', 'me', 1"
+            ),
+        ),
+    ];
+    let pool = relay_session(&db).await;
+    let mut conn = pool.acquire().await.unwrap();
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        for (name, sql, args) in &statements {
+            let text = explain_prepared(&mut conn, &format!("{name}_{mode}"), "", sql, args).await;
+            assert!(
+                text.contains("\"messages_pkey\"")
+                    && !text.contains("messages_pending")
+                    && !text.contains("\"Seq Scan\""),
+                "{name} ({mode}) must find its rows by primary key: {text}"
+            );
+        }
+    }
+}
+
+/// The purge reads the rows past retention from messages_finished_idx under the relay's
+/// generic plans. With `status = $1` alone the planner could not tell that the partial index
+/// holds them, and every batch of every sweep scanned the whole table.
+#[tokio::test]
+async fn the_purge_reads_finished_rows_from_their_index_under_generic_plans() {
+    let db = TestDb::new().await;
+    for statement in [
+        "INSERT INTO outbox.messages (destination, message_key, payload)
+         SELECT 'd', 'k' || (g % 100), '\\x00' FROM generate_series(1, 50000) g",
+        "UPDATE outbox.messages SET status = 'published', published_at = now(), finished_at = now()
+          WHERE id % 2 = 0",
+        "ANALYZE outbox.messages",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let pool = relay_session(&db).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let text = explain_prepared(
+        &mut conn,
+        "purge",
+        "(outbox.message_status, bigint, bigint)",
+        include_str!("../../src/store/sql/purge.sql"),
+        "'published', 0, 1000",
+    )
+    .await;
+    assert!(
+        text.contains("messages_finished_idx") && !text.contains("\"Seq Scan\""),
+        "the purge must read its rows from messages_finished_idx: {text}"
+    );
+}

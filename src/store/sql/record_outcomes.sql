@@ -6,6 +6,12 @@
 -- $6, $7, $8: the lease the rows were claimed under (name, holder, token). A replica that lost it
 -- writes nothing: its rows belong to the new holder, which publishes them itself. Expiry alone
 -- does not stop the write: until another replica takes the lease, nobody else touches the rows.
+-- The rows are found by primary key. Their status is compared as text so that no partial index
+-- on status = 'committed' can serve this statement: when the statistics were taken with few
+-- rows pending (a relay started on an empty outbox, or caught up), the planner chose
+-- messages_pending_idx and walked every pending row for each update, which under a backlog
+-- made each update cost as much as the backlog (docs/performance.md, "The outcome update's
+-- plan").
 UPDATE outbox.messages AS m
    SET status = CASE
                   WHEN o.permanent OR m.attempts + 1 >= $5 THEN 'dead'::outbox.message_status
@@ -24,7 +30,7 @@ UPDATE outbox.messages AS m
                       + o.backoff_ms * interval '1 millisecond'
   FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::bigint[]) AS o(id, error, permanent, backoff_ms)
  WHERE m.id = o.id
-   AND m.status = 'committed'
+   AND m.status::text = 'committed'
    AND EXISTS (
         SELECT 1
           FROM outbox.relay_leases l
