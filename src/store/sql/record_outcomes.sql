@@ -6,8 +6,9 @@
 -- $6, $7, $8: the lease the rows were claimed under (name, holder, token). A replica that lost it
 -- writes nothing: its rows belong to the new holder, which publishes them itself. Expiry alone
 -- does not stop the write: until another replica takes the lease, nobody else touches the rows.
--- The rows are found by primary key. Their status is compared as text so that no partial index
--- on status = 'committed' can serve this statement: when the statistics were taken with few
+-- The rows are found by primary key (a table of a few dozen pages is read whole instead, the
+-- cheaper path at that size). Their status is compared as text so that no partial index on
+-- status = 'committed' can serve this statement: when the statistics were taken with few
 -- rows pending (a relay started on an empty outbox, or caught up), the planner chose
 -- messages_pending_idx and walked every pending row for each update, which under a backlog
 -- made each update cost as much as the backlog (docs/performance.md, "The outcome update's
