@@ -114,7 +114,15 @@ pub async fn run_broker(settings: &Settings, target: Target) -> Summary {
     rig.finish().await;
     let rows = verify::outbox_rows(&rig.db.pool).await;
     let (log, redeliveries) = rig.deliveries.snapshot();
-    let mut summary = verify::check(&rows, &log, redeliveries, &rig.faults, DUPLICATE_SLACK);
+    let held = rig.deliveries.held();
+    let mut summary = verify::check(
+        &rows,
+        &log,
+        &held,
+        redeliveries,
+        &rig.faults,
+        DUPLICATE_SLACK,
+    );
     summary.exactly_once = target.exactly_once;
     println!(
         "== {}: {} writes failed during faults (expected; the outbox is the source of truth)",

@@ -136,6 +136,15 @@ fn print_table(rows: &[(String, Summary)]) {
                 by_fault(&s.requeued_by_fault)
             );
         }
+        if s.held_in_broker > 0 {
+            println!(
+                "held {name}: {} published messages the verifier's channel never delivered were \
+                 still on nsqd's second channel: nsqd keeps the messages in flight to a consumer \
+                 in memory, and a kill -9 loses those it had taken off the channel's queue \
+                 (tests/faults/nsq_verify.rs). Not lost by the relay",
+                s.held_in_broker
+            );
+        }
         if s.lost > 0 {
             println!(
                 "lost {name}: {} still committed in the outbox (not published by the end), {} \

@@ -43,6 +43,9 @@ struct Inner {
     consumer_redeliveries: u64,
     /// RabbitMQ consumer sessions that ended (each is followed by a new one).
     sessions_ended: u64,
+    /// Messages the verifier's channel never delivered that nsqd still held on a second
+    /// channel (see `nsq_verify::HOLD`): in nsqd, not lost by the relay.
+    held: HashSet<Uuid>,
 }
 
 impl Deliveries {
@@ -80,6 +83,14 @@ impl Deliveries {
 
     pub fn distinct(&self) -> HashSet<Uuid> {
         self.inner.lock().expect("deliveries").seen.clone()
+    }
+
+    pub fn record_held(&self, ids: impl IntoIterator<Item = Uuid>) {
+        self.inner.lock().expect("deliveries").held.extend(ids);
+    }
+
+    pub fn held(&self) -> HashSet<Uuid> {
+        self.inner.lock().expect("deliveries").held.clone()
     }
 
     pub fn sessions_ended(&self) -> u64 {
@@ -388,6 +399,9 @@ pub struct Summary {
     pub rolled_back: usize,
     pub delivered: usize,
     pub lost: usize,
+    /// Published rows the verifier's channel never delivered, held by nsqd on its second
+    /// channel: nsqd lost them in flight to the verifier when it was killed (NSQ only).
+    pub held_in_broker: usize,
     /// Of the lost, those the relay had not published when the run ended (still committed).
     pub lost_unpublished: usize,
     /// The lowest and highest commit_seq among the lost rows: a run of lost rows at the end
@@ -434,6 +448,7 @@ fn fault_at(faults: &[FaultWindow], at: Instant, slack: Duration) -> Option<&Fau
 pub fn check(
     rows: &HashMap<Uuid, Row>,
     deliveries: &[Delivery],
+    held: &HashSet<Uuid>,
     consumer_redeliveries: u64,
     faults: &[FaultWindow],
     slack: Duration,
@@ -500,14 +515,14 @@ pub fn check(
         last_seq.insert(d.key.as_str(), seq);
     }
     s.delivered = first_at.len();
-    let lost: Vec<&Row> = rows
-        .iter()
-        .filter(|(id, row)| {
-            matches!(row.status.as_str(), "published" | "committed" | "dead")
-                && !first_at.contains_key(id)
-        })
-        .map(|(_, row)| row)
-        .collect();
+    let undelivered = rows.iter().filter(|(id, row)| {
+        matches!(row.status.as_str(), "published" | "committed" | "dead")
+            && !first_at.contains_key(id)
+    });
+    let (held_in_broker, lost): (Vec<_>, Vec<_>) =
+        undelivered.partition(|(id, row)| row.status == "published" && held.contains(id));
+    s.held_in_broker = held_in_broker.len();
+    let lost: Vec<&Row> = lost.into_iter().map(|(_, row)| row).collect();
     s.lost = lost.len();
     s.lost_unpublished = lost.iter().filter(|r| r.status == "committed").count();
     let seqs = lost.iter().filter_map(|r| r.commit_seq);
@@ -565,6 +580,7 @@ impl Summary {
         self.wrongly_published += o.wrongly_published;
         self.order_violations += o.order_violations;
         self.requeued += o.requeued;
+        self.held_in_broker += o.held_in_broker;
         self.requeued_out_of_order += o.requeued_out_of_order;
         self.duplicates += o.duplicates;
         self.unexplained_duplicates += o.unexplained_duplicates;
