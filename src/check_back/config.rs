@@ -100,12 +100,12 @@ impl CheckBackConfig {
         c.duration("check_back.interval", self.interval, DAY);
         c.duration("check_back.initial_backoff", self.initial_backoff, DAY);
         c.duration("check_back.max_backoff", self.max_backoff, DAY);
-        if self.initial_backoff > self.max_backoff {
-            c.issue(
-                "check_back.initial_backoff",
-                "must be at most check_back.max_backoff",
-            );
-        }
+        c.ordered(
+            "check_back.initial_backoff",
+            self.initial_backoff,
+            "check_back.max_backoff",
+            self.max_backoff,
+        );
         for (name, p) in &self.producers {
             let key = format!("check_back.producers.{name}");
             if !valid_producer_name(name) {
@@ -245,8 +245,23 @@ mod tests {
     }
 
     #[test]
-    fn backoff_bounds_are_ordered() {
+    fn backoff_bounds_are_ordered_and_the_key_set_is_blamed() {
+        // Both set: the maximum is what contradicts the minimum.
         let issues = issues_of("[check_back]\ninitial_backoff = \"2m\"\nmax_backoff = \"1m\"\n");
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with("check_back.max_backoff"),
+            "{issues:?}"
+        );
+        // Only the maximum set, below the default minimum (1 s): the maximum, never a default.
+        let issues = issues_of("[check_back]\nmax_backoff = \"500ms\"\n");
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with("check_back.max_backoff"),
+            "{issues:?}"
+        );
+        // Only the minimum set, above the default maximum.
+        let issues = issues_of("[check_back]\ninitial_backoff = \"2h\"\n");
         assert_eq!(issues.len(), 1, "{issues:?}");
         assert!(
             issues[0].starts_with("check_back.initial_backoff"),

@@ -67,6 +67,26 @@ impl<'a> Checks<'a> {
         }
     }
 
+    /// A lower and an upper bound out of order: the issue names the upper bound when the user
+    /// set it, else the lower one. Pointing at a key left at its default would send the user to
+    /// a key that is not in their configuration.
+    pub fn ordered(&mut self, low_key: &str, low: Duration, high_key: &str, high: Duration) {
+        if low <= high {
+            return;
+        }
+        if self.is_default(high_key) {
+            self.issue(
+                low_key,
+                format!(
+                    "must not be larger than {high_key} ({})",
+                    humantime::format_duration(high)
+                ),
+            );
+        } else {
+            self.issue(high_key, format!("must not be smaller than {low_key}"));
+        }
+    }
+
     /// Parses with one of `schemes`.
     pub fn url(&mut self, key: &str, url: &SecretUrl, schemes: &[&str]) -> bool {
         match url.scheme_problem(schemes) {

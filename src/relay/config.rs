@@ -78,23 +78,11 @@ impl RetryConfig {
     pub(crate) fn check(&self, c: &mut Checks) {
         c.duration("retry.initial_backoff", self.initial_backoff, 30 * DAY);
         c.at_most("retry.max_backoff", self.max_backoff, 30 * DAY);
-        if self.initial_backoff > self.max_backoff {
-            // Blame the key the user set: with max_backoff left at its default, pointing at it
-            // would send them to a key that is not in their configuration.
-            if c.is_default("retry.max_backoff") {
-                c.issue(
-                    "retry.initial_backoff",
-                    format!(
-                        "must not be larger than retry.max_backoff ({})",
-                        humantime::format_duration(self.max_backoff)
-                    ),
-                );
-            } else {
-                c.issue(
-                    "retry.max_backoff",
-                    "must not be smaller than retry.initial_backoff",
-                );
-            }
-        }
+        c.ordered(
+            "retry.initial_backoff",
+            self.initial_backoff,
+            "retry.max_backoff",
+            self.max_backoff,
+        );
     }
 }
