@@ -244,25 +244,16 @@ impl<'a> Rig<'a> {
                     destination.clone(),
                     deliveries.clone(),
                 );
-                // Subscribed before the relay starts, so that the verifier's channel is the
-                // topic's first: nsqd gives a channel added later only what comes after it.
+                // Both channels exist before the relay starts: nsqd gives a channel added later
+                // only what comes after it.
+                nsq_verify::open_hold(&settings.nsq_address, &destination)
+                    .await
+                    .expect("the second channel on nsqd");
                 common::wait_for(
-                    "the verifier's channel on nsqd",
+                    "the verifier's channel and the second one on nsqd",
                     Duration::from_secs(30),
                     || async {
-                        common::nsq::has_channel(&destination, nsq_verify::CHANNEL)
-                            .await
-                            .then_some(())
-                    },
-                )
-                .await;
-                common::wait_for(
-                    "the second channel on nsqd",
-                    Duration::from_secs(30),
-                    || async {
-                        let opened =
-                            nsq_verify::open_hold(&settings.nsq_address, &destination).await;
-                        (opened.is_ok()
+                        (common::nsq::has_channel(&destination, nsq_verify::CHANNEL).await
                             && common::nsq::has_channel(&destination, nsq_verify::HOLD).await)
                             .then_some(())
                     },
