@@ -27,6 +27,11 @@ export OUTBOX_KAFKA_PORT=${FAULTS_KAFKA_PORT:-59102}
 export OUTBOX_KAFKA_CLUSTER=1
 export OUTBOX_REDIS_PORT=${FAULTS_REDIS_PORT:-56389}
 export OUTBOX_NSQ_PORT=${FAULTS_NSQ_PORT:-54160}
+# nsqd syncs its on-disk queues after every operation, so that a kill -9 loses next to nothing
+# it acknowledged: what it does lose is credited to the kill only if acknowledged in a short
+# window before it (NSQD_UNSYNCED in tests/faults/fault.rs). An nsqd already running from an
+# earlier run keeps its flags until the first fault restarts it.
+export OUTBOX_NSQ_SYNC_EVERY=1
 # Each broker's proxy listens one port above the broker (scripts/kafka.sh leaves those free).
 export OUTBOX_KAFKA_ADVERTISED_PORTS="$((OUTBOX_KAFKA_PORT + 1)),$((OUTBOX_KAFKA_PORT + 3)),$((OUTBOX_KAFKA_PORT + 5))"
 # Only the services of the brokers under test (FAULTS_BROKERS=nsq starts Postgres and nsqd).

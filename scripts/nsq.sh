@@ -12,8 +12,10 @@
 # (server.pem, server.key) nsqd also offers TLS on the TCP port (IDENTIFY with tls_v1; plain
 # clients still work), and HTTPS on P+2. --mem-queue-size=0 sends every
 # message through nsqd's on-disk queue, so an OK to a PUB means the message is in that queue's
-# file (in the page cache until nsqd syncs it, every 2500 messages or 2 s), not only in memory.
-# --max-msg-size is nsqd's default (1 MiB), given explicitly: the tests send one over it.
+# file, not only in memory. nsqd records how far it wrote only when it syncs, every
+# OUTBOX_NSQ_SYNC_EVERY operations (nsqd's default 2500; the fault suite sets 1) or 2 s; a
+# kill -9 loses what it wrote since. --max-msg-size is nsqd's default (1 MiB), given
+# explicitly: the tests send one over it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +24,7 @@ PORT=${OUTBOX_NSQ_PORT:-54150}
 BIN="$ROOT/.local/nsq/bin/nsqd"
 DIR="$ROOT/.local/nsq-$PORT"
 TLS_DIR=${OUTBOX_NSQ_TLS_DIR:-}
+SYNC_EVERY=${OUTBOX_NSQ_SYNC_EVERY:-2500}
 
 # shellcheck source=lib/process.sh
 . "$ROOT/scripts/lib/process.sh"
@@ -85,7 +88,8 @@ start() {
   setsid "$BIN" \
     --tcp-address="127.0.0.1:$PORT" --http-address="127.0.0.1:$((PORT + 1))" \
     --broadcast-address=127.0.0.1 --data-path="$DIR/data" \
-    --mem-queue-size=0 --max-msg-size=1048576 "${tls[@]}" \
+    --mem-queue-size=0 --sync-every="$SYNC_EVERY" --sync-timeout=2s --max-msg-size=1048576 \
+    "${tls[@]}" \
     >>"$DIR/nsqd.log" 2>&1 </dev/null &
   echo $! >"$DIR/nsqd.pid"
   local i

@@ -26,6 +26,7 @@
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod consume;
 mod driver;
 mod fault;
 mod load;
@@ -145,6 +146,28 @@ fn print_table(rows: &[(String, Summary)]) {
                 s.held_in_broker
             );
         }
+        if s.reordered_in_broker > 0 {
+            println!(
+                "reordered in broker {name}: {} first deliveries came after a later message of \
+                 their key that nsqd had taken after them (by nsqd's own timestamps): nsqd \
+                 replaying its on-disk queues after a kill -9. The relay's order is the order \
+                 the broker took messages in; a re-send would carry a later timestamp",
+                s.reordered_in_broker
+            );
+        }
+        if !s.lost_in_broker.is_empty() {
+            println!(
+                "lost in broker {name}: {} published messages on neither of nsqd's channels had \
+                 nsqd's OK within {:?} before it was killed (the earliest {:.2?} before), by \
+                 fault: {}. nsqd had not synced \
+                 them, and skips unsynced writes when it starts again (tests/faults/fault.rs, \
+                 NSQD_UNSYNCED). Not lost by the relay; any other loss still fails the run",
+                s.lost_in_broker.values().sum::<usize>(),
+                fault::NSQD_UNSYNCED,
+                s.lost_in_broker_before,
+                by_fault(&s.lost_in_broker)
+            );
+        }
         if s.lost > 0 {
             println!(
                 "lost {name}: {} still committed in the outbox (not published by the end), {} \
@@ -153,6 +176,9 @@ fn print_table(rows: &[(String, Summary)]) {
                 s.lost - s.lost_unpublished,
                 s.lost_seqs
             );
+        }
+        for line in &s.order_details {
+            println!("order {name}: {line}");
         }
         for line in &s.stuck_reports {
             println!("stuck {name}: {line}");

@@ -6,9 +6,12 @@
 //! them out in the order they were put in, so a consumer alone on the channel that finishes
 //! everything gets each message the first time in the order nsqd took it. Two things of nsqd's
 //! bring a message again:
-//! - a kill -9 leaves the queues' read positions as last synced (every 2 s here): nsqd reads
-//!   on from there, and delivers messages again under the same nsqd id and attempts 1, in
-//!   order. The consumer recognises them by the id: its own redeliveries, not duplicates.
+//! - a kill -9 leaves the queues' read positions as last synced (after every operation in the
+//!   fault suite: OUTBOX_NSQ_SYNC_EVERY=1): nsqd reads on from there, and delivers messages
+//!   again under the same nsqd id and attempts 1. The consumer recognises them by the id: its
+//!   own redeliveries, not duplicates. Where nsqd mends its queues' positions it can deliver
+//!   a message for the first time after later ones of its key; nsqd's timestamps show it took
+//!   them in order, and the check counts those apart ("reordered in broker").
 //! - a clean stop puts the messages in flight to the consumer (written to it, not finished)
 //!   at the end of the channel's queue. The consumer may not have received one (the socket
 //!   closed first); it then arrives after later messages, with attempts 2. Such a first
@@ -20,7 +23,9 @@
 //! sync of the queue's read position loses those the consumer had not read yet (seen once in
 //! CI: 204 in a row). A second channel, [`HOLD`], that nobody reads during the run keeps every
 //! message nsqd took; at the end, the messages the verifier's channel never delivered are
-//! looked up there, and those found count as nsqd's, not as lost by the relay.
+//! looked up there, and those found count as nsqd's, not as lost by the relay. What neither
+//! channel has counts as nsqd's only if the relay marked it published shortly before a kill -9
+//! of nsqd (`NSQD_UNSYNCED` in fault.rs): nsqd skips unsynced writes when it starts again.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -28,7 +33,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::common::nsq::consumer::{Message, Subscription};
-use crate::verify::{instant_at, ConsumerTask, Deliveries, Delivery};
+use crate::consume::{instant_at, ConsumerTask};
+use crate::verify::{Deliveries, Delivery};
 
 /// Bounds each step: connecting, and the silence after which a connection counts as dead
 /// (nsqd sends a heartbeat every second).

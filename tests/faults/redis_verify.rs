@@ -6,7 +6,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use redis::streams::StreamReadReply;
 use uuid::Uuid;
 
-use crate::verify::{instant_at, key_of, ConsumerTask, Deliveries};
+use crate::consume::{instant_at, key_of, ConsumerTask};
+use crate::verify::Deliveries;
 
 pub fn consume_redis(url: String, stream: String, into: Deliveries) -> ConsumerTask {
     // Entry ids only grow, so reading on from the last one never reads an entry twice.

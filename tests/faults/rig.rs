@@ -11,18 +11,19 @@ use nix::sys::signal::Signal;
 
 use crate::cluster;
 use crate::common::{self, Broker, Rabbit, RelayProcess, TestDb};
+use crate::consume::{self, ConsumerTask};
 use crate::nsq_verify;
 use crate::proxy::Proxy;
 use crate::redis_verify;
 use crate::replicas;
 use crate::settings::{Settings, Target};
-use crate::verify::{self, ConsumerTask, Deliveries, FaultWindow};
+use crate::verify::{Deliveries, FaultWindow};
 
 pub const KAFKA_PARTITIONS: i32 = 4;
 /// Every partition on all three brokers (which allow writes with two in sync).
 pub const KAFKA_REPLICAS: i32 = 3;
 /// The topic's settings: the broker stamps each record with the time it appended it, which the
-/// verifier takes as the time of its delivery (see verify::consume_kafka).
+/// verifier takes as the time of its delivery (see consume::consume_kafka).
 pub const KAFKA_TOPIC_CONFIG: &[(&str, &str)] = &[("message.timestamp.type", "LogAppendTime")];
 /// The Kafka relay's `relay.publish_timeout`, librdkafka's `message.timeout.ms`. Longer than a
 /// partition goes without a leader after a kill -9 of its broker (the brokers' 6 s session
@@ -121,7 +122,7 @@ impl<'a> Rig<'a> {
                     )
                     .await;
                 rabbit.bind(&queue, &destination, "").await;
-                let consumer = verify::consume_rabbit(
+                let consumer = consume::consume_rabbit(
                     settings.amqp_url.clone(),
                     queue.clone(),
                     deliveries.clone(),
@@ -198,7 +199,7 @@ impl<'a> Rig<'a> {
                     KAFKA_TOPIC_CONFIG,
                 )
                 .await;
-                let consumer = verify::consume_kafka(
+                let consumer = consume::consume_kafka(
                     &kafka_bootstrap,
                     &destination,
                     KAFKA_PARTITIONS,
@@ -388,7 +389,7 @@ impl<'a> Rig<'a> {
             if let Some(c) = self.consumer.take() {
                 c.stop().await;
             }
-            self.consumer = Some(verify::consume_rabbit(
+            self.consumer = Some(consume::consume_rabbit(
                 self.settings.amqp_url.clone(),
                 self.queue.clone(),
                 self.deliveries.clone(),

@@ -1,22 +1,15 @@
-//! The verifier: consumers that record every delivery with its arrival time, and the checks
-//! of those deliveries against the outbox once the load has stopped.
+//! The verifier: every delivery the consumers (tests/faults/consume.rs, redis_verify.rs,
+//! nsq_verify.rs) recorded, with its arrival time, and the checks of those deliveries against
+//! the outbox once the load has stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::consume;
 
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -49,7 +42,7 @@ struct Inner {
 }
 
 impl Deliveries {
-    fn record(&self, id: Uuid, key: String, redelivered: bool) {
+    pub(crate) fn record(&self, id: Uuid, key: String, redelivered: bool) {
         self.record_at(id, key, redelivered, Instant::now())
     }
 
@@ -93,6 +86,10 @@ impl Deliveries {
         self.inner.lock().expect("deliveries").held.clone()
     }
 
+    pub(crate) fn end_session(&self) {
+        self.inner.lock().expect("deliveries").sessions_ended += 1;
+    }
+
     pub fn sessions_ended(&self) -> u64 {
         self.inner.lock().expect("deliveries").sessions_ended
     }
@@ -103,275 +100,33 @@ impl Deliveries {
     }
 }
 
-pub(crate) fn key_of(payload: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|v| v["key"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// A consumer task that stops when its token is cancelled.
-pub struct ConsumerTask {
-    stop: CancellationToken,
-    handle: JoinHandle<()>,
-}
-
-impl ConsumerTask {
-    /// Runs `session` (a consumer's connection, until it fails) again and again, 200 ms apart
-    /// while the broker restarts, until stopped. `state` (addresses, the position read to)
-    /// goes from each session to the next.
-    pub(crate) fn repeat<S, F, Fut>(mut state: S, mut session: F) -> Self
-    where
-        S: Send + 'static,
-        F: FnMut(S) -> Fut + Send + 'static,
-        Fut: Future<Output = S> + Send,
-    {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let handle = tokio::spawn(async move {
-            while !token.is_cancelled() {
-                state = tokio::select! {
-                    _ = token.cancelled() => return,
-                    state = session(state) => state,
-                };
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        });
-        Self { stop, handle }
-    }
-
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.handle.await;
-    }
-}
-
-/// Consumes `queue` directly from RabbitMQ (not through the proxy), acking after recording
-/// and reconnecting while the broker restarts.
-pub fn consume_rabbit(amqp_url: String, queue: String, into: Deliveries) -> ConsumerTask {
-    ConsumerTask::repeat((amqp_url, queue, into), |(url, queue, into)| async move {
-        rabbit_session(&url, &queue, &into).await;
-        (url, queue, into)
-    })
-}
-
-async fn rabbit_session(url: &str, queue: &str, into: &Deliveries) {
-    // Every step is bounded: a connection opened while the broker stops or starts can stay
-    // silent for good, and the verifier would wait on it forever.
-    let step = Duration::from_secs(5);
-    let Ok(Ok(conn)) = tokio::time::timeout(
-        step,
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    else {
-        return;
-    };
-    let Ok(Ok(channel)) = tokio::time::timeout(step, conn.create_channel()).await else {
-        return;
-    };
-    let qos = channel.basic_qos(500, BasicQosOptions::default());
-    let Ok(Ok(())) = tokio::time::timeout(step, qos).await else {
-        return;
-    };
-    let consume = channel.basic_consume(
-        queue.into(),
-        "faults-verifier".into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    );
-    let Ok(Ok(mut consumer)) = tokio::time::timeout(step, consume).await else {
-        return;
-    };
-    let last_delivery = Mutex::new(Instant::now());
-    let deliveries = async {
-        while let Some(Ok(d)) = consumer.next().await {
-            *last_delivery.lock().expect("last delivery") = Instant::now();
-            let Some(id) = d
-                .properties
-                .message_id()
-                .as_ref()
-                .and_then(|m| m.as_str().parse::<Uuid>().ok())
-            else {
-                continue;
-            };
-            into.record(id, key_of(&d.data), d.redelivered);
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
-        }
-    };
-    // Nor is the consumer stream relied on to end when the broker goes away: a session whose
-    // connection or channel is down, or that received nothing for a while (the load never
-    // pauses that long), ends and the caller opens a new one. Unacked deliveries come back
-    // marked redelivered, which the verifier tells apart.
-    let watchdog = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let quiet = last_delivery.lock().expect("last delivery").elapsed();
-            if !conn.status().connected() || !channel.status().connected() || quiet > step {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = deliveries => {}
-        _ = watchdog => {}
-    }
-    into.inner.lock().expect("deliveries").sessions_ended += 1;
-}
-
-/// Reads every partition of `topic` from the beginning through `bootstrap`. A record's time is
-/// when the broker appended it (the topic's LogAppendTime), not when the verifier read it, as
-/// it may read late while brokers restart.
-/// `read_committed`: only records of committed transactions (exactly-once delivery).
-pub fn consume_kafka(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    read_committed: bool,
-    into: Deliveries,
-) -> ConsumerTask {
-    let reader = KafkaReader {
-        bootstrap: bootstrap.to_string(),
-        topic: topic.to_string(),
-        partitions,
-        read_committed,
-        into,
-        next_offset: HashMap::new(),
-    };
-    ConsumerTask::repeat(reader, |mut reader| async move {
-        reader.session().await;
-        reader
-    })
-}
-
-/// A Kafka verifier's state from one consumer to the next.
-struct KafkaReader {
-    bootstrap: String,
-    topic: String,
-    partitions: i32,
-    read_committed: bool,
-    into: Deliveries,
-    /// The next offset of each partition: a record below it was read before.
-    next_offset: HashMap<i32, i64>,
-}
-
-/// How long a consumer may receive nothing while its partitions hold more before it is
-/// replaced. An assigned librdkafka consumer sometimes never fetches again after every broker
-/// restarted (librdkafka#5153, rust-rdkafka#597); the load never pauses this long.
-const KAFKA_QUIET: Duration = Duration::from_secs(10);
-
-impl KafkaReader {
-    /// One consumer, from where the last one stopped, until it stalls.
-    async fn session(&mut self) {
-        let isolation = if self.read_committed {
-            "read_committed"
-        } else {
-            "read_uncommitted"
-        };
-        let Ok(consumer) = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("isolation.level", isolation)
-            .set("group.id", super::common::unique("faults"))
-            .set("client.id", "faults-verifier")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
-            .create::<StreamConsumer>()
-        else {
-            return;
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            let from = self
-                .next_offset
-                .get(&p)
-                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
-            tpl.add_partition_offset(&self.topic, p, from)
-                .expect("partition offset");
-        }
-        if consumer.assign(&tpl).is_err() {
-            return;
-        }
-        let mut last_record = Instant::now();
-        loop {
-            let m = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                Ok(Ok(m)) => m,
-                // Transport errors while a broker or the proxy misbehaves; librdkafka retries.
-                Ok(Err(_)) | Err(_) => {
-                    if last_record.elapsed() > KAFKA_QUIET && self.behind().await {
-                        println!(
-                            "   verifier: nothing read for {KAFKA_QUIET:?} while {} holds more: \
-                             reading on with a new consumer",
-                            self.topic
-                        );
-                        return;
-                    }
-                    continue;
-                }
-            };
-            last_record = Instant::now();
-            let next = self.next_offset.entry(m.partition()).or_insert(0);
-            let reread = m.offset() < *next;
-            *next = (*next).max(m.offset() + 1);
-            let id = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "message_id")
-                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<Uuid>().ok())
-            });
-            if let Some(id) = id {
-                let key = key_of(m.payload().unwrap_or_default());
-                self.into
-                    .record_at(id, key, reread, appended_at(m.timestamp()));
-            }
-        }
-    }
-
-    /// Whether a partition holds more than this reader has read. A transaction ends with a
-    /// marker, which takes an offset and is never delivered: with transactions, one offset
-    /// past the last record read is the end.
-    async fn behind(&self) -> bool {
-        let ends = super::cluster::partition_ends(&self.bootstrap, &self.topic).await;
-        let marker = i64::from(self.read_committed);
-        ends.iter().any(|&(p, high, stable)| {
-            let end = if self.read_committed { stable } else { high };
-            let read = self.next_offset.get(&p).copied().unwrap_or(0);
-            end.is_some_and(|end| end > read + marker)
-        })
-    }
-}
-
-/// A record's LogAppendTime as an `Instant` of this process.
-fn appended_at(timestamp: Timestamp) -> Instant {
-    let Timestamp::LogAppendTime(ms) = timestamp else {
-        return Instant::now();
-    };
-    instant_at(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-}
-
-/// A time the broker recorded, as an `Instant` of this process (the brokers share its clock).
-pub(crate) fn instant_at(at: SystemTime) -> Instant {
-    let now = Instant::now();
-    let ago = SystemTime::now().duration_since(at).unwrap_or_default();
-    now.checked_sub(ago).unwrap_or(now)
-}
-
 /// One row of the outbox as the verifier needs it.
 pub struct Row {
     pub status: String,
     pub commit_seq: Option<i64>,
+    /// When the relay marked it published, just after the broker's acknowledgement.
+    pub published_at: Option<Instant>,
 }
 
 pub async fn outbox_rows(pool: &PgPool) -> HashMap<Uuid, Row> {
-    let rows: Vec<(Uuid, String, Option<i64>)> =
-        sqlx::query_as("SELECT message_id, status::text, commit_seq FROM outbox.messages")
-            .fetch_all(pool)
-            .await
-            .expect("read the outbox");
+    let rows: Vec<(Uuid, String, Option<i64>, Option<f64>)> = sqlx::query_as(
+        "SELECT message_id, status::text, commit_seq, extract(epoch FROM published_at)::float8
+           FROM outbox.messages",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the outbox");
     rows.into_iter()
-        .map(|(id, status, commit_seq)| (id, Row { status, commit_seq }))
+        .map(|(id, status, commit_seq, published_at)| {
+            let published_at = published_at
+                .map(|s| consume::instant_at(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s)));
+            let row = Row {
+                status,
+                commit_seq,
+                published_at,
+            };
+            (id, row)
+        })
         .collect()
 }
 
@@ -389,6 +144,9 @@ pub struct FaultWindow {
     /// The relay had not recovered when the suite stopped waiting (twice the recovery bound):
     /// the relays' state, their last log lines and the backlog then (tests/faults/stuck.rs).
     pub stuck: Option<Vec<String>>,
+    /// The fault may make the broker lose what it acknowledged up to this long before `start`:
+    /// nsqd's writes it had not synced yet, at a kill -9 (see `NSQD_UNSYNCED` in fault.rs).
+    pub loses_acknowledged: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -402,6 +160,11 @@ pub struct Summary {
     /// Published rows the verifier's channel never delivered, held by nsqd on its second
     /// channel: nsqd lost them in flight to the verifier when it was killed (NSQ only).
     pub held_in_broker: usize,
+    /// Published rows delivered on neither of nsqd's channels, acknowledged by nsqd within the
+    /// unsynced window before it was killed: lost by nsqd, not by the relay, by that fault.
+    pub lost_in_broker: BTreeMap<String, usize>,
+    /// The longest time between the relay marking one of those published and the kill.
+    pub lost_in_broker_before: Duration,
     /// Of the lost, those the relay had not published when the run ended (still committed).
     pub lost_unpublished: usize,
     /// The lowest and highest commit_seq among the lost rows: a run of lost rows at the end
@@ -410,6 +173,11 @@ pub struct Summary {
     pub dead: usize,
     pub wrongly_published: usize,
     pub order_violations: usize,
+    /// First deliveries after a later message of their key that the broker had taken before
+    /// it (its own time of taking them says so): reordered by the broker, not by the relay.
+    pub reordered_in_broker: usize,
+    /// The first few order violations: the key, both commit_seqs, how far apart they arrived.
+    pub order_details: Vec<String>,
     /// First deliveries the broker had delivered before and requeued (NSQ only).
     pub requeued: usize,
     /// Of those, the ones that arrived after a later message of their key: the broker's
@@ -440,6 +208,20 @@ fn fault_at(faults: &[FaultWindow], at: Instant, slack: Duration) -> Option<&Fau
         .iter()
         .filter(|f| at + slack >= f.start && at <= f.recovered + slack)
         .max_by_key(|f| f.start)
+}
+
+/// How long after a fault started the relay may still be marking rows the broker acknowledged
+/// before it: an outcome update follows its acknowledgement within milliseconds.
+const MARK_SLACK: Duration = Duration::from_secs(1);
+
+/// The fault that may have made the broker lose this published row: one that loses what the
+/// broker acknowledged shortly before it, with the row marked published in that stretch.
+fn broker_lost<'f>(faults: &'f [FaultWindow], row: &Row) -> Option<&'f FaultWindow> {
+    let at = row.published_at.filter(|_| row.status == "published")?;
+    faults.iter().find(|f| {
+        f.loses_acknowledged
+            .is_some_and(|window| at + window >= f.start && at <= f.start + MARK_SLACK)
+    })
 }
 
 /// A duplicate can only come from a confirm that was not recorded, which needs a fault:
@@ -477,7 +259,7 @@ pub fn check(
         }
     }
     let mut first_at: HashMap<Uuid, Instant> = HashMap::new();
-    let mut last_seq: HashMap<&str, i64> = HashMap::new();
+    let mut last_seq: HashMap<&str, (i64, Instant)> = HashMap::new();
     for d in deliveries {
         if let Some(first) = first_at.get(&d.id) {
             s.duplicates += 1;
@@ -505,14 +287,32 @@ pub fn check(
             *s.requeued_by_fault.entry(fault.to_string()).or_default() += 1;
         }
         match last_seq.get(d.key.as_str()) {
-            Some(&prev) if prev > seq && d.requeued => {
+            Some(&(prev, _)) if prev > seq && d.requeued => {
                 s.requeued_out_of_order += 1;
                 continue;
             }
-            Some(&prev) if prev > seq => s.order_violations += 1,
+            // The broker took this message before the later one of its key, and delivered it
+            // after: nsqd replaying its on-disk queue after a kill -9. The relay's order is the
+            // order the broker took the messages in (a re-send gets a new time).
+            Some(&(prev, prev_at)) if prev > seq && d.at < prev_at => {
+                s.reordered_in_broker += 1;
+                continue;
+            }
+            Some(&(prev, prev_at)) if prev > seq => {
+                s.order_violations += 1;
+                if s.order_details.len() < 10 {
+                    let fault = fault_at(faults, d.at, slack).map_or("no fault", |f| &f.name);
+                    s.order_details.push(format!(
+                        "key {}: commit_seq {seq} taken by the broker {:?} after commit_seq \
+                         {prev}, and delivered after it ({fault})",
+                        d.key,
+                        d.at.saturating_duration_since(prev_at)
+                    ));
+                }
+            }
             _ => {}
         }
-        last_seq.insert(d.key.as_str(), seq);
+        last_seq.insert(d.key.as_str(), (seq, d.at));
     }
     s.delivered = first_at.len();
     let undelivered = rows.iter().filter(|(id, row)| {
@@ -522,7 +322,19 @@ pub fn check(
     let (held_in_broker, lost): (Vec<_>, Vec<_>) =
         undelivered.partition(|(id, row)| row.status == "published" && held.contains(id));
     s.held_in_broker = held_in_broker.len();
-    let lost: Vec<&Row> = lost.into_iter().map(|(_, row)| row).collect();
+    let (lost_in_broker, lost): (Vec<_>, Vec<_>) = lost
+        .into_iter()
+        .map(|(_, row)| (row, broker_lost(faults, row)))
+        .partition(|(_, fault)| fault.is_some());
+    for (row, fault) in lost_in_broker {
+        let Some(fault) = fault else { continue };
+        *s.lost_in_broker.entry(fault.name.clone()).or_default() += 1;
+        let before = row.published_at.map_or(Duration::ZERO, |at| {
+            fault.start.saturating_duration_since(at)
+        });
+        s.lost_in_broker_before = s.lost_in_broker_before.max(before);
+    }
+    let lost: Vec<&Row> = lost.into_iter().map(|(row, _)| row).collect();
     s.lost = lost.len();
     s.lost_unpublished = lost.iter().filter(|r| r.status == "committed").count();
     let seqs = lost.iter().filter_map(|r| r.commit_seq);
@@ -582,6 +394,7 @@ impl Summary {
         self.requeued += o.requeued;
         self.held_in_broker += o.held_in_broker;
         self.requeued_out_of_order += o.requeued_out_of_order;
+        self.reordered_in_broker += o.reordered_in_broker;
         self.duplicates += o.duplicates;
         self.unexplained_duplicates += o.unexplained_duplicates;
         self.consumer_redeliveries += o.consumer_redeliveries;
@@ -591,6 +404,9 @@ impl Summary {
         }
         for (fault, n) in &o.duplicates_by_fault {
             *self.duplicates_by_fault.entry(fault.clone()).or_default() += n;
+        }
+        for (fault, n) in &o.lost_in_broker {
+            *self.lost_in_broker.entry(fault.clone()).or_default() += n;
         }
         for (fault, n) in &o.requeued_by_fault {
             *self.requeued_by_fault.entry(fault.clone()).or_default() += n;
