@@ -43,9 +43,16 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     // minute, and Postgres otherwise re-planned the outcome update for each set of arguments
     // in about half of its runs (some 200 µs apiece); the relay's statements are index lookups
     // whose best plan does not depend on the arguments.
-    Ok(options
-        .application_name("outbox-relay")
-        .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]))
+    // No bitmap scans: a claim wants the first batch of the pending index in commit order, and
+    // with statistics that underrate the backlog (taken part-way through a drain) the generic
+    // plan read every pending row through a bitmap and sorted them, 40 to 80 ms a claim over
+    // 200,000 rows (docs/performance.md, "The claim's plan"). The relay's other statements
+    // find their rows by primary key or walk a partial index, and lose nothing by it.
+    Ok(options.application_name("outbox-relay").options([
+        ("jit", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_bitmapscan", "off"),
+    ]))
 }
 
 /// A pool that connects lazily: creating it never fails on an unreachable database. Every
