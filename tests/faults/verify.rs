@@ -214,14 +214,16 @@ fn fault_at(faults: &[FaultWindow], at: Instant, slack: Duration) -> Option<&Fau
 /// before it: an outcome update follows its acknowledgement within milliseconds.
 const MARK_SLACK: Duration = Duration::from_secs(1);
 
-/// The fault that may have made the broker lose this published row: one that loses what the
-/// broker acknowledged shortly before it, with the row marked published in that stretch.
-fn broker_lost<'f>(faults: &'f [FaultWindow], row: &Row) -> Option<&'f FaultWindow> {
+/// The fault that may have made the broker lose this published row (one that loses what the
+/// broker acknowledged shortly before it, with the row marked published in that stretch), and
+/// how long before the fault the row was marked.
+fn broker_lost<'f>(faults: &'f [FaultWindow], row: &Row) -> Option<(&'f FaultWindow, Duration)> {
     let at = row.published_at.filter(|_| row.status == "published")?;
-    faults.iter().find(|f| {
+    let fault = faults.iter().find(|f| {
         f.loses_acknowledged
             .is_some_and(|window| at + window >= f.start && at <= f.start + MARK_SLACK)
-    })
+    })?;
+    Some((fault, fault.start.saturating_duration_since(at)))
 }
 
 /// A duplicate can only come from a confirm that was not recorded, which needs a fault:
@@ -322,19 +324,16 @@ pub fn check(
     let (held_in_broker, lost): (Vec<_>, Vec<_>) =
         undelivered.partition(|(id, row)| row.status == "published" && held.contains(id));
     s.held_in_broker = held_in_broker.len();
-    let (lost_in_broker, lost): (Vec<_>, Vec<_>) = lost
-        .into_iter()
-        .map(|(_, row)| (row, broker_lost(faults, row)))
-        .partition(|(_, fault)| fault.is_some());
-    for (row, fault) in lost_in_broker {
-        let Some(fault) = fault else { continue };
+    let mut lost_by_relay: Vec<&Row> = Vec::new();
+    for (_, row) in lost {
+        let Some((fault, before)) = broker_lost(faults, row) else {
+            lost_by_relay.push(row);
+            continue;
+        };
         *s.lost_in_broker.entry(fault.name.clone()).or_default() += 1;
-        let before = row.published_at.map_or(Duration::ZERO, |at| {
-            fault.start.saturating_duration_since(at)
-        });
         s.lost_in_broker_before = s.lost_in_broker_before.max(before);
     }
-    let lost: Vec<&Row> = lost.into_iter().map(|(row, _)| row).collect();
+    let lost = lost_by_relay;
     s.lost = lost.len();
     s.lost_unpublished = lost.iter().filter(|r| r.status == "committed").count();
     let seqs = lost.iter().filter_map(|r| r.commit_seq);

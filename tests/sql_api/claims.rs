@@ -380,19 +380,13 @@ async fn a_claim_reads_one_batch_of_a_backlog_the_statistics_do_not_know() {
     let token = take_lease(&db).await;
     let pool = relay_session(&db).await;
     let mut conn = pool.acquire().await.unwrap();
+    let args = format!(
+        "9223372036854775807, 500, 'l', 'me', {token}, '{{}}'::bigint[], '{{}}'::text[], 0, 1, 0, \
+         NULL, NULL"
+    );
     let sql = include_str!("../../src/store/sql/claim.sql");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE claim AS {sql}")))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(\
-         9223372036854775807, 500, 'l', 'me', {token}, '{{}}'::bigint[], '{{}}'::text[], 0, 1, 0, \
-         NULL, NULL)"
-    )))
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
+    let plan =
+        explain_prepared_with(&mut conn, "ANALYZE, FORMAT JSON", "claim", "", sql, &args).await;
     assert_eq!(plan[0]["Plan"]["Actual Rows"], 500, "one batch: {plan}");
     let read = pending_index_rows(&plan[0]["Plan"]);
     assert!(

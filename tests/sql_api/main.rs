@@ -55,19 +55,32 @@ async fn explain_prepared(
     sql: &str,
     args: &str,
 ) -> String {
+    explain_prepared_with(conn, "FORMAT JSON", name, types, sql, args)
+        .await
+        .to_string()
+}
+
+/// [`explain_prepared`] with `EXPLAIN (options)`, as JSON (`options` must ask for it).
+async fn explain_prepared_with(
+    conn: &mut sqlx::PgConnection,
+    options: &str,
+    name: &str,
+    types: &str,
+    sql: &str,
+    args: &str,
+) -> serde_json::Value {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "PREPARE {name}{types} AS {sql}"
     )))
     .execute(&mut *conn)
     .await
     .unwrap();
-    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN ({options}) EXECUTE {name}({args})"
     )))
     .fetch_one(&mut *conn)
     .await
-    .unwrap();
-    plan.to_string()
+    .unwrap()
 }
 
 /// `n` rows of one key claimed, and the last of them discarded by an operator while in flight.
