@@ -15,6 +15,8 @@ use crate::consume;
 pub struct Delivery {
     pub id: Uuid,
     pub key: String,
+    /// When the broker took the message, where it says (Kafka's LogAppendTime, nsqd's
+    /// timestamp); otherwise when it arrived here (RabbitMQ).
     pub at: Instant,
     /// The broker had delivered this very message before and put it back in its queue (NSQ:
     /// attempts above 1), so where it arrives says nothing of the order it was published in.
@@ -305,8 +307,8 @@ pub fn check(
                 if s.order_details.len() < 10 {
                     let fault = fault_at(faults, d.at, slack).map_or("no fault", |f| &f.name);
                     s.order_details.push(format!(
-                        "key {}: commit_seq {seq} taken by the broker {:?} after commit_seq \
-                         {prev}, and delivered after it ({fault})",
+                        "key {}: commit_seq {seq} delivered after commit_seq {prev}, its time \
+                         {:?} later (the broker's, or the arrival where it gives none) ({fault})",
                         d.key,
                         d.at.saturating_duration_since(prev_at)
                     ));
