@@ -144,12 +144,17 @@ pub(crate) async fn drain(
     .expect("published_at span");
     let span = span.unwrap_or(elapsed.as_secs_f64());
     let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
+    let in_flight = match relay.get("/metrics").await {
+        Some((200, metrics)) => mean_in_flight(&metrics, span),
+        _ => None,
+    };
     DrainFigures {
         rate,
         publishing_rate: rows as f64 / span.max(1e-3),
         start_up: elapsed.saturating_sub(Duration::from_secs_f64(span)),
         cpu_by_command,
         machine_busy,
+        in_flight,
         peak_rss_mib: relay.peak_rss_mib(),
         cpu_seconds: relay.cpu_seconds(),
         relay,
@@ -167,4 +172,52 @@ pub(crate) async fn idle_cpu_percent_of(relays: &[RelayProcess], secs: u64) -> f
     let before = cpu();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     (cpu() - before) / secs as f64 * 100.0
+}
+
+/// Publishes awaiting the broker's answer, on average over `span` seconds of publishing
+/// (Little's law: the broker-ack histogram's total time over the span), with the mean time
+/// to an answer in milliseconds. A drain whose window stands part empty loses to its ceiling
+/// in the relay's pipeline; one with a full window, in the broker's answers.
+fn mean_in_flight(metrics: &str, span: f64) -> Option<(f64, f64)> {
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.rsplit(' ').next()?.parse().ok())
+    };
+    let total = value("outbox_relay_broker_ack_seconds_sum")?;
+    let count = value("outbox_relay_broker_ack_seconds_count")?;
+    (count > 0.0).then(|| (total / span.max(1e-3), total / count * 1000.0))
+}
+
+/// The figures every drain reports under `name` besides its rate.
+pub(crate) fn add_drain_figures(f: &mut Figures, name: &str, d: &DrainFigures) {
+    f.add(
+        format!("drain to {name}: relay peak RSS"),
+        d.peak_rss_mib,
+        "MiB",
+    );
+    f.add(format!("drain to {name}: relay CPU"), d.cpu_seconds, "s");
+    f.add(
+        format!("drain to {name}: machine busy (all cores)"),
+        d.machine_busy,
+        "%",
+    );
+    if let Some((mean, answer_ms)) = d.in_flight {
+        f.add(
+            format!(
+                "drain to {name}: publishes in flight (mean, of {})",
+                in_flight()
+            ),
+            mean,
+            "messages",
+        );
+        f.add(
+            format!("drain to {name}: publish to broker answer (mean)"),
+            answer_ms,
+            "ms",
+        );
+    }
+    for (comm, used) in &d.cpu_by_command {
+        f.add(format!("drain to {name}: CPU of {comm}"), *used, "s");
+    }
 }

@@ -29,12 +29,12 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox_relay::app;
 use outbox_relay::config::{Config, KafkaConfig, LogFormat, SecretUrl};
 use outbox_relay::health::Health;
-use outbox_relay::publish::amqp::AmqpPublisher;
-use outbox_relay::publish::kafka::{client_config, KafkaPublisher};
+use outbox_relay::publish::amqp::{self, AmqpPublisher};
+use outbox_relay::publish::kafka::{self, client_config, KafkaPublisher};
 use outbox_relay::publish::nsq::{NsqConfig, NsqPublisher};
 use outbox_relay::publish::{PublishError, Publisher};
 use outbox_relay::store::OutboxMessage;
@@ -389,20 +389,7 @@ async fn main() {
                     f.chart_drain(target, rate, *own, database_ceiling);
                 }
             }
-            f.add(
-                format!("drain to {name}: relay peak RSS"),
-                d.peak_rss_mib,
-                "MiB",
-            );
-            f.add(format!("drain to {name}: relay CPU"), d.cpu_seconds, "s");
-            f.add(
-                format!("drain to {name}: machine busy (all cores)"),
-                d.machine_busy,
-                "%",
-            );
-            for (comm, used) in &d.cpu_by_command {
-                f.add(format!("drain to {name}: CPU of {comm}"), *used, "s");
-            }
+            add_drain_figures(&mut f, &name, &d);
             if let Some(rss) = broker_rss_mib(broker) {
                 f.add(format!("drain to {name}: broker RSS after"), rss, "MiB");
             }

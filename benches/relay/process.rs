@@ -54,6 +54,9 @@ pub(crate) struct DrainFigures {
     pub(crate) cpu_by_command: Vec<(String, f64)>,
     /// Share of all cores that was busy during the drain.
     pub(crate) machine_busy: f64,
+    /// Mean publishes awaiting the broker, and mean milliseconds to its answer, from the
+    /// relay's broker-ack histogram (None if /metrics did not answer).
+    pub(crate) in_flight: Option<(f64, f64)>,
     pub(crate) relay: RelayProcess,
 }
 

@@ -225,8 +225,10 @@ fn short(what: &str, value: &str) -> Result<ShortString, PublishError> {
     })
 }
 
-/// Everything that can be checked before touching the broker; failures here are permanent.
-fn prepare(
+/// The exchange, routing key and properties a row is published with. Everything that can be
+/// checked before touching the broker; failures here are permanent. Public for the bench,
+/// whose RabbitMQ ceiling sends what the relay sends.
+pub fn prepare(
     message: &OutboxMessage,
 ) -> Result<(ShortString, ShortString, BasicProperties), PublishError> {
     let exchange = short("destination (exchange)", &message.destination)?;

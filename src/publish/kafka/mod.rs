@@ -307,8 +307,8 @@ pub fn classify(cause: KafkaError) -> PublishError {
 
 /// The record a row becomes: topic = destination, key = message key, the payload as
 /// written, the row's headers plus `message_id` and `content-type`, the commit time as its
-/// timestamp.
-fn record(message: &OutboxMessage) -> Result<FutureRecord<'_, str, [u8]>, PublishError> {
+/// timestamp. Public for the bench, whose Kafka ceiling sends what the relay sends.
+pub fn record(message: &OutboxMessage) -> Result<FutureRecord<'_, str, [u8]>, PublishError> {
     if message.destination.is_empty() {
         return Err(PublishError::permanent(
             FailureReason::Invalid,
