@@ -160,7 +160,8 @@ fn print_table(rows: &[(String, Summary)]) {
                 "lost in broker {name}: {} published messages on neither of nsqd's channels had \
                  nsqd's OK within {:?} before it was killed (the earliest {:.2?} before), by \
                  fault: {}. nsqd had not synced them, and skips unsynced writes when it starts \
-                 again (tests/faults/fault.rs, NSQD_UNSYNCED). Not lost by the relay; any other loss still fails the run",
+                 again (tests/faults/fault.rs, NSQD_UNSYNCED). Not lost by the relay; any \
+                 other loss still fails the run",
                 s.lost_in_broker.values().sum::<usize>(),
                 fault::NSQD_UNSYNCED,
                 s.lost_in_broker_before,

@@ -323,19 +323,18 @@ pub fn check(
         matches!(row.status.as_str(), "published" | "committed" | "dead")
             && !first_at.contains_key(id)
     });
-    let (held_in_broker, lost): (Vec<_>, Vec<_>) =
+    let (held_in_broker, gone): (Vec<_>, Vec<_>) =
         undelivered.partition(|(id, row)| row.status == "published" && held.contains(id));
     s.held_in_broker = held_in_broker.len();
-    let mut lost_by_relay: Vec<&Row> = Vec::new();
-    for (_, row) in lost {
+    let mut lost: Vec<&Row> = Vec::new();
+    for (_, row) in gone {
         let Some((fault, before)) = broker_lost(faults, row) else {
-            lost_by_relay.push(row);
+            lost.push(row);
             continue;
         };
         *s.lost_in_broker.entry(fault.name.clone()).or_default() += 1;
         s.lost_in_broker_before = s.lost_in_broker_before.max(before);
     }
-    let lost = lost_by_relay;
     s.lost = lost.len();
     s.lost_unpublished = lost.iter().filter(|r| r.status == "committed").count();
     let seqs = lost.iter().filter_map(|r| r.commit_seq);
