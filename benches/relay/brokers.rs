@@ -223,6 +223,63 @@ pub(crate) async fn kafka_ceiling(bootstrap: &str, topic: &str, n: usize) -> f64
     .await
 }
 
+/// The parts that send to Kafka: whichever runs first finds the broker warm ([`warm_kafka`]).
+pub(crate) const KAFKA_PARTS: [&str; 7] = [
+    "ceilings",
+    "beside-kafka",
+    "drain-kafka",
+    "delete",
+    "drain-kafka-eos",
+    "latency-kafka",
+    "latency-kafka-eos",
+];
+
+/// Below this share of one core used by the broker's JIT compiler in two rounds running of
+/// [`warm_kafka`], the broker counts as warm.
+const WARM_JIT_SHARE: f64 = 0.05;
+
+/// Produces flat out, in rounds of the relay's records, until the broker's JIT compiler has
+/// little left to do (under [`WARM_JIT_SHARE`] of a core in two rounds running; it compiles in
+/// bursts, so one quiet round can come between busy ones) or two minutes have passed; records
+/// how long that took and returns the topic it wrote to. A broker that users run compiled its
+/// produce path long ago; a freshly started one compiles it during its first seconds of load:
+/// in one run its compiler used a fifth of the machine through the Kafka ceiling and the drain
+/// after it, and the warm-up then took 17 s.
+pub(crate) async fn warm_kafka(f: &mut Figures, bootstrap: &str, run: &str) -> String {
+    const ROUND: usize = 50_000;
+    // A topic of its own, which the bench deletes at its end: the warm-up writes up to a few
+    // hundred MB.
+    let topic = format!("bench-{run}-warm");
+    create_topic(bootstrap, &topic, KAFKA_PARTITIONS).await;
+    let started = Instant::now();
+    let producer = bench_producer(bootstrap);
+    let never = CancellationToken::new();
+    let mut quiet_rounds = 0;
+    let mut share = f64::MAX;
+    while quiet_rounds < 2 && started.elapsed() < Duration::from_secs(120) {
+        let (jit, round) = (jit_cpu_seconds(), Instant::now());
+        kafka_at_rate(&producer, &topic, f64::INFINITY, &never, ROUND).await;
+        share = (jit_cpu_seconds() - jit) / round.elapsed().as_secs_f64();
+        quiet_rounds = if share < WARM_JIT_SHARE {
+            quiet_rounds + 1
+        } else {
+            0
+        };
+    }
+    if quiet_rounds < 2 {
+        println!(
+            "  (Kafka's JIT compiler still used {:.0} % of a core after two minutes of load; measuring anyway)",
+            share * 100.0
+        );
+    }
+    f.add(
+        "Kafka broker warm-up (until its JIT compiler is quiet)",
+        started.elapsed().as_secs_f64(),
+        "s",
+    );
+    topic
+}
+
 /// Hands `record` to the producer now and returns its delivery report. `FutureProducer::send`
 /// enqueues only when first polled, which a loop that also waits on a timer may put off.
 pub(crate) fn enqueue<K, P>(

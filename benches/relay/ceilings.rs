@@ -189,8 +189,9 @@ fn mean_in_flight(metrics: &str, span: f64) -> Option<(f64, f64)> {
     (count > 0.0).then(|| (total / span.max(1e-3), total / count * 1000.0))
 }
 
-/// The figures every drain reports under `name` besides its rate.
-pub(crate) fn add_drain_figures(f: &mut Figures, name: &str, d: &DrainFigures) {
+/// The figures every drain reports under `name` besides its rate; `lower`: the lower of its
+/// ceilings, if measured in this run.
+pub(crate) fn add_drain_figures(f: &mut Figures, name: &str, d: &DrainFigures, lower: Option<f64>) {
     f.add(
         format!("drain to {name}: relay peak RSS"),
         d.peak_rss_mib,
@@ -202,6 +203,16 @@ pub(crate) fn add_drain_figures(f: &mut Figures, name: &str, d: &DrainFigures) {
         d.machine_busy,
         "%",
     );
+    if let Some(lower) = lower {
+        // What the machine would have to give if the drain ran at its target with the CPU per
+        // message it took here: over 100 % puts the target out of this machine's reach, however
+        // the relay's pipeline were arranged, unless the work per message falls.
+        f.add(
+            format!("drain to {name}: machine busy at its target rate, at this CPU per message"),
+            d.machine_busy * 0.8 * lower / d.rate,
+            "%",
+        );
+    }
     if let Some((mean, answer_ms)) = d.in_flight {
         f.add(
             format!(

@@ -132,7 +132,7 @@ mod report;
 use alone::*;
 use brokers::*;
 use ceilings::*;
-use common::kafka::{bootstrap, create_topic};
+use common::kafka::{bootstrap, create_topic, delete_topic};
 use common::{
     admin_database_url, amqp_url, Broker, DbOptions, Rabbit, RelayOptions, RelayProcess, TestDb,
 };
@@ -170,6 +170,7 @@ async fn main() {
     admin.close().await;
     println!("outbox-relay bench: {rows} rows, {PAYLOAD_BYTES}-byte JSON payloads, {KEYS} keys, relay defaults");
     println!("machine: {machine}");
+    add_speed_probe(&mut f, "at the start").await;
 
     // Durable queues, classic and quorum: what users run.
     let exchange = format!("bench.{run}");
@@ -178,6 +179,12 @@ async fn main() {
     let quorum = amqp_exchange(&quorum_exchange, QueueKind::Quorum).await;
     let topic = format!("bench-{run}");
     create_topic(&bootstrap, &topic, KAFKA_PARTITIONS).await;
+    // Every part that sends to Kafka finds its broker warm, whichever part comes first.
+    let warm_topic = if KAFKA_PARTS.iter().any(|p| wanted(p)) {
+        Some(warm_kafka(&mut f, &bootstrap, &run).await)
+    } else {
+        None
+    };
     let stream = format!("bench-{run}");
     let ceiling_stream = format!("bench-{run}-ceiling");
     let redis_url = common::redis::url();
@@ -389,7 +396,10 @@ async fn main() {
                     f.chart_drain(target, rate, *own, database_ceiling);
                 }
             }
-            add_drain_figures(&mut f, &name, &d);
+            let lower = broker_ceiling
+                .get(target)
+                .map(|own| own.min(database_ceiling));
+            add_drain_figures(&mut f, &name, &d, lower);
             if let Some(rss) = broker_rss_mib(broker) {
                 f.add(format!("drain to {name}: broker RSS after"), rss, "MiB");
             }
@@ -559,7 +569,13 @@ async fn main() {
     if wanted("drain-nsq") || wanted("delete") {
         common::nsq::delete_topic(&nsq_topic).await;
     }
+    if let Some(warm_topic) = warm_topic {
+        if let Err(e) = delete_topic(&bootstrap, &warm_topic).await {
+            println!("  (could not delete the warm-up topic {warm_topic}: {e})");
+        }
+    }
 
+    add_speed_probe(&mut f, "at the end").await;
     let (figures, charts) = f.json();
     let json = serde_json::json!({
         "rows": rows,

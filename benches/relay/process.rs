@@ -228,3 +228,58 @@ pub(crate) fn broker_rss_mib(broker: Broker) -> Option<f64> {
     }
     (kib > 0).then(|| kib as f64 / 1024.0)
 }
+
+/// CPU seconds so far of the JIT compiler threads (HotSpot's C1 and C2) of every JVM: Kafka's
+/// broker is the bench's only one.
+pub(crate) fn jit_cpu_seconds() -> f64 {
+    let mut ticks = 0.0;
+    for (pid, (comm, _)) in cpu_by_process() {
+        if comm != "java" {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            // Thread names are cut to 15 bytes: "C2 CompilerThre".
+            let name = &stat[open + 1..close];
+            if !(name.starts_with("C1 Compiler") || name.starts_with("C2 Compiler")) {
+                continue;
+            }
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            ticks +=
+                fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    ticks / 100.0
+}
+
+/// Records how long one core takes for a fixed loop of integer arithmetic, once the machine
+/// is quiet. The same host gives the same figure run after run; a shared VM's slow hour (other
+/// tenants on its cores) shows as a larger one, and explains ratios and latencies that moved
+/// with it.
+pub(crate) async fn add_speed_probe(f: &mut Figures, when: &str) {
+    quiet().await;
+    let ms = tokio::task::spawn_blocking(|| {
+        let started = Instant::now();
+        let mut x = 0u64;
+        for i in 0..100_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+        started.elapsed().as_secs_f64() * 1000.0
+    })
+    .await
+    .expect("the probe's thread");
+    f.add(
+        format!("machine speed probe {when} (one core, a fixed loop; lower is faster)"),
+        ms,
+        "ms",
+    );
+}
