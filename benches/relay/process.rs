@@ -67,19 +67,22 @@ pub(crate) fn cpu_by_process() -> HashMap<u32, (String, f64)> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks: f64 =
-            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-        by.insert(pid, (comm, ticks / 100.0));
+        if let Some(used) = cpu_of(&entry.path()) {
+            by.insert(pid, used);
+        }
     }
     by
+}
+
+/// The command name and CPU seconds so far (user and system) of the process or thread whose
+/// /proc directory is `dir`.
+fn cpu_of(dir: &Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The name is in parentheses and may itself hold spaces or parentheses.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((stat[open + 1..close].to_string(), ticks / 100.0))
 }
 
 /// (busy, total) jiffies of all cores from /proc/stat.
@@ -232,7 +235,7 @@ pub(crate) fn broker_rss_mib(broker: Broker) -> Option<f64> {
 /// CPU seconds so far of the JIT compiler threads (HotSpot's C1 and C2) of every JVM: Kafka's
 /// broker is the bench's only one.
 pub(crate) fn jit_cpu_seconds() -> f64 {
-    let mut ticks = 0.0;
+    let mut seconds = 0.0;
     for (pid, (comm, _)) in cpu_by_process() {
         if comm != "java" {
             continue;
@@ -241,23 +244,18 @@ pub(crate) fn jit_cpu_seconds() -> f64 {
             continue;
         };
         for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
             // Thread names are cut to 15 bytes: "C2 CompilerThre".
-            let name = &stat[open + 1..close];
-            if !(name.starts_with("C1 Compiler") || name.starts_with("C2 Compiler")) {
-                continue;
+            match cpu_of(&task.path()) {
+                Some((name, used))
+                    if name.starts_with("C1 Compiler") || name.starts_with("C2 Compiler") =>
+                {
+                    seconds += used;
+                }
+                _ => {}
             }
-            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-            ticks +=
-                fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
         }
     }
-    ticks / 100.0
+    seconds
 }
 
 /// Records how long one core takes for a fixed loop of integer arithmetic, once the machine
