@@ -103,7 +103,7 @@ async fn one_at_a_time(topic: &str, rate: u32, total: u64) -> Receipts {
             }
         }
         let id = uuid::Uuid::new_v4();
-        let key = format!("k{}", i as i64 % KEYS);
+        let key = bench_key(i);
         let id_text = id.to_string();
         // Enqueued here, not on the first poll of a future: the loop may not poll `pending`
         // again before the next send is due, and a record waiting for that poll would be
@@ -158,7 +158,7 @@ async fn in_transactions(topic: &str, rate: u32, total: u64) -> Receipts {
         let now = tokio::time::Instant::now();
         while i < total && due(clock.0, i, rate) <= now {
             let id = uuid::Uuid::new_v4();
-            let key = format!("k{}", i as i64 % KEYS);
+            let key = bench_key(i);
             let id_text = id.to_string();
             sent_at.insert(id, clock.1 + (due(clock.0, i, rate) - clock.0));
             reports.push(enqueue(&producer, record(topic, &body, &key, &id_text)));

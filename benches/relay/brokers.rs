@@ -87,7 +87,7 @@ pub(crate) async fn amqp_ceiling(url: &str, exchange: &str, n: usize) -> f64 {
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::new();
     for i in 0..n {
-        let message = bench_message(i, exchange, &format!("k{}", i as i64 % KEYS));
+        let message = bench_message(i, exchange, &bench_key(i as u64));
         let (exchange, routing_key, properties) = amqp::prepare(&message).unwrap();
         let confirm = ch
             .basic_publish(
@@ -130,7 +130,7 @@ pub(crate) async fn redis_ceiling(url: &str, stream: &str, n: usize) -> f64 {
             .arg("message_id")
             .arg(uuid::Uuid::new_v4().to_string())
             .arg("key")
-            .arg(format!("k{}", i as i64 % KEYS))
+            .arg(bench_key(i as u64))
             .arg("payload")
             .arg(&body[..])
             .arg("content_type")
@@ -169,7 +169,7 @@ pub(crate) async fn nsq_ceiling(address: &str, topic: &str, n: usize) -> f64 {
         while pending.len() >= window {
             pending.next().await;
         }
-        let message = bench_message(i, topic, &format!("k{}", i as i64 % KEYS));
+        let message = bench_message(i, topic, &bench_key(i as u64));
         let publisher = &publisher;
         pending.push(async move { publisher.publish(&message).await.expect("publish") });
     }
@@ -179,6 +179,11 @@ pub(crate) async fn nsq_ceiling(address: &str, topic: &str, n: usize) -> f64 {
     // nsqd keeps a topic without channels on disk until it is deleted.
     common::nsq::delete_topic(topic).await;
     rate
+}
+
+/// The key of bench message `i`: `KEYS` keys, taken in turn.
+pub(crate) fn bench_key(i: u64) -> String {
+    format!("k{}", i % KEYS as u64)
 }
 
 /// Row `i` of the bench as the relay claims it: the bench payload, for `destination`.
@@ -310,7 +315,7 @@ pub(crate) fn produce(
     topic: &str,
     i: usize,
 ) -> impl std::future::Future<Output = ()> {
-    let message = bench_message(i, topic, &format!("k{}", i as i64 % KEYS));
+    let message = bench_message(i, topic, &bench_key(i as u64));
     enqueue(producer, kafka::record(&message).unwrap())
 }
 

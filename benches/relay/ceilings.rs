@@ -144,10 +144,7 @@ pub(crate) async fn drain(
     .expect("published_at span");
     let span = span.unwrap_or(elapsed.as_secs_f64());
     let (machine_busy, cpu_by_command) = cpu_since(&cpu_before, jiffies_before, Some(relay.pid()));
-    let in_flight = match relay.get("/metrics").await {
-        Some((200, metrics)) => mean_in_flight(&metrics, span),
-        _ => None,
-    };
+    let in_flight = mean_in_flight(&relay, span).await;
     DrainFigures {
         rate,
         publishing_rate: rows as f64 / span.max(1e-3),
@@ -178,20 +175,24 @@ pub(crate) async fn idle_cpu_percent_of(relays: &[RelayProcess], secs: u64) -> f
 /// (Little's law: the broker-ack histogram's total time over the span), with the mean time
 /// to an answer in milliseconds. A drain whose window stands part empty loses to its ceiling
 /// in the relay's pipeline; one with a full window, in the broker's answers.
-fn mean_in_flight(metrics: &str, span: f64) -> Option<(f64, f64)> {
-    let value = |name: &str| -> Option<f64> {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.rsplit(' ').next()?.parse().ok())
-    };
-    let total = value("outbox_relay_broker_ack_seconds_sum")?;
-    let count = value("outbox_relay_broker_ack_seconds_count")?;
+async fn mean_in_flight(relay: &RelayProcess, span: f64) -> Option<(f64, f64)> {
+    let total = relay.metric("outbox_relay_broker_ack_seconds_sum").await?;
+    let count = relay
+        .metric("outbox_relay_broker_ack_seconds_count")
+        .await?;
     (count > 0.0).then(|| (total / span.max(1e-3), total / count * 1000.0))
 }
 
 /// The figures every drain reports under `name` besides its rate; `lower`: the lower of its
 /// ceilings, if measured in this run.
 pub(crate) fn add_drain_figures(f: &mut Figures, name: &str, d: &DrainFigures, lower: Option<f64>) {
+    if let Some(lower) = lower {
+        f.add(
+            format!("drain to {name} / lower of its ceiling and the database's"),
+            d.rate / lower,
+            "x",
+        );
+    }
     f.add(
         format!("drain to {name}: relay peak RSS"),
         d.peak_rss_mib,
@@ -209,7 +210,7 @@ pub(crate) fn add_drain_figures(f: &mut Figures, name: &str, d: &DrainFigures, l
         // the relay's pipeline were arranged, unless the work per message falls.
         f.add(
             format!("drain to {name}: machine busy at its target rate, at this CPU per message"),
-            d.machine_busy * 0.8 * lower / d.rate,
+            d.machine_busy * TARGET * lower / d.rate,
             "%",
         );
     }

@@ -51,6 +51,8 @@ const KEYS: i64 = 1000;
 /// Partitions of the bench's topics.
 const KAFKA_PARTITIONS: i32 = 3;
 const PAYLOAD_BYTES: usize = 256;
+/// Every drain's target, as a share of the lower of its broker's ceiling and the database's.
+const TARGET: f64 = 0.8;
 /// The relay setting of exactly-once delivery into Kafka.
 const EXACTLY_ONCE: (&str, &str) = ("OUTBOX_RELAY__BROKER__KAFKA__DELIVERY", "exactly_once");
 
@@ -327,7 +329,7 @@ async fn main() {
                 println!("  beside-kafka ({mode}): skipped; needs its ceilings in the same run");
                 continue;
             };
-            let target = 0.8 * kafka_alone.min(alone);
+            let target = TARGET * kafka_alone.min(alone);
             let name = format!("both halves of a drain to Kafka ({mode})");
             f.add(format!("{name}: target rate"), target, "msg/s");
             let beside = |rate| KafkaAlongside {
@@ -386,20 +388,11 @@ async fn main() {
             let d = drain(&pool, &url, broker, rows, &label, settings).await;
             let name = format!("{target}{suffix}");
             let rate = f.add(format!("drain: relay to {name}"), d.rate, "msg/s");
-            if let Some(own) = broker_ceiling.get(target) {
-                f.add(
-                    format!("drain to {name} / lower of its ceiling and the database's"),
-                    rate / own.min(database_ceiling),
-                    "x",
-                );
-                if mode == 0 {
-                    f.chart_drain(target, rate, *own, database_ceiling);
-                }
+            let own = broker_ceiling.get(target).copied();
+            add_drain_figures(&mut f, &name, &d, own.map(|own| own.min(database_ceiling)));
+            if let (Some(own), 0) = (own, mode) {
+                f.chart_drain(target, rate, own, database_ceiling);
             }
-            let lower = broker_ceiling
-                .get(target)
-                .map(|own| own.min(database_ceiling));
-            add_drain_figures(&mut f, &name, &d, lower);
             if let Some(rss) = broker_rss_mib(broker) {
                 f.add(format!("drain to {name}: broker RSS after"), rss, "MiB");
             }

@@ -1,6 +1,7 @@
 //! The relay binary as the bench starts it, and the CPU and ports it and the machine use.
 
 use super::*;
+use common::cpu_of;
 
 /// `target/` of the repository, where the relay logs and `bench.json` go; created if the build
 /// went to another `CARGO_TARGET_DIR`.
@@ -72,17 +73,6 @@ pub(crate) fn cpu_by_process() -> HashMap<u32, (String, f64)> {
         }
     }
     by
-}
-
-/// The command name and CPU seconds so far (user and system) of the process or thread whose
-/// /proc directory is `dir`.
-fn cpu_of(dir: &Path) -> Option<(String, f64)> {
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    // The name is in parentheses and may itself hold spaces or parentheses.
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((stat[open + 1..close].to_string(), ticks / 100.0))
 }
 
 /// (busy, total) jiffies of all cores from /proc/stat.

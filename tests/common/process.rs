@@ -116,12 +116,9 @@ impl RelayProcess {
 
     /// User plus system CPU time so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        // /proc reports in USER_HZ, which is 100 on every Linux architecture we run on.
-        ticks / 100.0
+        cpu_of(std::path::Path::new(&format!("/proc/{}", self.pid())))
+            .expect("the relay's /proc stat")
+            .1
     }
 
     /// GET a path on the relay's HTTP listener: (status code, body), or None if unreachable.
@@ -281,4 +278,17 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     }
     command.envs(env.iter().copied());
     command.output().expect("run outbox-relay")
+}
+
+/// The command name and CPU time so far (user plus system) of the process or thread whose
+/// /proc directory is `dir`; None once it is gone.
+pub fn cpu_of(dir: &std::path::Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The name is in parentheses and may itself hold spaces or parentheses; utime and stime
+    // are the 12th and 13th fields after it (14 and 15 of the line).
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // /proc reports in USER_HZ, which is 100 on every Linux architecture we run on.
+    Some((stat[open + 1..close].to_string(), ticks / 100.0))
 }
